@@ -145,7 +145,8 @@ class Augmentation:
             if len(parts) == 3:
                 if not parts[2].startswith("o"):
                     raise ValueError("order part must start with 'o'")
-                order = tuple(int(v) for v in parts[2][1:].split(","))
+                # "o" alone is the empty order (a view of a task with no demonstrations).
+                order = tuple(int(v) for v in parts[2][1:].split(",")) if parts[2][1:] else ()
         except ValueError as e:
             raise ValueError(f"not an augmentation string: {s!r} ({e})") from None
         return cls(parts[0], colors, order)

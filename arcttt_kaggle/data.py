@@ -121,6 +121,8 @@ class Task:
             raise TaskError(str(task_id), "task id must be a non-empty string")
         if not isinstance(d, dict):
             raise TaskError(task_id, f"expected an object with 'train' and 'test', got {type(d).__name__}")
+        if getattr(d, "duplicates", ()):
+            raise TaskError(task_id, f"duplicate key {d.duplicates[0]!r} in the task object")
         for key in ("train", "test"):
             if key not in d:
                 raise TaskError(task_id, f"missing '{key}' list")
@@ -134,6 +136,8 @@ class Task:
         def pair(split: str, i: int, p: Any, need_output: bool) -> Pair:
             if not isinstance(p, dict) or "input" not in p:
                 raise TaskError(task_id, f"{split} pair {i} has no 'input'")
+            if getattr(p, "duplicates", ()):
+                raise TaskError(task_id, f"{split} pair {i} has duplicate key {p.duplicates[0]!r}")
             if need_output and "output" not in p:
                 raise TaskError(task_id, f"{split} pair {i} has no 'output'")
             try:
@@ -180,9 +184,14 @@ class Loaded:
 
 
 def _read_json(path: Path) -> Any:
+    """Parse a JSON file; every object is a ``_JsonObject`` that lists the keys it saw twice.
+
+    Duplicates are recorded where they occur rather than raised, so a duplicated task id (top level) is told
+    apart from a duplicated key inside one task (``Task.from_dict`` rejects that task alone).
+    """
     text = Path(path).read_text(encoding="utf-8")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
@@ -191,13 +200,24 @@ class DuplicateKeyError(ValueError):
     pass
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    seen: dict = {}
-    for k, v in pairs:
-        if k in seen:
-            raise DuplicateKeyError(k)
-        seen[k] = v
-    return seen
+class _JsonObject(dict):
+    """A parsed JSON object; ``duplicates`` names keys that appeared more than once (the first value is kept)."""
+
+    duplicates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> "_JsonObject":
+        obj = cls()
+        dups: list[str] = []
+        for k, v in pairs:
+            if k in obj:
+                if k not in dups:
+                    dups.append(k)
+            else:
+                obj[k] = v
+        if dups:
+            obj.duplicates = tuple(dups)
+        return obj
 
 
 def parse_challenges(data: Any, *, strict: bool = True, source: str = "challenges") -> Loaded:
@@ -223,39 +243,28 @@ def load_challenges(path: str | Path, *, strict: bool = True, solutions: str | P
     raises when the file itself is unreadable, since then there is nothing to keep.
     """
     path = Path(path)
-    try:
-        data = _read_json(path)
-    except DuplicateKeyError as e:
-        # A duplicated task id is ambiguous: we cannot know which copy is meant.
-        if strict:
-            raise TaskError(str(e), f"duplicate task id in {path}") from None
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_first_key_wins)
-        loaded = parse_challenges(data, strict=False, source=str(path))
-        loaded.tasks.pop(str(e), None)
-        loaded.rejected.append(Rejected(str(e), f"duplicate task id in {path}"))
-        return loaded if solutions is None else _attach(loaded, load_solutions(solutions), strict)
+    data = _read_json(path)
+    # A duplicated task id is ambiguous: we cannot know which copy is meant, so every copy is rejected.
+    duplicated = getattr(data, "duplicates", ())
+    if duplicated and strict:
+        raise TaskError(duplicated[0], f"duplicate task id in {path}")
     loaded = parse_challenges(data, strict=strict, source=str(path))
+    for task_id in duplicated:
+        loaded.tasks.pop(task_id, None)
+        loaded.rejected.append(Rejected(task_id, f"duplicate task id in {path}"))
     if solutions is not None:
         loaded = _attach(loaded, load_solutions(solutions), strict)
     return loaded
 
 
-def _first_key_wins(pairs: list[tuple[str, Any]]) -> dict:
-    d: dict = {}
-    for k, v in pairs:
-        d.setdefault(k, v)
-    return d
-
-
 def load_solutions(path: str | Path) -> dict[str, list[Grid]]:
     """Load a Kaggle ``*_solutions.json``: ``{task_id: [output_grid per test input]}``."""
     path = Path(path)
-    try:
-        data = _read_json(path)
-    except DuplicateKeyError as e:
-        raise TaskError(str(e), f"duplicate task id in {path}") from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object of task_id -> list of grids")
+    if getattr(data, "duplicates", ()):
+        raise TaskError(data.duplicates[0], f"duplicate task id in {path}")
     out = {}
     for task_id, grids in data.items():
         if not isinstance(grids, list) or not grids:
