@@ -220,6 +220,10 @@ class _JsonObject(dict):
         return obj
 
 
+# Error messages name JSON types by ``type(v).__name__``; a parsed object must still read as a ``dict`` there.
+_JsonObject.__name__ = _JsonObject.__qualname__ = "dict"
+
+
 def parse_challenges(data: Any, *, strict: bool = True, source: str = "challenges") -> Loaded:
     """Turn a parsed challenges object into tasks. ``strict=False`` keeps the good tasks and lists the rest."""
     if not isinstance(data, dict):

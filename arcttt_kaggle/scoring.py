@@ -3,8 +3,8 @@
 Each test output scores 1 when ``attempt_1`` or ``attempt_2`` equals it exactly (same shape, same cells),
 else 0. Two aggregates are reported because both are in use: ``score``, the mean over all test outputs
 (a task with two test inputs weighs twice), and ``task_score``, the mean over tasks of each task's fraction
-of correct outputs (every task weighs the same, as the ARC Prize leaderboard describes its per-task
-scoring). They differ only on multi-test tasks; on ARC-AGI-1 evaluation 19 of 400 tasks have two tests.
+of correct outputs (every task weighs the same). Sources word the official aggregate both ways; the two
+differ only on multi-test tasks (19 of the 400 ARC-AGI-1 evaluation tasks have two test inputs).
 
 Scoring never raises on a malformed attempt: an attempt that is not a valid grid simply does not match.
 ``submission.validate_submission`` is where malformed submissions are reported.

@@ -131,7 +131,8 @@ def _symmetrize(g: Grid, memo: Memo, name: str) -> Grid | None:
 
 def _sym_fill(g: Grid, memo: Memo, color: int | None, patch: bool) -> Grid | None:
     c = pr.background_color(g) if color is None else color
-    filled = sy.symmetry_fill(g, c, strict=color is not None)
+    maps = memo.get(("symmaps", g.shape), lambda: sy.symmetry_maps(*g.shape)[1])
+    filled = sy.symmetry_fill(g, c, strict=color is not None, maps=maps)
     if filled is None:
         return None
     return sy.masked_patch(g, filled, c) if patch else filled

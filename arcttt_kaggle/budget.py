@@ -1,0 +1,261 @@
+"""The time budget: one deadline object passed to every stage, a per-phase cost model, and the plan.
+
+``Budget`` is created once at the start of a run (``deadline = start + limit - safety margin``) and passed
+explicitly; nothing reads a global clock budget. ``CostModel`` predicts seconds per task and phase from token
+counts and throughputs (tokens/s per worker), and is re-calibrated from what the run measures on its first
+tasks. ``make_plan`` balances tasks over workers by predicted cost (longest first, each to the least loaded
+worker: the LPT rule, within 4/3 of optimal) and walks the degradation ladder when the prediction does not
+fit: fewer TTT steps, then skip TTT (decode with the base model), then fewer views, then stop with what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .data import Task
+
+PHASES = ("startup", "train", "decode", "score")
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Measured speeds of one worker (one GPU, or one CPU process). Units: tokens per second, seconds."""
+
+    train_tokens_per_s: float = field(default=4000.0, metadata={"help": "TTT tokens processed per second (forward+backward)"})
+    decode_prompt_tokens_per_s: float = field(default=20000.0, metadata={"help": "prompt (prefill) tokens per second in batched decoding"})
+    decode_output_tokens_per_s: float = field(default=1500.0, metadata={"help": "generated tokens per second in batched decoding"})
+    score_tokens_per_s: float = field(default=20000.0, metadata={"help": "teacher-forced scoring tokens per second"})
+    train_startup_s: float = field(default=60.0, metadata={"help": "load the 4-bit base for training (once per worker)"})
+    decode_startup_s: float = field(default=90.0, metadata={"help": "start the vLLM engine (once per worker per pass)"})
+    score_startup_s: float = field(default=30.0, metadata={"help": "load the scorer's base model (once per worker)"})
+    per_task_overhead_s: float = field(default=2.0, metadata={"help": "adapter reset/save per task"})
+
+    def __post_init__(self):
+        for k, v in asdict(self).items():
+            if not v > 0 and not (k.endswith("_s") and v == 0):
+                raise ValueError(f"throughput {k} must be positive, got {v}")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Throughput":
+        d = json.loads(Path(path).read_text())
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown throughput keys {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Wall-clock limits of a run. Defaults: Kaggle's 12 h with a 20 min safety margin."""
+
+    limit_seconds: float = field(default=12 * 3600.0, metadata={"help": "total wall-clock allowed for the run"})
+    safety_margin_seconds: float = field(default=20 * 60.0, metadata={"help": "kept free before the limit for the final write"})
+    final_write_seconds: float = field(default=30.0, metadata={"help": "reserved at the end to merge and write the submission"})
+    calibrate_after_tasks: int = field(default=2, metadata={"help": "re-fit throughputs after this many measured tasks"})
+    max_train_share: float = field(default=0.6, metadata={"help": "largest share of the budget TTT may take"})
+
+    def __post_init__(self):
+        if self.limit_seconds <= 0 or self.safety_margin_seconds < 0:
+            raise ValueError("limit_seconds must be > 0 and safety_margin_seconds >= 0")
+        if self.safety_margin_seconds >= self.limit_seconds:
+            raise ValueError(f"safety margin {self.safety_margin_seconds}s leaves nothing of the {self.limit_seconds}s limit")
+        if not 0 < self.max_train_share <= 1:
+            raise ValueError("max_train_share must be in (0, 1]")
+
+
+class Budget:
+    """The run's deadline. ``clock`` is injectable so tests can move time."""
+
+    def __init__(self, config: BudgetConfig, start: float | None = None, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.start = clock() if start is None else start
+        self.deadline = self.start + config.limit_seconds - config.safety_margin_seconds
+
+    def now(self) -> float:
+        return self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - self.clock())
+
+    def expired(self) -> bool:
+        return self.clock() >= self.deadline
+
+    def work_deadline(self) -> float:
+        """When workers must stop so the final merge and write still fit before the deadline."""
+        return self.deadline - self.config.final_write_seconds
+
+    def log_line(self, phase: str, message: str = "") -> str:
+        return f"[{phase:>8}] elapsed {self.elapsed():7.1f}s  remaining {self.remaining():7.1f}s  {message}"
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "deadline": self.deadline, **asdict(self.config)}
+
+
+@dataclass(frozen=True)
+class TaskWork:
+    """The token work of one task under given settings: what the cost model turns into seconds."""
+
+    task_id: str
+    train_tokens: int  # tokens processed by TTT (steps × batch × mean example length)
+    prompt_tokens: int  # prefill tokens over all decoded views
+    output_tokens: int  # generated tokens over all views (upper bound: max_new_tokens per view)
+    score_tokens: int  # teacher-forced tokens for product-of-experts scoring
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs the plan may turn down when time is short (a rung of the degradation ladder)."""
+
+    train_steps: int
+    views_per_test: int
+    score_views: int
+    score_top_c: int
+    rung: str = "full"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def task_work(task: Task, settings: Settings, *, example_tokens: float, batch: int, prompt_tokens_per_view: Sequence[int],
+              output_tokens_per_view: Sequence[int]) -> TaskWork:
+    """Token work of one task. ``prompt/output_tokens_per_view`` are per test input (one view of each)."""
+    views = settings.views_per_test
+    prompts = sum(prompt_tokens_per_view) * views
+    outputs = sum(output_tokens_per_view) * views
+    score = sum(p + o for p, o in zip(prompt_tokens_per_view, output_tokens_per_view)) * settings.score_views * max(1, settings.score_top_c) // 2
+    return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), prompts, outputs, score if settings.score_views else 0)
+
+
+class CostModel:
+    """Seconds from token work, per worker. ``calibrate`` re-fits a phase's throughput from measurements."""
+
+    def __init__(self, throughput: Throughput):
+        self.throughput = throughput
+
+    def task_seconds(self, w: TaskWork) -> dict[str, float]:
+        t = self.throughput
+        return {
+            "train": (w.train_tokens / t.train_tokens_per_s + t.per_task_overhead_s) if w.train_tokens else 0.0,
+            "decode": w.prompt_tokens / t.decode_prompt_tokens_per_s + w.output_tokens / t.decode_output_tokens_per_s,
+            "score": w.score_tokens / t.score_tokens_per_s,
+        }
+
+    def startup_seconds(self, trains: bool, scores: bool) -> float:
+        t = self.throughput
+        return (t.train_startup_s if trains else 0.0) + t.decode_startup_s + (t.score_startup_s if scores else 0.0)
+
+    def calibrate(self, phase: str, tokens: float, seconds: float, weight: float = 1.0) -> None:
+        """Blend the measured rate into the model (weight 1 = replace). Ignores empty measurements."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        key = {"train": "train_tokens_per_s", "decode": "decode_output_tokens_per_s", "score": "score_tokens_per_s"}[phase]
+        old = getattr(self.throughput, key)
+        self.throughput = replace(self.throughput, **{key: (1 - weight) * old + weight * tokens / seconds})
+
+
+@dataclass
+class WorkerPlan:
+    worker: int
+    task_ids: list[str]
+    seconds: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+@dataclass
+class Plan:
+    """Predicted time per phase and per worker, and the settings (rung of the ladder) that fit."""
+
+    settings: Settings
+    workers: list[WorkerPlan]
+    available_seconds: float
+    fits: bool
+    ladder: list[dict]  # every rung tried: settings and predicted makespan
+
+    @property
+    def makespan(self) -> float:
+        return max((w.total for w in self.workers), default=0.0)
+
+    def assignment(self) -> dict[str, int]:
+        return {tid: w.worker for w in self.workers for tid in w.task_ids}
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings.to_dict(), "available_seconds": self.available_seconds, "fits": self.fits,
+                "makespan_seconds": self.makespan, "ladder": self.ladder,
+                "workers": [{"worker": w.worker, "tasks": w.task_ids, "seconds": w.seconds, "total": w.total}
+                            for w in self.workers]}
+
+    def format_table(self) -> str:
+        lines = [f"settings: {self.settings.to_dict()}  ({'fits' if self.fits else 'DOES NOT FIT'} in {self.available_seconds:.0f}s)",
+                 f"{'worker':>6} {'tasks':>5} " + " ".join(f"{p:>9}" for p in PHASES) + f" {'total':>9}"]
+        for w in self.workers:
+            lines.append(f"{w.worker:>6} {len(w.task_ids):>5} " + " ".join(f"{w.seconds.get(p, 0):>9.1f}" for p in PHASES)
+                         + f" {w.total:>9.1f}")
+        lines.append("ladder: " + "; ".join(f"{r['settings']['rung']}={r['makespan']:.0f}s" for r in self.ladder))
+        return "\n".join(lines)
+
+
+def balance(costs: dict[str, float], workers: int) -> list[list[str]]:
+    """Longest-processing-time-first: each task, costliest first, to the least loaded worker.
+
+    A static balanced split rather than a shared queue: each worker must know its tasks before it starts vLLM
+    with all their adapters in one engine, and a GPU worker cannot steal a task whose adapter another trained.
+    """
+    loads = [0.0] * workers
+    out: list[list[str]] = [[] for _ in range(workers)]
+    for tid in sorted(costs, key=lambda t: (-costs[t], t)):
+        i = min(range(workers), key=lambda j: (loads[j], j))
+        out[i].append(tid)
+        loads[i] += costs[tid]
+    return out
+
+
+def ladder(full: Settings, min_steps: int = 1) -> list[Settings]:
+    """The degradation ladder, in order: full → fewer TTT steps → no TTT → fewer views → minimum."""
+    rungs = [full]
+    steps = full.train_steps
+    while steps // 2 >= max(min_steps, 1) and steps > 1:
+        steps //= 2
+        rungs.append(replace(full, train_steps=steps, rung=f"steps={steps}"))
+    no_ttt = replace(full, train_steps=0, rung="no-ttt")
+    rungs.append(no_ttt)
+    views = full.views_per_test
+    while views > 1:
+        views = max(1, views // 2)
+        rungs.append(replace(no_ttt, views_per_test=views, score_views=min(no_ttt.score_views, views),
+                             rung=f"no-ttt,views={views}"))
+    return rungs
+
+
+def make_plan(works_for: Callable[[Settings], list[TaskWork]], full: Settings, model: CostModel, workers: int,
+              available_seconds: float, scores: bool = True) -> Plan:
+    """The first rung of the ladder whose predicted makespan fits ``available_seconds`` (else the last rung)."""
+    tried: list[dict] = []
+    best: Plan | None = None
+    for s in ladder(full):
+        works = works_for(s)
+        per_task = {w.task_id: model.task_seconds(w) for w in works}
+        groups = balance({tid: sum(v.values()) for tid, v in per_task.items()}, workers)
+        wplans = []
+        for i, ids in enumerate(groups):
+            secs = {p: sum(per_task[t][p] for t in ids) for p in ("train", "decode", "score")}
+            secs = {"startup": model.startup_seconds(s.train_steps > 0, scores and s.score_views > 0) if ids else 0.0, **secs}
+            wplans.append(WorkerPlan(i, ids, secs))
+        plan = Plan(s, wplans, available_seconds, False, tried)
+        tried.append({"settings": s.to_dict(), "makespan": plan.makespan})
+        best = plan
+        if plan.makespan <= available_seconds:
+            plan.fits = True
+            return plan
+    assert best is not None
+    return best

@@ -1,0 +1,188 @@
+"""One frozen config tree for a run, with named presets derived from a few dials.
+
+Every stage owns its config dataclass (``TTTDataConfig`` in ttt_data, ``TrainConfig`` in train, ``DecodeConfig``
+in decode, ``SelectConfig`` in select, ``AllocationConfig`` in allocate, ``ProgramsConfig`` in programs,
+``BudgetConfig``/``Throughput`` in budget); ``RunConfig`` composes them. Presets are built from dials
+(hardware: workers, device, dtype, memory; effort: TTT steps, views) so coupled knobs cannot drift apart
+(the decoder's ``max_lora_rank`` is the trainer's rank; ``max_loras`` follows the tasks per worker).
+``with_overrides`` applies dotted-key overrides (``{"train.steps": 8}``) and re-validates everything.
+The resolved config is written next to the submission (``to_dict`` → ``config.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .allocate import AllocationConfig
+from .budget import BudgetConfig, Throughput
+from .decode import DecodeConfig
+from .programs.expert import ProgramsConfig
+from .select import SelectConfig
+from .tinymodel import TinyModelConfig
+from .train import TrainConfig
+from .ttt_data import TTTDataConfig
+
+PRESETS = ("t4x2", "l4x4", "cpu-tiny")
+FAULTS = ("worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs. Paths are strings so the tree serializes to JSON as it is."""
+
+    preset: str = field(default="cpu-tiny", metadata={"help": f"name of the preset this was built from: {PRESETS}"})
+    challenges: str = field(default="", metadata={"help": "the Kaggle *_challenges.json to solve"})
+    solutions: str = field(default="", metadata={"help": "optional *_solutions.json: the report then scores the run"})
+    out_dir: str = field(default="out", metadata={"help": "where submission.json, report.json, config.json go"})
+    submission_path: str = field(default="", metadata={"help": "submission file; default OUT_DIR/submission.json"})
+    model: str = field(default="tiny", metadata={"help": "base model folder, or 'tiny' to build the tiny ARC model"})
+    tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "shape of the tiny model"})
+    device: Literal["cuda", "cpu"] = field(default="cpu", metadata={"help": "where workers run their engines"})
+    workers: int = field(default=1, metadata={"help": "worker processes: one per GPU (CUDA_VISIBLE_DEVICES=i), or CPU processes"})
+    max_tasks: int = field(default=0, metadata={"help": "solve only the first N tasks (0 = all); others keep the fallback"})
+    run_ttt: bool = field(default=True, metadata={"help": "train per-task adapters (False: decode with the base model)"})
+    run_programs: bool = field(default=True, metadata={"help": "run the CPU program expert beside the workers"})
+    fault: str = field(default="", metadata={"help": f"inject a fault for testing: one of {FAULTS}"})
+    seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    ttt: TTTDataConfig = field(default_factory=TTTDataConfig, metadata={"help": "TTT data"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "LoRA training"})
+    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})
+    select: SelectConfig = field(default_factory=SelectConfig, metadata={"help": "selection of the two attempts"})
+    allocation: AllocationConfig = field(default_factory=AllocationConfig, metadata={"help": "second-pass compute allocation"})
+    programs: ProgramsConfig = field(default_factory=ProgramsConfig, metadata={"help": "CPU program expert"})
+    budget: BudgetConfig = field(default_factory=BudgetConfig, metadata={"help": "wall-clock limits"})
+    throughput: Throughput = field(default_factory=Throughput, metadata={"help": "cost-model priors per worker"})
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.fault and self.fault not in FAULTS:
+            raise ValueError(f"unknown fault {self.fault!r}; choose one of {FAULTS}")
+        if self.max_tasks < 0:
+            raise ValueError("max_tasks must be >= 0")
+        if self.decode.max_lora_rank < self.train.lora_rank:
+            raise ValueError(f"decode.max_lora_rank {self.decode.max_lora_rank} < train.lora_rank {self.train.lora_rank}: "
+                             "vLLM could not load the adapters")
+        if self.device == "cpu" and self.train.dtype == "float16":
+            raise ValueError("float16 training is a GPU (T4) setting; use 'auto' or 'float32' on CPU")
+
+    @property
+    def submission_file(self) -> Path:
+        return Path(self.submission_path) if self.submission_path else Path(self.out_dir) / "submission.json"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, default=str))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return _build(cls, d)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """Return a copy with dotted-key overrides applied (``{"decode.views_per_test": 4}``), re-validated."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            node = d
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if p not in node or not isinstance(node[p], dict):
+                    raise ValueError(f"unknown config section {p!r} in override {key!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ValueError(f"unknown config key {key!r}")
+            node[parts[-1]] = value
+        return RunConfig.from_dict(d)
+
+
+def _build(cls, d: dict):
+    """Rebuild a (nested) frozen dataclass from a dict, converting lists back to tuples where typed so."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and isinstance(v, dict):
+            v = _build(type(default), v)
+        elif isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown keys for {cls.__name__}: {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Dials:
+    """The few numbers a preset is derived from."""
+
+    workers: int
+    device: Literal["cuda", "cpu"]
+    dtype: Literal["auto", "float16", "bfloat16", "float32"]
+    gpu_memory_gib: float  # per worker; 0 on CPU
+    train_steps: int
+    views: int
+    lora_rank: int
+    limit_seconds: float
+    margin_seconds: float
+
+
+def preset(name: str, **paths: Any) -> RunConfig:
+    """A named preset. ``paths`` sets top-level fields (challenges, out_dir, model, solutions, ...)."""
+    dials = {
+        # 2×T4: 16 GB each, fp16 only (Turing has no bf16). A 4-bit ~1B model + rank-32 LoRA + 8k context trains
+        # in ~6 GB with gradient checkpointing; vLLM then takes 90% of the card.
+        "t4x2": Dials(2, "cuda", "float16", 16.0, 96, 8, 32, 12 * 3600.0, 20 * 60.0),
+        # 4×L4: 22 GB each, bf16.
+        "l4x4": Dials(4, "cuda", "bfloat16", 22.0, 128, 8, 32, 12 * 3600.0, 20 * 60.0),
+        # The tiny model on this 2-core CPU: the dry run and CI. One worker (vLLM and training each use both cores).
+        "cpu-tiny": Dials(1, "cpu", "float32", 0.0, 24, 4, 8, 600.0, 30.0),
+    }
+    if name not in dials:
+        raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
+    dl = dials[name]
+    cpu = dl.device == "cpu"
+    cfg = RunConfig(
+        preset=name, device=dl.device, workers=dl.workers,
+        model="tiny" if cpu else "/kaggle/input/arc-base-model",
+        ttt=TTTDataConfig(augmentations_per_task=4 if cpu else 8, max_examples_per_task=32 if cpu else 128,
+                          max_tokens=2048 if cpu else 8192),
+        # Tiny random model: a high LR is needed to move it in tens of steps; real models use 1e-4.
+        train=TrainConfig(backend="unsloth", load_in_4bit=True, dtype=dl.dtype if not cpu else "auto",
+                          lora_rank=dl.lora_rank, lora_alpha=2 * dl.lora_rank, steps=dl.train_steps,
+                          learning_rate=2e-3 if cpu else 1e-4, warmup_steps=2 if cpu else 8,
+                          max_seq_len=2048 if cpu else 8192),
+        decode=DecodeConfig(backend="vllm", dtype="float32" if cpu else dl.dtype, views_per_test=dl.views,
+                            max_lora_rank=dl.lora_rank, max_loras=4 if cpu else 8,
+                            max_model_len=2048 if cpu else 8192, cpu_kvcache_gib=1.0,
+                            enforce_eager=cpu, gpu_memory_utilization=0.9),
+        select=SelectConfig(method="poe", poe_top_c=4 if cpu else 8, poe_views=2 if cpu else 8),
+        programs=ProgramsConfig(seconds_per_task=2.0 if cpu else 10.0, workers=1 if cpu else 2),
+        budget=BudgetConfig(limit_seconds=dl.limit_seconds, safety_margin_seconds=dl.margin_seconds,
+                            final_write_seconds=5.0 if cpu else 30.0),
+        throughput=CPU_TINY_THROUGHPUT if cpu else Throughput(),
+    )
+    return replace(cfg, **paths) if paths else cfg
+
+
+# Measured on the 2-core CI machine with the tiny model (benchmarks/pipeline_plan.py writes these numbers).
+CPU_TINY_THROUGHPUT = Throughput(
+    train_tokens_per_s=3000.0, decode_prompt_tokens_per_s=20000.0, decode_output_tokens_per_s=300.0,
+    score_tokens_per_s=20000.0, train_startup_s=15.0, decode_startup_s=25.0, score_startup_s=3.0,
+    per_task_overhead_s=0.5,
+)
+
+
+def budget_overrides(config: RunConfig, budget_seconds: float) -> RunConfig:
+    """Shrink the wall-clock limit (dry runs, the public placeholder run), keeping a proportional margin."""
+    margin = min(config.budget.safety_margin_seconds, max(5.0, 0.05 * budget_seconds))
+    return replace(config, budget=replace(config.budget, limit_seconds=budget_seconds, safety_margin_seconds=margin))

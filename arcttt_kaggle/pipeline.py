@@ -1,0 +1,383 @@
+"""The time-budgeted run: ``run(config)`` is the whole product; the notebook and the CLI only call it.
+
+Order of events:
+1. the budget starts; the resolved config is written; tasks load leniently (a malformed task is reported and
+   gets a placeholder answer); the fallback submission is written at once, so a valid file exists from the
+   first second;
+2. the plan predicts per-phase time, walks the degradation ladder until it fits, and balances tasks over the
+   workers (longest-processing-time first, see ``budget.balance``);
+3. the CPU program expert starts in its own process, and one worker process per GPU (``worker.py``) with
+   ``CUDA_VISIBLE_DEVICES`` set before it imports any engine;
+4. the parent watches: each time a worker writes candidates the current best answers are merged in and the
+   submission rewritten atomically; a worker that dies has its unfinished tasks reassigned to a replacement
+   worker that skips TTT (if the time left affords it) or left on their fallback, and the report says which;
+5. at the work deadline stragglers are terminated; the final selection (voting / product of experts / the
+   program-expert rule) is merged with the fallbacks and written, before the deadline, whatever state
+   workers are in; the report, the timeline and the run log are written last.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .budget import Budget, CostModel, Settings, TaskWork, make_plan
+from .candidates import CandidateSet, merge_candidate_sets, read_candidate_file
+from .config import RunConfig
+from .data import Task, load_challenges
+from .format import ArcFormat
+from .submission import build_submission, count_test_inputs, fallback_attempts, write_submission
+from .worker import WorkerSpec
+
+
+class RunLog:
+    """Log lines with elapsed and remaining budget, to stdout and ``run.log``."""
+
+    def __init__(self, path: Path, budget: Budget):
+        self.path, self.budget = path, budget
+
+    def __call__(self, phase: str, message: str = "") -> None:
+        line = self.budget.log_line(phase, message)
+        print(line, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def _grid_tokens(g) -> int:
+    return g.shape[0] * (g.shape[1] + 1) + 1
+
+
+def task_works(tasks: dict[str, Task], cfg: RunConfig, s: Settings) -> list[TaskWork]:
+    """Token work per task under settings ``s``, from the format's token arithmetic (no tokenizer needed)."""
+    from .ttt_data import build_ttt_examples
+
+    works = []
+    for task in tasks.values():
+        examples = build_ttt_examples(task, cfg.ttt) if s.train_steps > 0 else []
+        ex_tokens = (sum(_example_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
+        demo_tokens = sum(_grid_tokens(p.input) + _grid_tokens(p.output) + 1 for p in task.train)
+        prompts = [demo_tokens + _grid_tokens(p.input) + 1 for p in task.test]
+        outputs = [ArcFormat.max_output_tokens(*_output_bound(task, p.input)) for p in task.test]
+        batch = cfg.train.batch_size * cfg.train.grad_accum
+        works.append(_work(task, s, ex_tokens, batch, prompts, outputs))
+    return works
+
+
+def _work(task: Task, s: Settings, ex_tokens: float, batch: int, prompts: list[int], outputs: list[int]) -> TaskWork:
+    from .budget import task_work
+
+    return task_work(task, s, example_tokens=ex_tokens, batch=batch, prompt_tokens_per_view=prompts,
+                     output_tokens_per_view=outputs)
+
+
+def _example_tokens(demos, query) -> int:
+    return 1 + sum(_grid_tokens(p.input) + _grid_tokens(p.output) + 1 for p in list(demos) + [query])
+
+
+def _output_bound(task: Task, query_input) -> tuple[int, int]:
+    rh = max(p.output.shape[0] / p.input.shape[0] for p in task.train)
+    rw = max(p.output.shape[1] / p.input.shape[1] for p in task.train)
+    h = min(30, max([p.output.shape[0] for p in task.train] + [int(-(-query_input.shape[0] * rh // 1))]))
+    w = min(30, max([p.output.shape[1] for p in task.train] + [int(-(-query_input.shape[1] * rw // 1))]))
+    return h, w
+
+
+def resolve_model(cfg: RunConfig) -> Path:
+    """The base model folder; 'tiny' builds the tiny ARC model into the output folder (well under a second)."""
+    if cfg.model != "tiny":
+        p = Path(cfg.model)
+        if not p.is_dir():
+            raise FileNotFoundError(f"base model folder {p} does not exist (attach the model dataset)")
+        return p
+    from .tinymodel import ensure_tiny_model
+
+    return ensure_tiny_model(Path(cfg.out_dir) / "tiny-model", cfg.tiny_model)
+
+
+def full_settings(cfg: RunConfig) -> Settings:
+    return Settings(train_steps=cfg.train.steps if cfg.run_ttt else 0, views_per_test=cfg.decode.views_per_test,
+                    score_views=cfg.select.poe_views if cfg.select.method == "poe" else 0,
+                    score_top_c=cfg.select.poe_top_c)
+
+
+def _programs_main(task_dicts: dict, programs_cfg, deadline: float, out_path: str) -> None:
+    """Entry of the program-expert process (spawned: nothing of the parent's engines is inherited)."""
+    from .programs.expert import run_expert
+
+    tasks = [Task.from_dict(tid, d) for tid, d in task_dicts.items()]
+    run_expert(tasks, programs_cfg, deadline=deadline, out_path=Path(out_path))
+
+
+class Run:
+    """State of one run; ``execute`` drives it. Split out of ``run`` so each step reads on its own."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.budget = Budget(cfg.budget)
+        for name in ("run.log", "events.jsonl"):
+            (self.out / name).unlink(missing_ok=True)
+        self.log = RunLog(self.out / "run.log", self.budget)
+        self.workers: list[dict] = []
+        self.reasons: dict[str, list[str]] = {}
+        self.parent_events: list[dict] = []
+
+    def event(self, phase: str, status: str, start: float, **info) -> None:
+        self.parent_events.append({"worker": -1, "phase": phase, "status": status, "task": info.pop("task", ""),
+                                   "start": start, "end": time.time(), **info})
+
+    def reason(self, task_id: str, why: str) -> None:
+        self.reasons.setdefault(task_id, []).append(why)
+
+    # -- 1. load and fallback ------------------------------------------------------------------------------
+    def load(self) -> None:
+        t0 = time.time()
+        cfg = self.cfg
+        cfg.write(self.out / "config.json")
+        raw = json.loads(Path(cfg.challenges).read_text(encoding="utf-8"))
+        loaded = load_challenges(cfg.challenges, strict=False)
+        self.all_tasks = loaded.tasks
+        self.rejected = loaded.rejected
+        counts = count_test_inputs(raw) if isinstance(raw, dict) else {}
+        self.placeholders = {r.task_id: counts.get(r.task_id, 1) for r in self.rejected}
+        for r in self.rejected:
+            self.reason(r.task_id, f"rejected at load: {r.reason}")
+            self.log("load", f"task {r.task_id} rejected: {r.reason}")
+        ids = list(self.all_tasks)
+        chosen = ids[:cfg.max_tasks] if cfg.max_tasks else ids
+        self.tasks = {tid: self.all_tasks[tid] for tid in chosen}
+        for tid in ids[len(chosen):]:
+            self.reason(tid, f"not attempted: max_tasks={cfg.max_tasks} (short mode)")
+        self.write_submission({})
+        self.event("load", "ok", t0, tasks=len(self.all_tasks), rejected=len(self.rejected))
+        self.log("load", f"{len(self.all_tasks)} tasks ({len(self.rejected)} rejected); fallback submission written")
+
+    def write_submission(self, answers: dict) -> None:
+        sub = build_submission(self.all_tasks, answers, placeholders=self.placeholders)
+        write_submission(self.cfg.submission_file, sub)
+
+    # -- 2. plan ---------------------------------------------------------------------------------------------
+    def plan(self) -> None:
+        cfg = self.cfg
+        self.model_path = resolve_model(cfg)
+        self.cost = CostModel(cfg.throughput)
+        available = max(0.0, self.budget.work_deadline() - time.time())
+        self.the_plan = make_plan(lambda s: task_works(self.tasks, cfg, s), full_settings(cfg), self.cost,
+                                  cfg.workers, available, scores=cfg.select.method == "poe")
+        self.log("plan", f"rung {self.the_plan.settings.rung}: predicted makespan {self.the_plan.makespan:.0f}s "
+                         f"of {available:.0f}s available ({'fits' if self.the_plan.fits else 'does not fit'})")
+
+    # -- 3. launch -------------------------------------------------------------------------------------------
+    def start_programs(self) -> None:
+        self.programs_proc = None
+        if not self.cfg.run_programs or not self.tasks:
+            return
+        ctx = mp.get_context("spawn")
+        task_dicts = {tid: t.to_dict() for tid, t in self.tasks.items()}
+        self.programs_path = self.out / "programs.json"
+        self.programs_start = time.time()
+        self.programs_proc = ctx.Process(target=_programs_main, daemon=False,
+                                         args=(task_dicts, self.cfg.programs, self.budget.work_deadline(),
+                                               str(self.programs_path)))
+        self.programs_proc.start()
+        self.log("programs", f"program expert started (pid {self.programs_proc.pid})")
+
+    def launch(self, worker: int, task_ids: list[str], train_steps: int, views: int, attempt: int = 0) -> None:
+        cfg, now = self.cfg, time.time()
+        work_deadline = self.budget.work_deadline()
+        w = self.the_plan.workers[worker] if worker < len(self.the_plan.workers) else None
+        secs = w.seconds if w else {"startup": 1.0, "train": 0.0, "decode": 1.0, "score": 0.0}
+        total = max(1e-6, sum(secs.values()))
+        span = max(0.0, work_deadline - now)
+        # Phases get their predicted share of the time left: slack is spread, a shortfall squeezes all.
+        train_share = min(cfg.budget.max_train_share, (secs["startup"] * 0.5 + secs["train"]) / total) if train_steps else 0
+        decode_share = train_share + (secs["startup"] * 0.5 + secs["decode"]) / total
+        score_share = secs["score"] / total
+        decode_share = min(1.0 - score_share * 0.5, max(decode_share, train_share))
+        wdir = self.out / "work" / f"worker{worker}-{attempt}"
+        wdir.mkdir(parents=True, exist_ok=True)
+        spec = WorkerSpec(worker=worker, task_ids=task_ids, config=cfg.to_dict(), model_path=str(self.model_path),
+                          work_dir=str(wdir), train_steps=train_steps, views_per_test=views,
+                          train_deadline=now + span * train_share, decode_deadline=now + span * decode_share,
+                          deadline=work_deadline, fault=cfg.fault, attempt=attempt)
+        spec.write(wdir / "spec.json")
+        env = dict(os.environ)
+        if cfg.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = str(worker)  # before the worker imports Unsloth or vLLM
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cfg.decode.cpu_kvcache_gib))))
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        logf = open(wdir / "worker.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "arcttt_kaggle.worker", str(wdir / "spec.json")],
+                                env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        self.workers.append({"worker": worker, "attempt": attempt, "proc": proc, "dir": wdir, "tasks": task_ids,
+                             "log": logf, "train_steps": train_steps, "views": views, "seen_mtime": 0.0,
+                             "returncode": None, "reason": ""})
+        self.log("launch", f"worker {worker} attempt {attempt}: {len(task_ids)} tasks, steps {train_steps}, "
+                           f"views {views}, pid {proc.pid}")
+
+    # -- 4. watch ---------------------------------------------------------------------------------------------
+    def watch(self) -> None:
+        deadline = self.budget.work_deadline()
+        while time.time() < deadline:
+            running = False
+            for w in list(self.workers):
+                if w["returncode"] is not None:
+                    continue
+                rc = w["proc"].poll()
+                self._merge_if_new(w)
+                if rc is None:
+                    running = True
+                    continue
+                w["returncode"] = rc
+                done = any(e["phase"] == "worker" and e["status"] == "done" for e in _events(w["dir"]))
+                if rc != 0 or not done:
+                    self._on_death(w, rc)
+                    running = running or any(x["returncode"] is None for x in self.workers)
+            if not running:
+                break
+            time.sleep(0.5)
+        self._stop_stragglers()
+
+    def _merge_if_new(self, w: dict) -> None:
+        path = w["dir"] / "candidates.json"
+        if path.exists() and path.stat().st_mtime > w["seen_mtime"]:
+            w["seen_mtime"] = path.stat().st_mtime
+            self.write_submission(self.answers(final=False))
+            self.log("merge", f"worker {w['worker']} wrote candidates: submission updated")
+
+    def _on_death(self, w: dict, rc: int) -> None:
+        have = set(_read_candidates(w["dir"] / "candidates.json"))
+        lost = [t for t in w["tasks"] if t not in have]
+        w["reason"] = f"worker {w['worker']} exited with code {rc} before finishing"
+        self.log("worker", f"{w['reason']}; {len(lost)} tasks unfinished")
+        if not lost:
+            return
+        left = self.budget.work_deadline() - time.time()
+        need = self.cost.startup_seconds(False, False) + sum(
+            sum(self.cost.task_seconds(x).values()) for x in task_works({t: self.tasks[t] for t in lost}, self.cfg,
+                                                                         replace(self.the_plan.settings, train_steps=0)))
+        if w["attempt"] == 0 and left > need:
+            for t in lost:
+                self.reason(t, f"{w['reason']}; reassigned to a replacement worker without TTT")
+            self.launch(w["worker"], lost, 0, self.the_plan.settings.views_per_test, attempt=1)
+        else:
+            for t in lost:
+                self.reason(t, f"{w['reason']}; no time to reassign ({left:.0f}s left, {need:.0f}s needed): fallback")
+
+    def _stop_stragglers(self) -> None:
+        for w in self.workers:
+            if w["proc"].poll() is None:
+                w["proc"].terminate()
+        t_end = time.time() + 3
+        for w in self.workers:
+            if w["proc"].poll() is None:
+                try:
+                    w["proc"].wait(timeout=max(0.1, t_end - time.time()))
+                except subprocess.TimeoutExpired:
+                    w["proc"].kill()
+                    w["proc"].wait()
+            if w["returncode"] is None:
+                w["returncode"] = w["proc"].returncode
+                w["reason"] = "terminated at the work deadline"
+                for t in w["tasks"]:
+                    if t not in _read_candidates(w["dir"] / "candidates.json"):
+                        self.reason(t, f"worker {w['worker']} terminated at the deadline before decoding it: fallback")
+            w["log"].close()
+        if self.programs_proc is not None:
+            self.programs_proc.join(timeout=max(0.0, self.budget.work_deadline() - time.time()))
+            if self.programs_proc.is_alive():
+                self.programs_proc.terminate()
+                self.programs_proc.join(2)
+            self.event("programs", "ok" if self.programs_path.exists() else "error", self.programs_start)
+
+    # -- 5. select and write ----------------------------------------------------------------------------------
+    def candidate_sets(self) -> tuple[CandidateSet, CandidateSet, CandidateSet]:
+        ttt: CandidateSet = {}
+        scores: CandidateSet = {}
+        for w in self.workers:
+            ttt = merge_candidate_sets(ttt, _read_candidates(w["dir"] / "candidates.json"))
+            scores = merge_candidate_sets(scores, _read_candidates(w["dir"] / "scores.json"))
+        progs = _read_candidates(self.out / "programs.json") if self.cfg.run_programs else {}
+        return ttt, scores, progs
+
+    def answers(self, final: bool) -> dict:
+        from .select import attach_view_logprobs, attempts_or_fallback, select_all
+
+        ttt, scores, progs = self.candidate_sets()
+        cands = attach_view_logprobs(ttt, scores) if scores else ttt
+        sels = select_all(self.tasks, cands, self.cfg.select, score_fn=None, program_set=progs)
+        if final:
+            self.selections = sels
+            self.final_candidates = (ttt, progs)
+        return {tid: [attempts_or_fallback(s, fb) for s, fb in zip(sel, fallback_attempts(self.tasks[tid]))]
+                for tid, sel in sels.items()}
+
+    def finish(self) -> dict:
+        from .report import build_report, write_timeline
+
+        t0 = time.time()
+        self.write_submission(self.answers(final=True))
+        self.event("final_write", "ok", t0)
+        self.log("final", f"submission written to {self.cfg.submission_file}")
+        events = self.parent_events + [e for w in self.workers for e in _events(w["dir"])]
+        with open(self.out / "events.jsonl", "w", encoding="utf-8") as f:
+            for e in events:
+                f.write(json.dumps(e, default=str) + "\n")
+        report = build_report(self, events)
+        (self.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        write_timeline(events, self.budget, self.out / "timeline.png")
+        self.log("report", f"report.json and timeline.png written; wall {time.time() - self.budget.start:.1f}s")
+        return report
+
+
+def _events(wdir: Path) -> list[dict]:
+    path = Path(wdir) / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: skip it
+            continue
+    return out
+
+
+def _read_candidates(path: Path) -> CandidateSet:
+    if not path.exists():
+        return {}
+    try:
+        return read_candidate_file(path)[0]
+    except ValueError:
+        return {}
+
+
+def run(config: RunConfig) -> dict:
+    """Run the whole pipeline under ``config``; always leaves a valid submission. Returns the report."""
+    r = Run(config)
+    r.log("start", f"preset {config.preset}, {config.workers} worker(s) on {config.device}, fault={config.fault or '-'}")
+    r.load()
+    try:
+        r.plan()
+        r.start_programs()
+        for w in r.the_plan.workers:
+            if w.task_ids:
+                r.launch(w.worker, w.task_ids, r.the_plan.settings.train_steps, r.the_plan.settings.views_per_test)
+        r.watch()
+    except Exception as e:  # noqa: BLE001 - the run edge: keep the fallback submission and report why
+        r.log("error", f"run failed: {type(e).__name__}: {e}; writing what exists")
+        for tid in r.tasks:
+            r.reason(tid, f"run failed: {type(e).__name__}: {e}")
+        if not hasattr(r, "the_plan"):
+            r.workers, r.programs_proc = [], None
+        else:
+            r._stop_stragglers()
+    return r.finish()

@@ -1,0 +1,162 @@
+"""The run report (``report.json``) and the timeline picture (``timeline.png``), built from worker events.
+
+The report answers the questions a competitor asks after a run: did it fit (per-phase predicted vs measured
+seconds), which engines actually ran (backends), what happened to every task (trained? decoded? how many
+candidates, how many unparsable, did the program expert decide it, why it fell back), how the second pass spent
+its compute (per task the first-pass difficulty and the extra views given), and the score when solutions exist.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+PHASE_OF = {"startup_train": "startup", "startup_decode": "startup", "startup_score": "startup",
+            "train": "train", "decode": "decode", "score": "score"}
+COLORS = {"startup": "#9e9e9e", "train": "#1f77b4", "decode": "#2ca02c", "score": "#ff7f0e",
+          "programs": "#9467bd", "load": "#8c564b", "final_write": "#d62728", "hang": "#e377c2"}
+
+
+def measured_phase_seconds(events: list[dict]) -> dict[str, float]:
+    """Per phase, the largest per-worker total (workers run in parallel: the phase's makespan)."""
+    per: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    for e in events:
+        phase = PHASE_OF.get(e["phase"])
+        if phase is None or e.get("status") not in ("ok", "error") or e.get("worker", -1) < 0:
+            continue
+        per[phase][e["worker"]] += max(0.0, e["end"] - e["start"])
+    return {p: max(per[p].values()) if per[p] else 0.0 for p in ("startup", "train", "decode", "score")}
+
+
+def predicted_phase_seconds(plan) -> dict[str, float]:
+    return {p: max((w.seconds.get(p, 0.0) for w in plan.workers), default=0.0)
+            for p in ("startup", "train", "decode", "score")}
+
+
+def build_report(run, events: list[dict]) -> dict[str, Any]:
+    """Everything ``report.json`` holds; ``run`` is the pipeline's ``Run`` after ``finish`` selected."""
+    cfg = run.cfg
+    sels = getattr(run, "selections", {})
+    ttt, progs = getattr(run, "final_candidates", ({}, {}))
+    backends: dict[str, str] = {}
+    for e in events:
+        if e["phase"].startswith("startup_") and e.get("backend"):
+            backends[e["phase"].removeprefix("startup_")] = e["backend"]
+    if cfg.run_programs:
+        backends["programs"] = "arcttt_kaggle.programs (CPU DSL search)"
+    trained = {e["task"] for e in events if e["phase"] == "train" and e["status"] == "ok"}
+    train_err = {e["task"]: e.get("reason", "") for e in events if e["phase"] == "train" and e["status"] in ("error", "skipped") and e["task"]}
+    allocation = _allocation(run)
+    per_task = {}
+    for tid, task in run.all_tasks.items():
+        sel = sels.get(tid, [])
+        reasons = list(run.reasons.get(tid, []))
+        if tid in train_err:
+            reasons.append(f"TTT: {train_err[tid]}; decoded with the base model")
+        n_cands = sum(len(x) for x in ttt.get(tid, []))
+        unparsable = sum(1 for x in ttt.get(tid, []) for c in x if c.grid is None)
+        fell_back = [i for i, s in enumerate(sel) if s.attempts[0] is None]
+        if tid in run.tasks and fell_back:
+            why = "no candidates" if n_cands == 0 else ("all candidates unparsable" if unparsable == n_cands else "")
+            reasons.append(f"test inputs {fell_back} use the fallback answer" + (f" ({why})" if why else ""))
+        per_task[tid] = {
+            "attempted": tid in run.tasks, "adapter": tid in trained, "candidates": n_cands, "unparsable": unparsable,
+            "program_answers": sum(1 for x in progs.get(tid, []) for c in x if c.verified),
+            "decided_by_program": any(s.decided_by_program for s in sel),
+            "outcome": _outcome(tid in run.tasks, tid in trained, n_cands - unparsable, fell_back, sel),
+            "selection": [s.to_dict() for s in sel], "fallback_reasons": reasons,
+            "allocation": allocation.get("tasks", {}).get(tid),
+        }
+    for r in run.rejected:
+        per_task[r.task_id] = {"attempted": False, "outcome": "placeholder", "fallback_reasons": run.reasons.get(r.task_id, [])}
+    measured = measured_phase_seconds(events)
+    predicted = predicted_phase_seconds(run.the_plan) if hasattr(run, "the_plan") else {}
+    phases = {p: {"predicted_s": round(predicted.get(p, 0.0), 2), "measured_s": round(measured.get(p, 0.0), 2),
+                  "ratio": round(measured[p] / predicted[p], 3) if predicted.get(p) else None} for p in measured}
+    pred_total, meas_total = sum(predicted.values()), sum(measured.values())
+    report: dict[str, Any] = {
+        "preset": cfg.preset, "challenges": cfg.challenges, "submission": str(cfg.submission_file),
+        "fault": cfg.fault or None, "selection_method": cfg.select.method, "backends": backends,
+        "tasks": len(run.all_tasks) + len(run.rejected), "attempted": len(run.tasks),
+        "rejected": [{"task_id": r.task_id, "reason": r.reason} for r in run.rejected],
+        "budget": {"limit_s": cfg.budget.limit_seconds, "margin_s": cfg.budget.safety_margin_seconds,
+                   "wall_s": round(max((e["end"] for e in events), default=run.budget.start) - run.budget.start, 2),
+                   "finished_before_deadline": max((e["end"] for e in events), default=0) <= run.budget.deadline},
+        "plan": run.the_plan.to_dict() if hasattr(run, "the_plan") else None,
+        "phases": phases,
+        "phases_total": {"predicted_s": round(pred_total, 2), "measured_s": round(meas_total, 2),
+                         "ratio": round(meas_total / pred_total, 3) if pred_total else None},
+        "workers": [{"worker": w["worker"], "attempt": w["attempt"], "tasks": w["tasks"], "returncode": w["returncode"],
+                     "reason": w["reason"], "train_steps": w["train_steps"], "views": w["views"]} for w in run.workers],
+        "programs": {"tasks_with_verified_program": sum(1 for t in progs.values() if any(any(c.verified for c in x) for x in t)),
+                     "tasks_decided": sum(1 for t in per_task.values() if t.get("decided_by_program"))},
+        "allocation": allocation,
+        "fallback_tasks": sorted(t for t, v in per_task.items() if v.get("outcome") in ("fallback", "placeholder")),
+        "per_task": per_task,
+    }
+    if cfg.solutions:
+        report["score"] = _score(cfg)
+    return report
+
+
+def _outcome(attempted: bool, trained: bool, parsed: int, fell_back: list[int], sel) -> str:
+    if not attempted:
+        return "fallback"
+    if fell_back and len(fell_back) == len(sel):
+        return "program" if any(s.decided_by_program for s in sel) else "fallback"
+    return ("ttt" if trained else "base-model") + ("+program" if any(s.decided_by_program for s in sel) else "")
+
+
+def _allocation(run) -> dict:
+    merged: dict[str, Any] = {"tasks": {}, "budget_units": 0.0, "spent_units": 0.0}
+    for w in getattr(run, "workers", []):
+        path = Path(w["dir"]) / "allocation.json"
+        if path.exists():
+            d = json.loads(path.read_text())
+            merged["tasks"].update(d.get("tasks", {}))
+            merged["budget_units"] += d.get("budget_units", 0.0)
+            merged["spent_units"] += d.get("spent_units", 0.0)
+    return merged
+
+
+def _score(cfg) -> dict:
+    from .scoring import score_submission_files
+
+    rep = score_submission_files(cfg.submission_file, cfg.solutions)
+    return {"score": rep.score, "task_score": rep.task_score, "correct": rep.correct, "total": rep.total,
+            "table": rep.format_table()}
+
+
+def write_timeline(events: list[dict], budget, path: Path) -> None:
+    """Phases per worker over time as horizontal bars (parent row -1 holds load, programs, final write)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.6 * (1 + len({e["worker"] for e in events}))))
+    lanes = sorted({e["worker"] for e in events})
+    t0 = budget.start
+    seen = set()
+    for e in events:
+        name = "hang" if e.get("status") == "hang" else PHASE_OF.get(e["phase"], e["phase"])
+        if name not in COLORS:
+            continue
+        start, end = e["start"] - t0, max(e["end"] - t0, e["start"] - t0 + 0.05)
+        if name == "hang":
+            end = max(end, max((x["end"] for x in events), default=end) - t0)
+        y = lanes.index(e["worker"])
+        ax.barh(y, end - start, left=start, color=COLORS[name], edgecolor="white" if e.get("task") else "none",
+                linewidth=0.3, label=name if name not in seen else None, alpha=0.4 if e.get("status") != "ok" else 1.0)
+        seen.add(name)
+    ax.axvline(budget.deadline - t0, color="red", linestyle="--", label="deadline")
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels(["parent" if w < 0 else f"worker {w}" for w in lanes])
+    ax.set_xlabel("seconds since start")
+    ax.set_title("arcttt-kaggle run timeline (faded bars: errors or skipped)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=8, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
