@@ -86,7 +86,8 @@ class AllocationConfig:
             raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement}")
         w = tuple(float(x) for x in self.weights)
         if len(w) != len(FEATURES) or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
-            raise ValueError(f"weights must be {len(FEATURES)} finite numbers >= 0 with a positive sum, got {self.weights}")
+            raise ValueError(f"weights must be {len(FEATURES)} finite numbers >= 0 with a positive sum, "
+                             f"got {self.weights}")
         object.__setattr__(self, "weights", w)
         for name in ("min_views_for_unanimous", "min_extra", "max_extra_per_task"):
             v = getattr(self, name)

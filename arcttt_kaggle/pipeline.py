@@ -381,3 +381,14 @@ def run(config: RunConfig) -> dict:
         else:
             r._stop_stragglers()
     return r.finish()
+
+
+def plan_only(config: RunConfig) -> tuple:
+    """The plan ``run`` would make at its start, without starting anything: (plan, tasks, rejected)."""
+    loaded = load_challenges(config.challenges, strict=False)
+    tasks = dict(list(loaded.tasks.items())[:config.max_tasks] if config.max_tasks else loaded.tasks.items())
+    budget = Budget(config.budget)
+    available = budget.work_deadline() - budget.start
+    plan = make_plan(lambda s: task_works(tasks, config, s), full_settings(config), CostModel(config.throughput),
+                     config.workers, available, scores=config.select.method == "poe")
+    return plan, tasks, loaded.rejected

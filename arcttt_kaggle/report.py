@@ -160,3 +160,24 @@ def write_timeline(events: list[dict], budget, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def format_summary(report: dict) -> str:
+    """A short human summary of ``report.json`` (the notebook's last cell prints it)."""
+    lines = [f"preset {report['preset']}  method {report['selection_method']}  fault {report.get('fault') or '-'}",
+             f"backends: " + ", ".join(f"{k}={v}" for k, v in report["backends"].items()),
+             f"tasks {report['tasks']} (attempted {report['attempted']}, rejected {len(report['rejected'])}); "
+             f"wall {report['budget']['wall_s']}s of {report['budget']['limit_s']}s; "
+             f"before deadline: {report['budget']['finished_before_deadline']}",
+             f"{'phase':<8} {'predicted':>10} {'measured':>10} {'ratio':>6}"]
+    for p, v in report["phases"].items():
+        lines.append(f"{p:<8} {v['predicted_s']:>10.1f} {v['measured_s']:>10.1f} {v['ratio'] if v['ratio'] is not None else '-':>6}")
+    t = report["phases_total"]
+    lines.append(f"{'total':<8} {t['predicted_s']:>10.1f} {t['measured_s']:>10.1f} {t['ratio'] if t['ratio'] is not None else '-':>6}")
+    lines.append(f"program expert: {report['programs']['tasks_with_verified_program']} tasks verified, "
+                 f"{report['programs']['tasks_decided']} decided")
+    if report.get("fallback_tasks"):
+        lines.append(f"fallback tasks: {', '.join(report['fallback_tasks'])}")
+    if "score" in report:
+        lines.append(f"score {report['score']['score']:.3f} ({report['score']['correct']}/{report['score']['total']} test outputs)")
+    return "\n".join(lines)

@@ -63,7 +63,8 @@ class SelectConfig:
     poe_prerank: Literal["flat", "two_level"] = field(default="flat", metadata={
         "help": "poe: voting method that picks the top poe_top_c grids to score (and orders unscored ones)"})
     poe_top_c: int = field(default=8, metadata={
-        "help": "poe: number of top voted grids scored (compute = poe_top_c x poe_views scorings per test input)"})
+        "help": "poe: number of top voted grids scored, >= 2 (compute <= poe_top_c x poe_views scorings per test "
+                "input)"})
     poe_views: int = field(default=8, metadata={
         "help": "poe: K augmented views each grid is scored under (identity first, then the 7 other dihedral "
                 "elements with random colors/orders); with precomputed scores the file's views are used"})
@@ -79,10 +80,10 @@ class SelectConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.poe_prerank not in ("flat", "two_level"):
             raise ValueError(f"poe_prerank must be 'flat' or 'two_level', got {self.poe_prerank!r}")
-        for name in ("family_top", "poe_top_c", "poe_views"):
+        for name, low in (("family_top", 1), ("poe_top_c", 2), ("poe_views", 1)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
         if isinstance(self.vote_weight, bool) or not isinstance(self.vote_weight, (int, float)) \
                 or not math.isfinite(self.vote_weight) or self.vote_weight < 0:
             raise ValueError(f"vote_weight must be a finite number >= 0, got {self.vote_weight!r}")
@@ -90,9 +91,6 @@ class SelectConfig:
             raise ValueError(f"use_program_expert must be a bool, got {self.use_program_expert!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
-
-
-ProgramRole = Literal["off", "agreed", "overrode", "ambiguous", "sole"]
 
 
 @dataclass(frozen=True)
@@ -150,19 +148,30 @@ def precomputed_view_logprobs(candidates: Sequence[Candidate]) -> dict[bytes, di
     return {k: v for k, v in out.items() if v}
 
 
+@dataclass(frozen=True)
+class Reranked:
+    """Result of ``poe_rerank``."""
+
+    ranked: list[Ranked]
+    scored: int = field(metadata={"help": "(grid, view) log-likelihoods used"})
+    fell_back: bool = field(default=False, metadata={"help": "no scores available: the vote order was kept"})
+    note: str = ""
+
+
 def poe_rerank(task: Task, test_index: int, ranked: Sequence[Ranked], candidates: Sequence[Candidate],
-               config: SelectConfig, score_fn: ScoreFn | None = None) -> tuple[list[Ranked], int, str]:
-    """Re-rank the top ``config.poe_top_c`` of ``ranked`` by product of experts; returns (ranking, scorings, note).
+               config: SelectConfig, score_fn: ScoreFn | None = None) -> Reranked:
+    """Re-rank the top ``config.poe_top_c`` of ``ranked`` by product of experts.
 
     With ``score_fn`` the grids are scored under ``sample_augmentations(poe_views, seed)`` (identity first). Without
     it, precomputed ``view_logprobs`` are used, summed over the views that every scored grid has (so the sums are
     comparable); if the scored grids share no view, each grid's mean per view is used instead and the note says
     so. Grids without scores keep their vote order after the scored ones; grids beyond the top C follow them.
-    Non-finite log-likelihoods count as -inf. The note is empty unless something degraded.
+    Non-finite log-likelihoods count as -inf. The note is empty unless something degraded. A single distinct
+    grid (or a pool of one) is not scored at all: no score can change its rank, and scoring costs GPU time.
     """
     pool, rest = list(ranked[:config.poe_top_c]), list(ranked[config.poe_top_c:])
-    if not pool:
-        return [], 0, ""
+    if len(pool) < 2:
+        return Reranked(list(ranked), 0)
     note = ""
     if score_fn is not None:
         views = sample_augmentations(config.poe_views, config.seed, num_train=len(task.train))
@@ -177,7 +186,8 @@ def poe_rerank(task: Task, test_index: int, ranked: Sequence[Ranked], candidates
         pre = precomputed_view_logprobs(candidates)
         have = [r for r in pool if r.key in pre]
         if not have:
-            return list(ranked), 0, "poe: no score_fn and no precomputed view_logprobs; kept the vote order"
+            return Reranked(list(ranked), 0, True, "poe: no score_fn and no precomputed view_logprobs; "
+                                                   "kept the vote order")
         common = set.intersection(*(set(pre[r.key]) for r in have))
         poe = {}
         for r in have:
@@ -196,7 +206,7 @@ def poe_rerank(task: Task, test_index: int, ranked: Sequence[Ranked], candidates
     order = {r.key: i for i, r in enumerate(pool)}
     scored_entries.sort(key=lambda r: (-r.score, -r.votes, order[r.key]))
     unscored = [r for r in pool if r.key not in poe]
-    return scored_entries + unscored + rest, int(scored), note
+    return Reranked(scored_entries + unscored + rest, int(scored), False, note)
 
 
 # -- program-expert ensemble ----------------------------------------------------------------------------------
@@ -269,8 +279,9 @@ def select_attempts(task: Task, test_index: int, candidates: list[Candidate], co
     method, note, scored = config.method, "", 0
     if config.method == "poe":
         ranked = vote(candidates, config.poe_prerank, config.family_top)
-        ranked, scored, note = poe_rerank(task, test_index, ranked, candidates, config, score_fn)
-        if scored == 0 and ranked:  # nothing could be scored: the pre-ranking stands
+        rr = poe_rerank(task, test_index, ranked, candidates, config, score_fn)
+        ranked, scored, note = rr.ranked, rr.scored, rr.note
+        if rr.fell_back:  # nothing could be scored: the pre-ranking stands
             method = config.poe_prerank
     else:
         ranked = vote(candidates, config.method, config.family_top)

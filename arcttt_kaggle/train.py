@@ -385,7 +385,10 @@ class Trainer:
 # -- backends -------------------------------------------------------------------------------------------------
 def _load_unsloth(model_path: Path, cfg: TrainConfig):
     """Unsloth's loader; imported here first so it can patch transformers/PEFT (see the module docstring)."""
-    if "transformers" in sys.modules and "unsloth" not in sys.modules:
+    import torch
+
+    if "transformers" in sys.modules and "unsloth" not in sys.modules and torch.cuda.is_available():
+        # On a CPU-only host Unsloth runs stock transformers + PEFT, so the order only matters on GPU.
         warnings.warn("transformers was imported before unsloth in this process; Unsloth's GPU patches may be "
                       "incomplete. Build the Trainer (or `import unsloth`) before importing transformers.")
     try:

@@ -39,14 +39,17 @@ class Ranked:
     families: int = field(metadata={"help": "distinct transformation families (dihedral names) among those candidates"})
     best_logprob: float = field(metadata={"help": "highest cumulative log-probability among those candidates"})
     mean_logprob: float = field(metadata={"help": "mean cumulative log-probability among those candidates"})
-    sum_logprob: float = field(metadata={"help": "sum of the candidates' cumulative log-probabilities (Omni-ARC tie-break)"})
+    sum_logprob: float = field(metadata={
+        "help": "sum of the candidates' cumulative log-probabilities (Omni-ARC tie-break)"})
     sources: tuple[str, ...] = field(metadata={"help": "distinct Candidate.source values, sorted"})
     views: tuple[str, ...] = field(metadata={"help": "distinct view strings that produced it, in first-seen order"})
-    first_index: int = field(metadata={"help": "index of its first candidate in the input list (last-resort tie-break)"})
+    first_index: int = field(metadata={
+        "help": "index of its first candidate in the input list (last-resort tie-break)"})
     family_votes: int = field(default=0, metadata={
         "help": "two-level voting: number of families that put this grid in their per-family top; 0 under flat voting"})
     score: float = field(default=0.0, metadata={
-        "help": "the method's primary ordering score: votes (flat), family_votes (two-level), combined PoE score (poe)"})
+        "help": "the method's primary ordering score: votes (flat), family_votes (two-level), "
+                "combined PoE score (poe)"})
     poe_logprob: float | None = field(default=None, metadata={
         "help": "product of experts: summed log-likelihood over the scoring views; None when not scored"})
     poe_views: int = field(default=0, metadata={"help": "number of views summed into poe_logprob"})

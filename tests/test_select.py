@@ -47,7 +47,7 @@ def small_sum_score(task: Task, test_index: int, grids: list, views: list) -> np
 
 # -- config -----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [{"method": "best"}, {"poe_top_c": 0}, {"poe_views": -1}, {"vote_weight": -1.0},
+@pytest.mark.parametrize("bad", [{"method": "best"}, {"poe_top_c": 1}, {"poe_views": -1}, {"vote_weight": -1.0},
                                  {"vote_weight": float("inf")}, {"family_top": 0}, {"poe_prerank": "poe"},
                                  {"use_program_expert": 1}, {"seed": 1.5}])
 def test_config_validation(bad):
@@ -66,7 +66,9 @@ def test_config_fields_have_help():
 def test_single_candidate_and_all_unparsable(method):
     cfg = SelectConfig(method=method)
     s = select_attempts(TASK, 0, [cand(A)], cfg)
-    assert same(s.attempts[0], A) and s.attempts[1] is None and s.considered == 1
+    assert same(s.attempts[0], A) and s.attempts[1] is None and s.considered == 1 and s.method == method
+    s = select_attempts(TASK, 0, [cand(A), cand(A, "rot90")], cfg, small_sum_score)
+    assert s.scored == 0 and s.method == method  # one distinct grid: nothing to re-rank, no scoring spent
     s = select_attempts(TASK, 0, [cand(None), cand(None, "rot90")], cfg, small_sum_score)
     assert s.attempts == (None, None) and s.unparsable == 2 and s.ranked == () and s.scored == 0
     assert select_attempts(TASK, 0, [], cfg).attempts == (None, None)

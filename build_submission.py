@@ -1,0 +1,152 @@
+"""The kit's command line: dry run of the notebook, scoring, validation, planning, program expert, bundle.
+
+    .venv/bin/python build_submission.py dry-run --budget-seconds 600                # the main job
+    .venv/bin/python build_submission.py dry-run --inject-fault worker-crash --out out/fault-crash
+    .venv/bin/python build_submission.py score out/dry-run/submission.json arcttt_kaggle/sample_data/arc-agi_test_solutions.json
+    .venv/bin/python build_submission.py validate out/dry-run/submission.json arcttt_kaggle/sample_data/arc-agi_test_challenges.json
+    .venv/bin/python build_submission.py plan --preset t4x2 --challenges ../shared/data/arc-agi-1/arc-agi_evaluation_challenges.json
+    .venv/bin/python build_submission.py programs --challenges F --solutions F --seconds-per-task 10 --out out/programs.json
+    .venv/bin/python build_submission.py bundle --out out/bundle [--no-wheels]
+
+A thin caller: every subcommand is a few lines over functions of ``arcttt_kaggle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+SAMPLE = Path(__file__).resolve().parent / "arcttt_kaggle" / "sample_data"
+
+
+def cmd_dry_run(a) -> int:
+    from arcttt_kaggle.dryrun import dry_run
+    from arcttt_kaggle.report import format_summary
+    from arcttt_kaggle.submission import validate_submission_file
+
+    challenges = Path(a.challenges or SAMPLE / "arc-agi_test_challenges.json")
+    solutions = Path(a.solutions) if a.solutions else (SAMPLE / "arc-agi_test_solutions.json" if not a.challenges else None)
+    out = Path(a.out)
+    overrides = json.loads(a.overrides) if a.overrides else {}
+    report = dry_run(preset=a.preset, challenges=challenges, solutions=solutions, budget_seconds=a.budget_seconds,
+                     out_dir=out, fault=a.inject_fault or "", overrides=overrides)
+    print(format_summary(report))
+    problems = validate_submission_file(out / "submission.json", challenges)
+    print(f"validate: {'OK' if not problems else problems}")
+    print(f"wrote {out / 'submission.json'}, {out / 'report.json'}, {out / 'timeline.png'}")
+    return 1 if problems else 0
+
+
+def cmd_score(a) -> int:
+    from arcttt_kaggle.scoring import score_submission_files
+
+    rep = score_submission_files(a.submission, a.solutions)
+    print(rep.format_table())
+    return 0
+
+
+def cmd_validate(a) -> int:
+    from arcttt_kaggle.submission import validate_submission_file
+
+    problems = validate_submission_file(a.submission, a.challenges)
+    for p in problems:
+        print(f"invalid: {p}", file=sys.stderr)
+    if not problems:
+        print(f"{a.submission}: valid for {a.challenges}")
+    return 1 if problems else 0
+
+
+def cmd_plan(a) -> int:
+    from arcttt_kaggle.budget import Throughput
+    from arcttt_kaggle.config import budget_overrides, preset
+    from arcttt_kaggle.pipeline import plan_only
+
+    cfg = replace(preset(a.preset), challenges=a.challenges)
+    if a.throughput_file:
+        cfg = replace(cfg, throughput=Throughput.from_file(a.throughput_file))
+    if a.budget_seconds:
+        cfg = budget_overrides(cfg, a.budget_seconds)
+    plan, tasks, rejected = plan_only(cfg)
+    print(f"preset {cfg.preset}: {len(tasks)} tasks ({len(rejected)} rejected), {cfg.workers} worker(s), "
+          f"budget {cfg.budget.limit_seconds:.0f}s - margin {cfg.budget.safety_margin_seconds:.0f}s")
+    print(plan.format_table())
+    return 0
+
+
+def cmd_programs(a) -> int:
+    from arcttt_kaggle.data import load_challenges
+    from arcttt_kaggle.programs.expert import ProgramsConfig, expert_report, run_expert
+    from arcttt_kaggle.submission import build_submission, write_submission
+
+    loaded = load_challenges(a.challenges, strict=False, solutions=a.solutions)
+    tasks = list(loaded.tasks.values())
+    cfg = ProgramsConfig(seconds_per_task=a.seconds_per_task, workers=a.workers)
+    cands, stats = run_expert(tasks, cfg, out_path=Path(a.out), progress=True)
+    print(f"candidate file: {a.out}  ({stats})")
+    if a.submission_out:
+        answers = {tid: [tuple(c.grid for c in per_test[:2]) + (None,) * (2 - len(per_test[:2])) for per_test in tests]
+                   for tid, tests in cands.items()}
+        write_submission(a.submission_out, build_submission(loaded.tasks, answers))
+        print(f"expert-only submission: {a.submission_out}")
+    if a.solutions:
+        print(expert_report(loaded.tasks, cands))
+    return 0
+
+
+def cmd_bundle(a) -> int:
+    from arcttt_kaggle.bundle import build_bundle
+
+    res = build_bundle(Path(a.out), user=a.kaggle_user, with_wheels=not a.no_wheels, model_dataset=a.model_dataset)
+    print(json.dumps({k: v if k != "wheels" else f"{len(v)} files" for k, v in res.items()}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dry-run", help="execute the notebook locally on the sample with the tiny model")
+    d.add_argument("--preset", default="cpu-tiny")
+    d.add_argument("--challenges")
+    d.add_argument("--solutions")
+    d.add_argument("--budget-seconds", type=float, default=600.0)
+    d.add_argument("--out", default="out/dry-run")
+    d.add_argument("--inject-fault", choices=["worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task"])
+    d.add_argument("--overrides", help="JSON object of dotted config keys, e.g. '{\"train.steps\": 8}'")
+    d.set_defaults(fn=cmd_dry_run)
+    s = sub.add_parser("score", help="score a submission against solutions")
+    s.add_argument("submission")
+    s.add_argument("solutions")
+    s.set_defaults(fn=cmd_score)
+    v = sub.add_parser("validate", help="check a submission against a challenges file")
+    v.add_argument("submission")
+    v.add_argument("challenges")
+    v.set_defaults(fn=cmd_validate)
+    pl = sub.add_parser("plan", help="predicted time per phase and per GPU, and the settings that fit")
+    pl.add_argument("--preset", default="t4x2")
+    pl.add_argument("--challenges", required=True)
+    pl.add_argument("--throughput-file")
+    pl.add_argument("--budget-seconds", type=float)
+    pl.set_defaults(fn=cmd_plan)
+    pr = sub.add_parser("programs", help="run the CPU program expert alone")
+    pr.add_argument("--challenges", required=True)
+    pr.add_argument("--solutions")
+    pr.add_argument("--seconds-per-task", type=float, default=10.0)
+    pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--out", default="out/programs.json")
+    pr.add_argument("--submission-out")
+    pr.set_defaults(fn=cmd_programs)
+    b = sub.add_parser("bundle", help="build the Kaggle upload folder")
+    b.add_argument("--out", default="out/bundle")
+    b.add_argument("--no-wheels", action="store_true")
+    b.add_argument("--kaggle-user", default="your-kaggle-username")
+    b.add_argument("--model-dataset", default="your-kaggle-username/arc-base-model")
+    b.set_defaults(fn=cmd_bundle)
+    a = p.parse_args(argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

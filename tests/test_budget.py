@@ -1,0 +1,86 @@
+"""The budget: a deadline object with an injectable clock, the cost model, LPT balancing and the ladder."""
+
+from __future__ import annotations
+
+import pytest
+
+from arcttt_kaggle.budget import (Budget, BudgetConfig, CostModel, Settings, TaskWork, Throughput, balance, ladder,
+                                  make_plan)
+
+
+class FakeClock:
+    """A clock the test moves by hand (a fault-free stand-in for time.time)."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_deadline_is_start_plus_limit_minus_margin():
+    clock = FakeClock()
+    b = Budget(BudgetConfig(limit_seconds=3600, safety_margin_seconds=600), clock=clock)
+    assert b.deadline == 1000 + 3600 - 600
+    clock.t += 2000
+    assert b.elapsed() == 2000 and b.remaining() == 1000 and not b.expired()
+    clock.t += 1000
+    assert b.expired() and b.remaining() == 0
+
+
+def test_defaults_are_kaggle_12h_with_20min_margin():
+    c = BudgetConfig()
+    assert c.limit_seconds == 12 * 3600 and c.safety_margin_seconds == 20 * 60
+
+
+@pytest.mark.parametrize("kw, match", [({"limit_seconds": 0}, "limit_seconds"),
+                                       ({"limit_seconds": 100, "safety_margin_seconds": 100}, "leaves nothing"),
+                                       ({"max_train_share": 0}, "max_train_share")])
+def test_budget_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        BudgetConfig(**kw)
+
+
+def test_balance_is_longest_first_to_least_loaded():
+    costs = {"a": 10, "b": 9, "c": 5, "d": 4, "e": 1}
+    groups = balance(costs, 2)
+    loads = [sum(costs[t] for t in g) for g in groups]
+    assert sorted(sum(groups, [])) == sorted(costs)
+    assert max(loads) == 15  # LPT: [a, d, e] = 15 and [b, c] = 14
+    assert groups[0][0] == "a" and groups[1][0] == "b"
+
+
+def test_ladder_order_fewer_steps_then_no_ttt_then_fewer_views():
+    rungs = ladder(Settings(train_steps=8, views_per_test=4, score_views=2, score_top_c=4))
+    names = [r.rung for r in rungs]
+    assert names == ["full", "steps=4", "steps=2", "steps=1", "no-ttt", "no-ttt,views=2", "no-ttt,views=1"]
+    assert all(r.train_steps == 0 for r in rungs[4:])
+
+
+def test_plan_takes_the_first_rung_that_fits_and_calibration_moves_predictions():
+    model = CostModel(Throughput(train_tokens_per_s=100, decode_prompt_tokens_per_s=1000, decode_output_tokens_per_s=100,
+                                 score_tokens_per_s=1000, train_startup_s=0, decode_startup_s=0, score_startup_s=0,
+                                 per_task_overhead_s=0))
+
+    def works(s: Settings):
+        return [TaskWork(f"t{i}", s.train_steps * 100, 1000 * s.views_per_test, 100 * s.views_per_test, 0) for i in range(4)]
+
+    full = Settings(train_steps=8, views_per_test=4, score_views=0, score_top_c=1)
+    roomy = make_plan(works, full, model, workers=2, available_seconds=1000)
+    assert roomy.fits and roomy.settings.rung == "full"
+    assert roomy.makespan == pytest.approx(2 * (8 + 4 + 4))  # 2 tasks per worker: train 8 s + decode 4+4 s each
+    tight = make_plan(works, full, model, workers=2, available_seconds=17)  # steps=1 needs 18 s, no TTT 16 s
+    assert tight.fits and tight.settings.rung == "no-ttt"
+    hopeless = make_plan(works, full, model, workers=2, available_seconds=1)
+    assert not hopeless.fits and hopeless.settings.rung == "no-ttt,views=1"
+    model.calibrate("train", tokens=1000, seconds=5)  # measured 200 tok/s, twice the prior
+    assert model.task_seconds(works(full)[0])["train"] == pytest.approx(4.0)
+
+
+def test_throughput_file_rejects_unknown_keys(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text('{"train_tokens_per_s": 5, "bogus": 1}')
+    with pytest.raises(ValueError, match="bogus"):
+        Throughput.from_file(p)
+    p.write_text('{"train_tokens_per_s": 5}')
+    assert Throughput.from_file(p).train_tokens_per_s == 5
