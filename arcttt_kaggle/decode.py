@@ -26,9 +26,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import gc
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Sequence
@@ -343,14 +345,261 @@ def make_null_adapter(like: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def new_temp_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))
+class _VllmBackend:
+    """One vLLM engine with LoRA enabled; each ``run`` is ONE ``LLM.generate`` call over all jobs."""
+
+    def __init__(self, model_path: Path, cfg: DecodeConfig, eos_id: int):
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if not cuda:  # read when the engine starts; vLLM parses an int number of GiB
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.cpu_kvcache_gib)))
+        import vllm
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self.dtype = resolve_dtype(cfg.dtype, cuda)
+        kwargs = dict(model=str(model_path), tokenizer=str(model_path), enable_lora=True, max_loras=cfg.max_loras,
+                      max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras, dtype=self.dtype,
+                      max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, seed=cfg.seed)
+        if cuda:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.eos_id = eos_id
+        self.max_rank = cfg.max_lora_rank
+        self.null_for_base = current_platform.is_cpu()  # see the module docstring: no-LoRA = last slot on CPU
+        self.name = f"vllm {vllm.__version__} (multi-LoRA, {self.dtype}, {'cuda' if cuda else 'cpu'})"
+        self.lora_ids: dict[str, int] = {}  # adapter folder -> int id of its latest version
+        self._requests: dict[tuple[str, int], object] = {}
+        self._next_id = 1
+        self._null = None
+        self._tmp: Path | None = None
+
+    def _new_request(self, name: str, path: str):
+        from vllm.lora.request import LoRARequest
+
+        req = LoRARequest(f"{name}-{self._next_id}", self._next_id, path)
+        self._next_id += 1
+        return req
+
+    def _lora(self, adapter: Path | None):
+        if adapter is None:
+            return self._null
+        key = adapter_key(adapter)
+        req = self._requests.get(key)
+        if req is None:
+            rank = adapter_rank(adapter)
+            if rank > self.max_rank:
+                raise ValueError(f"{adapter}: LoRA rank {rank} > DecodeConfig.max_lora_rank {self.max_rank}")
+            req = self._requests[key] = self._new_request(Path(key[0]).name, key[0])
+            self.lora_ids[key[0]] = req.lora_int_id
+            if self.null_for_base and self._null is None:
+                self._tmp = Path(tempfile.mkdtemp(prefix="arcttt-null-lora-"))
+                self._null = self._new_request("null", str(make_null_adapter(Path(key[0]), self._tmp / "null")))
+        return req
+
+    def run(self, jobs: Sequence[_Job], cfg: DecodeConfig, deadline: float | None, progress: bool
+            ) -> tuple[list[list[_Sample] | None], int]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        for j in jobs:  # register adapters first: the first one also creates the null LoRA (CPU)
+            if j.adapter is not None:
+                self._lora(j.adapter)
+        loras = [self._lora(j.adapter) for j in jobs]
+        sampled = cfg.temperature > 0
+        params = [SamplingParams(n=cfg.samples_per_view, temperature=cfg.temperature, max_tokens=j.max_tokens,
+                                 logprobs=0, stop_token_ids=[self.eos_id], seed=cfg.seed + k if sampled else None,
+                                 detokenize=False) for k, j in enumerate(jobs)]
+        prompts = [TokensPrompt(prompt_token_ids=list(j.prompt)) for j in jobs]
+        start = self.llm.request_counter.counter  # request ids are str(start + k), in submission order
+        ids = [str(start + k) for k in range(len(jobs))]
+        bar = _bar_factory(lambda: self.llm.llm_engine.abort_request(ids), deadline, progress)
+        outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=bar)
+        results: list[list[_Sample] | None] = [None] * len(jobs)
+        for o in outs:
+            k = int(o.request_id) - start
+            if 0 <= k < len(jobs) and o.outputs and all(c.finish_reason in ("stop", "length") for c in o.outputs):
+                results[k] = [_Sample(list(c.token_ids), float(c.cumulative_logprob or 0.0), c.finish_reason)
+                              for c in o.outputs]
+        return results, 1
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()  # lets a later engine in this process initialize its process group
+        gc.collect()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def cpu_kvcache_env(gib: float) -> str:
-    """``VLLM_CPU_KVCACHE_SPACE`` value: vLLM parses it as an int number of GiB."""
-    return str(max(1, math.ceil(gib)))
+class _DeadlineBar:
+    """The part of tqdm's interface vLLM's offline loop uses; past the deadline it aborts the run's requests,
+    so ``generate`` returns with what finished (checked whenever a request finishes)."""
+
+    def __init__(self, abort, deadline: float | None, total: int, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.abort, self.deadline, self.aborted = abort, deadline, False
+        self.n, self.postfix, self.t0 = 0, "", time.time()
+        self.inner = tqdm(total=total, desc="decode", dynamic_ncols=True) if progress else None
+
+    @property
+    def format_dict(self) -> dict:
+        return {"elapsed": max(time.time() - self.t0, 1e-9)}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.inner is not None:
+            self.inner.update(n)
+        if self.deadline is not None and not self.aborted and time.time() >= self.deadline:
+            self.aborted = True
+            self.abort()
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
 
 
-def set_cpu_kvcache(gib: float) -> None:
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = cpu_kvcache_env(gib)
+def _bar_factory(abort, deadline: float | None, progress: bool):
+    if deadline is None and not progress:
+        return False
+
+    def make(iterable=None, total: int = 0, **_):
+        return iterable if iterable is not None else _DeadlineBar(abort, deadline, total, progress)
+
+    return make
+
+
+class _HfBackend:
+    """transformers + PEFT ``generate``: jobs grouped by adapter (one loaded at a time), padded batches."""
+
+    def __init__(self, model_path: Path, cfg: DecodeConfig, eos_id: int, pad_id: int):
+        import peft
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(cfg.dtype, self.device.type == "cuda")
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, self.dtype))
+        self.model.to(self.device).eval()
+        self.peft = None
+        self.active: tuple[str, int] | None = None
+        self.eos_id, self.pad_id = eos_id, pad_id
+        self.name = (f"transformers {transformers.__version__} + peft {peft.__version__} generate "
+                     f"({self.dtype}, {self.device.type})")
+        self._loaded = 0
+
+    def _use(self, adapter: Path | None):
+        """Make ``adapter`` the active one (loading it, dropping the previous); the context runs base for None."""
+        if adapter is None:
+            return self.peft.disable_adapter() if self.peft is not None else nullcontext()
+        key = adapter_key(adapter)
+        if key != self.active:
+            name, self._loaded = f"a{self._loaded}", self._loaded + 1
+            if self.peft is None:
+                from peft import PeftModel
+
+                self.peft = PeftModel.from_pretrained(self.model, key[0], adapter_name=name).eval()
+            else:
+                old = self.peft.active_adapter
+                self.peft.load_adapter(key[0], adapter_name=name)
+                self.peft.set_adapter(name)
+                self.peft.delete_adapter(old)
+            self.active = key
+        return nullcontext()
+
+    def run(self, jobs: Sequence[_Job], cfg: DecodeConfig, deadline: float | None, progress: bool
+            ) -> tuple[list[list[_Sample] | None], int]:
+        groups: dict[str, list[int]] = {}
+        for k, j in enumerate(jobs):
+            groups.setdefault("" if j.adapter is None else str(j.adapter), []).append(k)
+        results: list[list[_Sample] | None] = [None] * len(jobs)
+        calls = 0
+        for members in groups.values():
+            members.sort(key=lambda k: len(jobs[k].prompt))  # similar lengths per batch: less padding
+            with self._use(jobs[members[0]].adapter):
+                for b in range(0, len(members), cfg.hf_batch_size):
+                    if deadline is not None and time.time() >= deadline:
+                        return results, calls
+                    batch = members[b:b + cfg.hf_batch_size]
+                    for k, samples in zip(batch, self._generate([jobs[k] for k in batch], cfg)):
+                        results[k] = samples
+                    calls += 1
+        return results, calls
+
+    def _generate(self, batch: Sequence[_Job], cfg: DecodeConfig) -> list[list[_Sample]]:
+        torch = self.torch
+        from transformers import LogitsProcessorList
+
+        width = max(len(j.prompt) for j in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, j in enumerate(batch):  # left padding: every prompt ends where generation starts
+            ids[r, width - len(j.prompt):] = torch.tensor(j.prompt)
+            mask[r, width - len(j.prompt):] = 1
+        n = cfg.samples_per_view
+        recorder = _LogprobRecorder(cfg.temperature)
+        kwargs: dict = dict(max_new_tokens=max(j.max_tokens for j in batch), eos_token_id=self.eos_id,
+                            pad_token_id=self.pad_id, num_return_sequences=n,
+                            logits_processor=LogitsProcessorList([recorder]))
+        if cfg.temperature > 0:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0)
+            torch.manual_seed(cfg.seed + batch[0].index)
+        else:
+            kwargs.update(do_sample=False)
+        model = self.peft if self.peft is not None else self.model
+        with torch.inference_mode():
+            seqs = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        gen = seqs[:, width:]
+        lps = recorder.finish(gen).cpu()
+        gen = gen.cpu().tolist()
+        out: list[list[_Sample]] = [[] for _ in batch]
+        for row, toks in enumerate(gen):
+            job = batch[row // n]
+            toks = toks[:job.max_tokens]
+            end = toks.index(self.eos_id) + 1 if self.eos_id in toks else len(toks)
+            out[row // n].append(_Sample(toks[:end], float(lps[row, :end].double().sum()),
+                                         "stop" if end and toks[end - 1] == self.eos_id else "length"))
+        return out
+
+    def close(self) -> None:
+        self.model = self.peft = None
+        gc.collect()
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+
+class _LogprobRecorder:
+    """A logits processor that keeps the log-probability of each chosen token, one step at a time (output_logits
+    would hold steps x rows x vocab floats: 900 x 8 x 152k fp32 = 4 GB for Qwen). It sees the scores after
+    the temperature warper (the only one active: top_k=0, top_p=1), so it undoes the temperature to report
+    the model's raw log-probabilities, like vLLM."""
+
+    def __init__(self, temperature: float):
+        self.scale = temperature if temperature > 0 else 1.0
+        self.prev = None
+        self.picked: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.prev is not None:
+            self.picked.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev = torch.log_softmax(scores.float() * self.scale, dim=-1)
+        return scores
+
+    def finish(self, generated):
+        import torch
+
+        steps = self.picked + [self.prev.gather(1, generated[:, -1:].to(self.prev.device)).squeeze(1)]
+        return torch.stack(steps[:generated.shape[1]], dim=1)

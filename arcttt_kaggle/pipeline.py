@@ -371,6 +371,12 @@ def run(config: RunConfig) -> dict:
         for w in r.the_plan.workers:
             if w.task_ids:
                 r.launch(w.worker, w.task_ids, r.the_plan.settings.train_steps, r.the_plan.settings.views_per_test)
+        if config.fault == "deadline":
+            # The budget runs out mid-training, after the workers were launched believing they had the full time.
+            w = r.the_plan.workers[0].seconds
+            r.budget.deadline = min(r.budget.deadline, time.time() + config.budget.final_write_seconds
+                                    + w["startup"] * 0.6 + w["train"] * 0.3)
+            r.log("fault", f"injected fault: deadline moved to {r.budget.remaining():.0f}s from now")
         r.watch()
     except Exception as e:  # noqa: BLE001 - the run edge: keep the fallback submission and report why
         r.log("error", f"run failed: {type(e).__name__}: {e}; writing what exists")

@@ -109,10 +109,15 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str)
         return {}
     events.emit("startup_train", "ok", start=t0, backend=trainer.backend)
     adapters: dict[str, str] = {}
+    steps = spec.train_steps
+    measured: list[tuple[int, float]] = []  # (examples' tokens seen, seconds) of trained tasks
     try:
         # Cheapest tasks first: under a deadline this trains the most adapters.
         order = sorted(tasks.values(), key=lambda t: (t.num_cells, t.id))
         for n, task in enumerate(order):
+            if len(measured) == cfg.budget.calibrate_after_tasks:
+                steps = _calibrated_steps(steps, measured, order[n:], spec.train_deadline)
+                events.emit("calibrate", "ok", steps=steps, tokens_per_s=sum(t for t, _ in measured) / sum(s for _, s in measured))
             if time.time() >= spec.train_deadline:
                 events.emit("train", "skipped", task=task.id, reason="training phase deadline reached")
                 continue
@@ -126,8 +131,9 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str)
                 if not examples:
                     raise ValueError("no TTT examples fit the token budget")
                 res = trainer.train_task(task.id, examples, Path(spec.work_dir) / "adapters" / task.id,
-                                         steps=spec.train_steps, seed=cfg.seed, deadline=spec.train_deadline)
+                                         steps=steps, seed=cfg.seed, deadline=spec.train_deadline)
                 adapters[task.id] = str(res.adapter_dir)
+                measured.append((res.tokens_seen, time.time() - ts))
                 events.emit("train", "ok", task=task.id, start=ts, steps=res.steps_done, tokens=res.tokens_seen,
                             loss_first=res.losses[0] if res.losses else None,
                             loss_last=res.losses[-1] if res.losses else None, stopped_early=res.stopped_early)
@@ -136,6 +142,24 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str)
     finally:
         trainer.close()
     return adapters
+
+
+def _calibrated_steps(steps: int, measured: list[tuple[int, float]], left: list, deadline: float) -> int:
+    """Fewer TTT steps when the measured speed says the remaining tasks would overrun the training deadline.
+
+    The remaining tasks are extrapolated at the measured mean seconds per task (tasks are trained cheapest
+    first, so this errs short, and the per-task deadline still stops a long one). Steps never go up (the plan
+    already chose them) nor below 1.
+    """
+    secs = sum(s for _, s in measured)
+    if secs <= 0 or not left:
+        return steps
+    per_task = secs / len(measured)
+    predicted = per_task * len(left)
+    available = max(0.0, deadline - time.time())
+    if predicted <= available:
+        return steps
+    return max(1, int(steps * available / predicted))
 
 
 def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, fault: str):

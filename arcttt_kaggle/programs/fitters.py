@@ -221,10 +221,22 @@ def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
 
 
 def color_map_fit(preds: list[Grid], ys: list[Grid]) -> dict[int, int] | None:
-    """A non-identity color map that turns every prediction into its output, or ``None``."""
+    """A non-identity color map that turns every prediction into its output, or ``None``.
+
+    Refused when some demonstration is "explained" only by a fresh entry of the map: a demonstration whose
+    single recoloring ``a -> b`` appears in no other demonstration (not even the target ``b``) verifies
+    nothing about the program before the map, since any program reaching one color there would fit.
+    """
     cmap = pr.learn_color_map(zip(preds, ys))
     if cmap is None or all(a == b for a, b in cmap.items()):
         return None
+    targets = []
+    for p in preds:
+        used = {int(a) for a in np.unique(p)}
+        targets.append({cmap[a] for a in used if cmap[a] != a})
+    for i, t in enumerate(targets):
+        if len(t) == 1 and not any(t & u for j, u in enumerate(targets) if j != i):
+            return None
     return cmap
 
 

@@ -8,8 +8,9 @@ program is *verified* when it reproduces every demonstration output exactly. Pru
 - nodes whose demonstration grids equal an earlier node's are dropped (same behaviour, costlier program);
 - when every demonstration keeps its shape, nodes that change a demonstration's shape are dropped;
 - operation results are cached per grid (different prefixes often reach the same grid);
-- the search stops after the first depth that yields a verified program: deeper programs that also fit
-  are more complex explanations of the same evidence, so they rank lower and mostly add wrong answers.
+- the search stops once a verified program is at most as costly as the cheapest program of the next
+  depth: deeper programs that also fit are more complex explanations of the same evidence, so they rank
+  lower and mostly add wrong answers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import fitters as ft
+from . import rules as rl
 from .ops import Memo, Op
 from .primitives import Grid
 
@@ -124,6 +126,14 @@ class _Search:
             return
         for fit in fits:
             self._try_fit(node, prefix, fit, xs, ts)
+        if len(node.program) <= 1 and all(x.shape == y.shape for x, y in zip(xs, self.ys)):
+            try:
+                rules = list(rl.object_rules(xs, self.ys)) + list(rl.local_rules(xs, self.ys))
+            except Exception:  # noqa: BLE001 - as in _call: a rule learner failing only skips rules
+                self.stats.op_failures += 1
+                return
+            for rule in rules:
+                self._try_fit(node, prefix, ft.Fit(rule.name, rule.cost, rule.apply), xs, ts)
 
     def _try_fit(self, node: _Node, prefix: str, fit: ft.Fit, xs: list[Grid], ts: list[Grid]) -> None:
         try:  # same reason as in _call: an edge case in one finisher must only skip that finisher
@@ -153,9 +163,10 @@ class _Search:
             self.stats.depth_done = 0
             seen = {b"".join(_key(g) for g in self.root.grids[:self.n])}
             frontier = [self.root]
+            min_cost = min((o.cost for o in self.ops), default=1.0)
             for depth in range(1, max_depth + 1):
-                if self.found:
-                    break
+                if self.found and min(f.cost for f in self.found) <= depth * min_cost:
+                    break  # nothing deeper can be simpler than what is already verified
                 nxt: list[_Node] = []
                 for node in frontier:
                     for op in self.ops:

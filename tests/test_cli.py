@@ -1,0 +1,88 @@
+"""build_submission.py's fast subcommands (score, validate, plan), the notebook's thinness, the bundle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from arcttt_kaggle.data import package_sample_dir
+from arcttt_kaggle.dryrun import NOTEBOOK, REPO
+
+SAMPLE = package_sample_dir()
+CHALLENGES = SAMPLE / "arc-agi_test_challenges.json"
+SOLUTIONS = SAMPLE / "arc-agi_test_solutions.json"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "build_submission.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+@pytest.fixture()
+def perfect_submission(tmp_path) -> Path:
+    sols = json.loads(SOLUTIONS.read_text())
+    sub = {tid: [{"attempt_1": g, "attempt_2": g} for g in grids] for tid, grids in sols.items()}
+    path = tmp_path / "submission.json"
+    path.write_text(json.dumps(sub))
+    return path
+
+
+def test_score_prints_one_for_the_solutions(perfect_submission):
+    r = cli("score", str(perfect_submission), str(SOLUTIONS))
+    assert r.returncode == 0, r.stderr
+    assert "13/13" in r.stdout or "1.000" in r.stdout
+
+
+def test_validate_accepts_valid_and_rejects_a_missing_task(perfect_submission, tmp_path):
+    assert cli("validate", str(perfect_submission), str(CHALLENGES)).returncode == 0
+    sub = json.loads(perfect_submission.read_text())
+    missing = next(iter(sub))
+    del sub[missing]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(sub))
+    r = cli("validate", str(bad), str(CHALLENGES))
+    assert r.returncode != 0 and missing in r.stderr
+
+
+def test_plan_prints_per_worker_phases():
+    r = cli("plan", "--preset", "t4x2", "--challenges", str(CHALLENGES))
+    assert r.returncode == 0, r.stderr
+    assert "worker" in r.stdout and "train" in r.stdout and "fits" in r.stdout
+    assert sum(1 for line in r.stdout.splitlines() if line.strip()[:1] in "01") == 2  # one row per T4
+
+
+def test_notebook_is_thin():
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert any("run(config)" in c for c in code) and any("notebook_config" in c for c in code)
+    for src in code:
+        assert "def " not in src and "class " not in src, "no functions or classes in notebook cells"
+        assert "%%writefile" not in src and "sed " not in src, "no library code written from cells, no sed patches"
+    assert all(len(c.splitlines()) <= 12 for c in code)
+
+
+def test_bundle_without_wheels(tmp_path):
+    r = cli("bundle", "--out", str(tmp_path / "bundle"), "--no-wheels", "--kaggle-user", "alice")
+    assert r.returncode == 0, r.stderr
+    ds, nbdir = tmp_path / "bundle" / "dataset", tmp_path / "bundle" / "notebook"
+    meta = json.loads((ds / "dataset-metadata.json").read_text())
+    assert meta["id"] == "alice/arcttt-kaggle-bundle" and meta["licenses"]
+    kernel = json.loads((nbdir / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["enable_gpu"] is True
+    assert kernel["code_file"] == NOTEBOOK.name and (nbdir / kernel["code_file"]).exists()
+    assert "alice/arcttt-kaggle-bundle" in kernel["dataset_sources"] and kernel["competition_sources"]
+    nb = nbformat.read(str(nbdir / NOTEBOOK.name), as_version=4)
+    assert "arcttt-kaggle-bundle" in nb.cells[1].source  # the install cell reads the dataset it ships with
+    wheels = list((ds / "wheels").glob("arcttt_kaggle-*.whl"))
+    assert len(wheels) == 1
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    for needed in ("arcttt_kaggle/pipeline.py", "arcttt_kaggle/programs/expert.py",
+                   "arcttt_kaggle/sample_data/arc-agi_test_challenges.json", "arcttt_kaggle/sample_data/LICENSE"):
+        assert needed in names
+    assert (ds / "requirements-kaggle.lock").read_text().count("vllm==0.32.0") == 1

@@ -1,0 +1,73 @@
+"""The config tree: presets derived from dials, validation, dotted overrides, JSON round trip, Kaggle env."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arcttt_kaggle.config import PRESETS, RunConfig, budget_overrides, preset
+from arcttt_kaggle.kaggle import SHORT_MODE_TASKS, notebook_config
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_are_consistent(name):
+    cfg = preset(name)
+    assert cfg.decode.max_lora_rank >= cfg.train.lora_rank  # vLLM must be able to load every adapter
+    assert cfg.train.lora_alpha == 2 * cfg.train.lora_rank
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_gpu_presets_use_the_right_dtype_and_gpu_count():
+    t4, l4 = preset("t4x2"), preset("l4x4")
+    assert (t4.workers, t4.device, t4.train.dtype, t4.decode.dtype) == (2, "cuda", "float16", "float16")  # no bf16 on T4
+    assert (l4.workers, l4.device, l4.train.dtype, l4.decode.dtype) == (4, "cuda", "bfloat16", "bfloat16")
+    tiny = preset("cpu-tiny")
+    assert (tiny.device, tiny.model, tiny.train.backend, tiny.decode.backend) == ("cpu", "tiny", "unsloth", "vllm")
+
+
+def test_overrides_are_validated():
+    cfg = preset("cpu-tiny").with_overrides({"train.steps": 3, "decode.views_per_test": 2})
+    assert cfg.train.steps == 3 and cfg.decode.views_per_test == 2
+    with pytest.raises(ValueError, match="unknown config key"):
+        preset("cpu-tiny").with_overrides({"train.nonsense": 1})
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        preset("cpu-tiny").with_overrides({"train.lora_rank": 64})
+    with pytest.raises(ValueError, match="unknown fault"):
+        preset("cpu-tiny").with_overrides({"fault": "meteor"})
+
+
+def test_budget_override_keeps_a_margin():
+    cfg = budget_overrides(preset("t4x2"), 600)
+    assert cfg.budget.limit_seconds == 600 and 5 <= cfg.budget.safety_margin_seconds < 600
+
+
+def test_resolved_config_is_written_as_json(tmp_path):
+    cfg = preset("l4x4")
+    cfg.write(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["decode"]["dtype"] == "bfloat16"
+
+
+def test_notebook_config_reads_dry_run_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARCTTT_PRESET", "cpu-tiny")
+    monkeypatch.setenv("ARCTTT_CHALLENGES", "c.json")
+    monkeypatch.setenv("ARCTTT_OUT", str(tmp_path))
+    monkeypatch.setenv("ARCTTT_BUDGET_SECONDS", "321")
+    monkeypatch.setenv("ARCTTT_OVERRIDES", '{"train.steps": 5}')
+    cfg = notebook_config()
+    assert (cfg.preset, cfg.challenges, cfg.out_dir, cfg.budget.limit_seconds, cfg.train.steps) == \
+        ("cpu-tiny", "c.json", str(tmp_path), 321, 5)
+
+
+def test_kaggle_public_run_is_short_and_rerun_is_full(monkeypatch):
+    for k in ("ARCTTT_PRESET", "ARCTTT_CHALLENGES", "ARCTTT_OUT", "ARCTTT_BUDGET_SECONDS", "ARCTTT_OVERRIDES"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    public = notebook_config(default_preset="t4x2")
+    assert public.max_tasks == SHORT_MODE_TASKS and public.budget.limit_seconds < 3600
+    assert public.challenges == "/kaggle/input/arc-prize-2025/arc-agi_test_challenges.json"
+    assert public.out_dir == "/kaggle/working"
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "True")
+    rerun = notebook_config(default_preset="t4x2")
+    assert rerun.max_tasks == 0 and rerun.budget.limit_seconds == 12 * 3600
