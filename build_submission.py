@@ -78,7 +78,8 @@ def cmd_plan(a) -> int:
 
 def cmd_programs(a) -> int:
     from arcttt_kaggle.data import load_challenges
-    from arcttt_kaggle.programs.expert import ProgramsConfig, expert_report, run_expert
+    from arcttt_kaggle.programs.expert import ProgramsConfig, run_expert
+    from arcttt_kaggle.scoring import expert_accuracy
     from arcttt_kaggle.submission import build_submission, write_submission
 
     loaded = load_challenges(a.challenges, strict=False, solutions=a.solutions)
@@ -92,7 +93,9 @@ def cmd_programs(a) -> int:
         write_submission(a.submission_out, build_submission(loaded.tasks, answers))
         print(f"expert-only submission: {a.submission_out}")
     if a.solutions:
-        print(expert_report(loaded.tasks, cands))
+        acc = expert_accuracy(loaded.tasks, cands)
+        print(f"tasks {acc['tasks']}  solved {acc['solved']} ({acc['solved_pct']:.1f}%)  with a verified program "
+              f"{acc['verified']}  verified but wrong {acc['verified_wrong']} ({acc['verified_wrong_pct']:.1f}%)")
     return 0
 
 

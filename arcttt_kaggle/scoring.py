@@ -143,3 +143,30 @@ def score_submission_files(submission_path: str | Path, solutions_path: str | Pa
 def solutions_as_submission(solutions: Mapping[str, Sequence[Grid]]) -> dict:
     """The perfect submission: each solution grid as both attempts (a metric check: it must score 1.0)."""
     return {tid: [{a: grid_to_list(g) for a in ATTEMPTS} for g in grids] for tid, grids in solutions.items()}
+
+
+def expert_accuracy(tasks: Mapping[str, Any], candidates: Mapping[str, Sequence[Sequence[Any]]]) -> dict:
+    """How a program expert's candidate set scores against solved tasks (``Task`` with test outputs).
+
+    solved: every test output among the first two candidates; verified: some test input has a verified
+    answer; verified_wrong: has verified answers but misses some test output (the expert's false positives,
+    which the ensemble rule would put first).
+    """
+    solved, verified, wrong = [], [], []
+    for tid, task in tasks.items():
+        per_test = list(candidates.get(tid, []))
+        outs = task.test_outputs
+        if any(o is None for o in outs):
+            continue
+        hits = [i < len(per_test) and any(_matches(c.grid, o) for c in per_test[i][:2]) for i, o in enumerate(outs)]
+        has = any(c.verified for p in per_test for c in p)
+        if all(hits):
+            solved.append(tid)
+        if has:
+            verified.append(tid)
+            if not all(hits):
+                wrong.append(tid)
+    n = max(1, len(tasks))
+    return {"tasks": len(tasks), "solved": len(solved), "solved_pct": 100.0 * len(solved) / n,
+            "verified": len(verified), "verified_wrong": len(wrong), "verified_wrong_pct": 100.0 * len(wrong) / n,
+            "solved_ids": solved, "verified_wrong_ids": wrong}

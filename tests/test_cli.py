@@ -86,3 +86,13 @@ def test_bundle_without_wheels(tmp_path):
                    "arcttt_kaggle/sample_data/arc-agi_test_challenges.json", "arcttt_kaggle/sample_data/LICENSE"):
         assert needed in names
     assert (ds / "requirements-kaggle.lock").read_text().count("vllm==0.32.0") == 1
+
+
+def test_programs_cli_writes_candidates_submission_and_accuracy(tmp_path):
+    r = cli("programs", "--challenges", str(CHALLENGES), "--solutions", str(SOLUTIONS), "--seconds-per-task", "2",
+            "--out", str(tmp_path / "p.json"), "--submission-out", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr
+    assert cli("validate", str(tmp_path / "s.json"), str(CHALLENGES)).returncode == 0
+    line = next(x for x in r.stdout.splitlines() if x.startswith("tasks 10"))
+    solved = int(line.split("solved ")[1].split()[0])
+    assert solved >= 1 and "verified but wrong" in line
