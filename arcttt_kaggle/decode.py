@@ -30,7 +30,7 @@ import gc
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Sequence
@@ -407,6 +407,11 @@ class _VllmBackend:
             if j.adapter is not None:
                 self._lora(j.adapter)
         loras = [self._lora(j.adapter) for j in jobs]
+        distinct = len({r.lora_int_id for r in loras if r is not None})
+        if distinct > (cfg.max_cpu_loras or cfg.max_loras):
+            warnings.warn(f"{distinct} LoRAs in one generate call > max_cpu_loras ({cfg.max_cpu_loras or cfg.max_loras}):"
+                          f" adapters are evicted and re-read from disk as the scheduler rotates them (measured "
+                          f"~10x slower on CPU); raise max_cpu_loras if host RAM allows", stacklevel=3)
         sampled = cfg.temperature > 0
         params = [SamplingParams(n=cfg.samples_per_view, temperature=cfg.temperature, max_tokens=j.max_tokens,
                                  logprobs=0, stop_token_ids=[self.eos_id], seed=cfg.seed + k if sampled else None,
@@ -491,32 +496,12 @@ class _HfBackend:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(cfg.dtype, self.device.type == "cuda")
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, self.dtype))
-        self.model.to(self.device).eval()
-        self.peft = None
-        self.active: tuple[str, int] | None = None
+        from .score_candidates import PeftSwitch  # transformers+PEFT helpers live with the scorer
+
+        self.adapters = PeftSwitch(self.model.to(self.device).eval())
         self.eos_id, self.pad_id = eos_id, pad_id
         self.name = (f"transformers {transformers.__version__} + peft {peft.__version__} generate "
                      f"({self.dtype}, {self.device.type})")
-        self._loaded = 0
-
-    def _use(self, adapter: Path | None):
-        """Make ``adapter`` the active one (loading it, dropping the previous); the context runs base for None."""
-        if adapter is None:
-            return self.peft.disable_adapter() if self.peft is not None else nullcontext()
-        key = adapter_key(adapter)
-        if key != self.active:
-            name, self._loaded = f"a{self._loaded}", self._loaded + 1
-            if self.peft is None:
-                from peft import PeftModel
-
-                self.peft = PeftModel.from_pretrained(self.model, key[0], adapter_name=name).eval()
-            else:
-                old = self.peft.active_adapter
-                self.peft.load_adapter(key[0], adapter_name=name)
-                self.peft.set_adapter(name)
-                self.peft.delete_adapter(old)
-            self.active = key
-        return nullcontext()
 
     def run(self, jobs: Sequence[_Job], cfg: DecodeConfig, deadline: float | None, progress: bool
             ) -> tuple[list[list[_Sample] | None], int]:
@@ -527,7 +512,7 @@ class _HfBackend:
         calls = 0
         for members in groups.values():
             members.sort(key=lambda k: len(jobs[k].prompt))  # similar lengths per batch: less padding
-            with self._use(jobs[members[0]].adapter):
+            with self.adapters.use(jobs[members[0]].adapter):
                 for b in range(0, len(members), cfg.hf_batch_size):
                     if deadline is not None and time.time() >= deadline:
                         return results, calls
@@ -557,9 +542,8 @@ class _HfBackend:
             torch.manual_seed(cfg.seed + batch[0].index)
         else:
             kwargs.update(do_sample=False)
-        model = self.peft if self.peft is not None else self.model
         with torch.inference_mode():
-            seqs = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+            seqs = self.adapters.module.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         gen = seqs[:, width:]
         lps = recorder.finish(gen).cpu()
         gen = gen.cpu().tolist()
@@ -573,7 +557,7 @@ class _HfBackend:
         return out
 
     def close(self) -> None:
-        self.model = self.peft = None
+        self.model = self.adapters = None
         gc.collect()
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()

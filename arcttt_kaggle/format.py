@@ -89,6 +89,10 @@ class ArcFormat:
         if len(ids) != 1:
             raise TokenizerError(f"{what} {text!r} is {len(ids)} tokens {ids} in this tokenizer; the format "
                                  f"needs one token per symbol")
+        # One token is not enough: a symbol missing from the vocabulary encodes to the single unk token.
+        if ids[0] == tokenizer.unk_token_id or tokenizer.decode(ids) != text:
+            raise TokenizerError(f"{what} {text!r} does not round-trip in this tokenizer (encodes to {ids}, "
+                                 f"decodes to {tokenizer.decode(ids)!r}); the format needs it in the vocabulary")
         return int(ids[0])
 
     # -- encoding -------------------------------------------------------------------------------------------

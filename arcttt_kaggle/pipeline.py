@@ -296,7 +296,10 @@ class Run:
             if self.programs_proc.is_alive():
                 self.programs_proc.terminate()
                 self.programs_proc.join(2)
-            self.event("programs", "ok" if self.programs_path.exists() else "error", self.programs_start)
+            done = self.programs_path.exists()
+            self.event("programs", "ok" if done else "error", self.programs_start)
+            if done:  # the bar ends when the expert wrote its file, not when the parent joined it
+                self.parent_events[-1]["end"] = self.programs_path.stat().st_mtime
 
     # -- 5. select and write ----------------------------------------------------------------------------------
     def candidate_sets(self) -> tuple[CandidateSet, CandidateSet, CandidateSet]:

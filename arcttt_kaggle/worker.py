@@ -130,8 +130,10 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str)
                 examples = build_ttt_examples(task, cfg.ttt, count_tokens=trainer.fmt.token_count)
                 if not examples:
                     raise ValueError("no TTT examples fit the token budget")
+                # Per-task cap: twice a fair share of the phase time left, so one large task cannot starve the rest.
+                cap = ts + 2.0 * max(0.0, spec.train_deadline - ts) / (len(order) - n)
                 res = trainer.train_task(task.id, examples, Path(spec.work_dir) / "adapters" / task.id,
-                                         steps=steps, seed=cfg.seed, deadline=spec.train_deadline)
+                                         steps=steps, seed=cfg.seed, deadline=min(spec.train_deadline, cap))
                 adapters[task.id] = str(res.adapter_dir)
                 measured.append((res.tokens_seen, time.time() - ts))
                 events.emit("train", "ok", task=task.id, start=ts, steps=res.steps_done, tokens=res.tokens_seen,

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import drawing as dr
 from . import objects as ob
 from . import parts as pt
 from . import primitives as pr
@@ -160,6 +161,18 @@ def _color_op(g: Grid, memo: Memo, kind: str, color: int) -> Grid | None:
     raise ValueError(kind)
 
 
+def _rays(g: Grid, memo: Memo, direction: str, pixels_only: bool) -> Grid | None:
+    return dr.extend_rays(g, direction, pr.background_color(g), pixels_only)
+
+
+def _connect(g: Grid, memo: Memo, orientation: str) -> Grid | None:
+    return dr.connect_aligned(g, pr.background_color(g), orientation)
+
+
+def _outline(g: Grid, memo: Memo, color: int, diagonal: bool) -> Grid | None:
+    return dr.outline_objects(g, pr.background_color(g), color, diagonal)
+
+
 def _crop_cell_with(g: Grid, memo: Memo, color: int) -> Grid | None:
     """The separator cell that contains ``color`` (when exactly one does)."""
     parts = _parts(g, memo)
@@ -184,6 +197,11 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
     for n in ("fliplr", "flipud", "rot180", "transpose", "antitranspose"):
         ops.append(Op(f"symmetrize_{n}", partial(_symmetrize, name=n), 1.3, True))
     ops.append(Op("symmetry_complete", partial(_sym_fill, color=None, patch=False), 1.3, True))
+    for d in dr.DIRECTIONS:
+        ops.append(Op(f"rays_{d}", partial(_rays, direction=d, pixels_only=False), 1.4, True))
+        ops.append(Op(f"pixel_rays_{d}", partial(_rays, direction=d, pixels_only=True), 1.5, True))
+    for o in ("rows", "columns", "both"):
+        ops.append(Op(f"connect_{o}", partial(_connect, orientation=o), 1.4, True))
     for by_color, extract in ((True, False), (True, True), (False, False)):
         for diagonal in (False, True):
             for how in ob.SELECTIONS:
@@ -220,4 +238,6 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
         ops.append(Op(f"periodic_patch_color{c}", partial(_per_fill, color=c, patch=True), 1.4))
     for c in sorted(new_colors):
         ops.append(Op(f"fill_enclosed_color{c}", partial(_color_op, kind="fill_enclosed", color=c), 1.5, True))
+        ops.append(Op(f"outline8_color{c}", partial(_outline, color=c, diagonal=True), 1.5, True))
+        ops.append(Op(f"outline4_color{c}", partial(_outline, color=c, diagonal=False), 1.5, True))
     return ops

@@ -244,7 +244,7 @@ def remove_color(g: Grid, color: int, bg: int) -> Grid:
 
 def gravity(g: Grid, direction: str, bg: int) -> Grid:
     """Every non-background cell slides as far as it can towards ``direction`` (down/up/left/right), keeping order."""
-    k = {"down": 0, "right": 1, "up": 2, "left": 3}[direction]
+    k = {"down": 0, "right": 3, "up": 2, "left": 1}[direction]
     # Rotate so the fall is "down", compact each column, rotate back.
     r = np.rot90(g, k)
     out = np.full_like(r, bg)

@@ -1,0 +1,154 @@
+"""The program-search expert as a specification: what it finds on small hand-made tasks, how it ranks and
+reports answers, and that every failure (timeout, a raising primitive, a huge task, a dead or stuck worker,
+a passed deadline) ends as an empty answer rather than an exception."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from arcttt_kaggle.candidates import read_candidate_file
+from arcttt_kaggle.data import Pair, Task
+from arcttt_kaggle.programs import pool
+from arcttt_kaggle.programs.expert import ProgramResult, ProgramsConfig, run_expert, solve_task
+from arcttt_kaggle.programs.ops import Op, build_ops
+
+FAST = ProgramsConfig(seconds_per_task=5.0, max_depth=2)
+
+
+def G(s: str) -> np.ndarray:
+    return np.array([[int(c) for c in row] for row in s.split()], dtype=np.uint8)
+
+
+def make_task(task_id: str, pairs: list[tuple[str, str]], tests: list[tuple[str, str | None]]) -> Task:
+    return Task(task_id, tuple(Pair(G(i), G(o)) for i, o in pairs),
+                tuple(Pair(G(i), None if o is None else G(o)) for i, o in tests))
+
+
+FLIP = make_task("flip", [("120 300", "021 003"), ("45 60", "54 06")], [("789 100", "987 001")])
+RECOLOR = make_task("recolor", [("1200 0021", "3400 0043"), ("2 1", "4 3")], [("0110 2000", "0330 4000")])
+TILE = make_task("tile", [("12 30", "1221 3003 3003 1221"), ("5 6", "55 66 66 55")],
+                 [("78 90", "7887 9009 9009 7887")])
+SPLIT_AND = make_task("split_and", [("1105011 0105110", "020 020"), ("1015101 1105011", "202 020")],
+                      [("1115111 0005000", "222 000")])
+UPSCALE = make_task("upscale", [("12 03", "1122 1122 0033 0033"), ("4", "44 44")], [("50 06", "5500 5500 0066 0066")])
+
+
+def first_answer(result: ProgramResult, i: int = 0) -> np.ndarray | None:
+    return result.candidates[i][0].grid if result.candidates[i] else None
+
+
+@pytest.mark.parametrize("task", [FLIP, RECOLOR, TILE, SPLIT_AND, UPSCALE], ids=lambda t: t.id)
+def test_finds_a_verified_program_with_the_right_test_output(task):
+    result = solve_task(task, FAST)
+    assert result.error == ""
+    assert result.num_verified_programs >= 1
+    top = result.candidates[0][0]
+    assert top.source == "program" and top.verified and top.program
+    assert np.array_equal(top.grid, task.test[0].output), top.program
+
+
+def test_flip_is_explained_by_the_flip_and_recolor_by_a_color_map():
+    assert solve_task(FLIP, FAST).candidates[0][0].program == "fliplr"
+    assert "recolor[1->3,2->4]" in solve_task(RECOLOR, FAST).candidates[0][0].program
+
+
+def test_answers_are_deduplicated_ranked_and_counted():
+    result = solve_task(FLIP, ProgramsConfig(seconds_per_task=5.0, max_depth=1, max_answers=2))
+    for per_test, distinct in zip(result.candidates, result.distinct_answers):
+        keys = [c.key for c in per_test]
+        assert len(keys) == len(set(keys)) and len(per_test) <= 2 and distinct >= len(per_test)
+
+
+def test_unsolvable_task_gives_an_empty_list_per_test_input():
+    noise = make_task("noise", [("12 34", "9"), ("56 78", "1")], [("11 11", None), ("22 22", None)])
+    result = solve_task(noise, FAST)
+    assert result.candidates == [[], []] and result.num_verified_programs == 0
+
+
+# ---------------------------------------------------------------- failure paths
+
+
+def test_deadline_already_passed_returns_nothing():
+    result = solve_task(FLIP, FAST, deadline=time.time() - 1)
+    assert result.candidates == [[]] and result.error == "deadline"
+
+
+def test_time_cap_stops_the_search_and_returns_nothing_found():
+    rng = np.random.default_rng(0)
+    big = Task("slow", tuple(Pair(rng.integers(0, 10, (30, 30), dtype=np.uint8),
+                                  rng.integers(0, 10, (30, 30), dtype=np.uint8)) for _ in range(3)),
+               (Pair(rng.integers(0, 10, (30, 30), dtype=np.uint8)),))
+    t0 = time.time()
+    result = solve_task(big, ProgramsConfig(seconds_per_task=0.3, max_depth=3))
+    assert time.time() - t0 < 3.0
+    assert result.candidates == [[]] and result.error == "timeout"
+
+
+def test_a_raising_primitive_costs_only_its_branch():
+    def boom(g, memo):
+        raise RuntimeError("primitive bug")
+
+    ops = [Op("boom", boom, 0.5)] + build_ops([p.input for p in FLIP.train], [FLIP.test[0].input],
+                                              [p.output for p in FLIP.train])
+    result = solve_task(FLIP, FAST, ops=ops)
+    assert np.array_equal(first_answer(result), FLIP.test[0].output)
+    only_boom = solve_task(FLIP, FAST, ops=[Op("boom", boom)])
+    assert only_boom.error == "" and only_boom.num_verified_programs == 0  # fliplr is not in this library
+
+
+def test_a_30x30_task_returns_in_time_without_crashing():
+    g = np.zeros((30, 30), dtype=np.uint8)
+    g[3:9, 4:7] = 3
+    g[20:29, 15:29] = 5
+    task = Task("huge", (Pair(g, g[::-1].copy()), Pair(g.T.copy(), g.T[::-1].copy())), (Pair(g[:, ::-1].copy()),))
+    result = solve_task(task, ProgramsConfig(seconds_per_task=3.0, max_depth=2))
+    assert result.seconds < 4.0
+    assert np.array_equal(first_answer(result), g[::-1, ::-1])  # flipud works at full size
+
+
+def test_config_is_validated():
+    for bad in ({"seconds_per_task": 0}, {"workers": 0}, {"max_answers": 0}, {"memory_limit_gib": 0.1},
+                {"max_depth": -1}):
+        with pytest.raises(ValueError):
+            ProgramsConfig(**bad)
+    assert ProgramsConfig().memory_limit_gib == 2.0 and ProgramsConfig().max_answers == 2
+
+
+# ---------------------------------------------------------------- process pool
+
+
+def test_run_expert_writes_a_candidate_file_with_empty_lists_for_unsolved(tmp_path):
+    unsolved = make_task("nothing", [("12 34", "9"), ("56 78", "1")], [("11 11", None)])
+    out = tmp_path / "programs.json"
+    cands, stats = run_expert([FLIP, unsolved], ProgramsConfig(seconds_per_task=5.0, max_depth=2, workers=2),
+                              out_path=out)
+    assert np.array_equal(cands["flip"][0][0].grid, FLIP.test[0].output)
+    assert cands["nothing"] == [[]]
+    assert stats["tasks"] == 2 and stats["tasks_with_verified_program"] == 1
+    back, header = read_candidate_file(out)
+    assert header["source"] == "programs" and back["nothing"] == [[]]
+    assert back["flip"][0][0].verified and back["flip"][0][0].program == "fliplr"
+
+
+def test_run_expert_after_the_global_deadline_returns_empty_lists():
+    cands, stats = run_expert([FLIP, TILE], FAST, deadline=time.time() - 1)
+    assert cands == {"flip": [[]], "tile": [[]]}
+    assert stats["tasks_with_verified_program"] == 0
+
+
+def test_pool_kills_a_stuck_job_and_reports_a_crash_and_an_error():
+    t0 = time.time()
+    out = pool.run_jobs([("stuck", (30,))], "time:sleep", 1, hard_cap_s=1.0, deadline=None, memory_limit_bytes=0)
+    assert out["stuck"].status == "timeout" and time.time() - t0 < 15
+    out = pool.run_jobs([("crash", (3,)), ("fine", (4.0,))], "math:sqrt", 1, 10.0, None, 0)
+    assert out["fine"].status == "ok" and out["fine"].value == 2.0
+    out = pool.run_jobs([("crash", (3,))], "os:_exit", 1, 10.0, None, 0)
+    assert out["crash"].status == "died"
+
+
+def test_pool_memory_cap_turns_a_huge_allocation_into_an_error():
+    out = pool.run_jobs([("hog", (3 * 2**30,))], "builtins:bytearray", 1, 20.0, None, memory_limit_bytes=2**30)
+    assert out["hog"].status in ("error", "died") and "hog" in out
