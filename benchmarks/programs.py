@@ -5,7 +5,8 @@ Run (from the repository root):
     .venv/bin/python benchmarks/programs.py --seconds-per-task 10 --workers 2
 
 Options: ``--sets eval1,train1,train2`` (ARC-AGI-1 evaluation, ARC-AGI-1 training, ARC-AGI-2 training),
-``--limit N`` (first N tasks of each set), ``--max-depth``, ``--details`` (list solved and wrong task ids).
+``--limit N`` (first N tasks of each set), ``--max-depth``, ``--details`` (list solved and wrong task ids),
+``--out-dir DIR`` (keep each set's candidate file).
 Sets are read from ``shared_data_dir()``; without it every set is skipped with the reason printed.
 
 Prints one table: set, tasks, tasks with a verified program, tasks solved (for every test input one of the
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-depth", type=int, default=ProgramsConfig.max_depth)
     ap.add_argument("--details", action="store_true", help="print solved and verified-but-wrong task ids")
     ap.add_argument("--progress", action="store_true", help="one line per finished task on stderr")
+    ap.add_argument("--out-dir", type=Path, default=None, help="write each set's candidate file here (<set>.json)")
     args = ap.parse_args(argv)
     config = ProgramsConfig(seconds_per_task=args.seconds_per_task, workers=args.workers, max_depth=args.max_depth)
     root = shared_data_dir()
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit:
             tasks = tasks[:args.limit]
         t0 = time.time()
-        cands, stats = run_expert(tasks, config, progress=args.progress)
+        out_path = None if args.out_dir is None else args.out_dir / f"{name}.json"
+        cands, stats = run_expert(tasks, config, out_path=out_path, progress=args.progress)
         seconds = time.time() - t0
         verified, solved, wrong = score(tasks, cands)
         rows.append((title, len(tasks), len(verified), len(solved), len(wrong), seconds, stats))

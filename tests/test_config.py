@@ -23,7 +23,8 @@ def test_gpu_presets_use_the_right_dtype_and_gpu_count():
     assert (t4.workers, t4.device, t4.train.dtype, t4.decode.dtype) == (2, "cuda", "float16", "float16")  # no bf16 on T4
     assert (l4.workers, l4.device, l4.train.dtype, l4.decode.dtype) == (4, "cuda", "bfloat16", "bfloat16")
     tiny = preset("cpu-tiny")
-    assert (tiny.device, tiny.model, tiny.train.backend, tiny.decode.backend) == ("cpu", "tiny", "unsloth", "vllm")
+    assert (tiny.device, tiny.model, tiny.train.backend, tiny.decode.backend, tiny.train.dtype) == \
+        ("cpu", "tiny", "unsloth", "vllm", "float32")
 
 
 def test_overrides_are_validated():

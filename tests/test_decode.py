@@ -26,7 +26,7 @@ CONSTANT = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)  # what the constant
 SMALL_TASKS = ("00576224", "0692e18c")  # 2x2 -> 6x6 and 3x3 -> 9x9 outputs: short generations
 
 
-def make_constant_model(src: Path, out: Path, tasks: list[Task], steps: int = 200) -> Path:
+def make_constant_model(src: Path, out: Path, tasks: list[Task], steps: int = 150) -> Path:
     """Full fine-tune of the tiny model so that after the query's output marker it writes ``CONSTANT`` + eos."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -36,11 +36,11 @@ def make_constant_model(src: Path, out: Path, tasks: list[Task], steps: int = 20
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     seqs = []
     for t in tasks:
-        for view in sample_augmentations(3, 7, include_identity=True, order=False):
+        for view in sample_augmentations(6, 7, include_identity=True, order=False):
             vt = view.apply_task(t)
             for k in range(1, len(t.train) + 1):
                 prompt = fmt.prompt_ids(vt.train[:k], vt.test[0].input)
-                if len(prompt) <= 600:  # short sequences: seconds of CPU; the rule needs no long context
+                if len(prompt) <= 400:  # short sequences: seconds of CPU; the rule needs no long context
                     seqs.append((prompt, fmt.completion_ids(CONSTANT)))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def vllm_env():
 def models(tmp_path_factory, sample_tasks):
     root = tmp_path_factory.mktemp("decode")
     tiny = ensure_tiny_model(root / "tiny")
-    const = make_constant_model(tiny, root / "constant", list(sample_tasks.values()))
+    const = make_constant_model(tiny, root / "constant", [sample_tasks[t] for t in SMALL_TASKS])
     adapters = [make_random_adapter(const, root / f"adapter{i}", seed=i) for i in (1, 2)]
     return const, adapters
 

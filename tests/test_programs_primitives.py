@@ -305,3 +305,37 @@ def test_local_rules_learn_neighbour_rule():
     ys = [G("01110 01510 01110"), G("51000 11000 00000")]
     rule = next(rl.local_rules(xs, ys))
     assert eq(rule.apply(G("00000 00000 00005")), G("00000 00011 00015"))
+
+
+
+def _reference_labels(g: np.ndarray, bg: int, diagonal: bool, by_color: bool) -> tuple[np.ndarray, int]:
+    """Plain breadth-first flood fill, numbering components in reading order of their first cell."""
+    h, w = g.shape
+    labels, n = np.zeros((h, w), dtype=np.int32), 0
+    steps = [(1, 0), (-1, 0), (0, 1), (0, -1)] + ([(1, 1), (1, -1), (-1, 1), (-1, -1)] if diagonal else [])
+    for r in range(h):
+        for c in range(w):
+            if labels[r, c] or g[r, c] == bg:
+                continue
+            n += 1
+            labels[r, c] = n
+            queue = [(r, c)]
+            while queue:
+                y, x = queue.pop()
+                for dy, dx in steps:
+                    yy, xx = y + dy, x + dx
+                    if (0 <= yy < h and 0 <= xx < w and not labels[yy, xx] and g[yy, xx] != bg
+                            and (not by_color or g[yy, xx] == g[y, x])):
+                        labels[yy, xx] = n
+                        queue.append((yy, xx))
+    return labels, n
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**31 - 1), st.booleans(), st.booleans())
+def test_label_matches_a_reference_flood_fill_at_every_size(h, w, seed, diagonal, by_color):
+    # grids of 150+ cells take the run-union path, smaller ones the flood fill: both must agree
+    g = np.random.default_rng(seed).integers(0, 3, (h, w)).astype(np.uint8)
+    labels, n = ob.label(g, 0, diagonal, by_color)
+    ref, n_ref = _reference_labels(g, 0, diagonal, by_color)
+    assert n == n_ref and np.array_equal(labels, ref)

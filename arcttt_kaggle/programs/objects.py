@@ -56,12 +56,15 @@ _N8 = _N4 + ((1, 1), (1, -1), (-1, 1), (-1, -1))
 def label(g: Grid, bg: int | None, diagonal: bool, by_color: bool) -> tuple[np.ndarray, int]:
     """Label connected components: returns ``(labels, n)`` with labels 1..n and 0 for background.
 
-    ``bg=None`` labels every cell (background regions become objects too).
+    Labels follow the reading order of each component's first cell. ``bg=None`` labels every cell
+    (background regions become objects too). Small grids use a flood fill; larger ones union horizontal
+    runs (same result, several times faster on 30x30 grids).
     """
+    if g.size >= 150:
+        return _label_runs(g, bg, diagonal, by_color)
     h, w = g.shape
-    labels = np.zeros((h, w), dtype=np.int32)
     cells = g.tolist()
-    lab = labels.tolist()
+    lab = [[0] * w for _ in range(h)]
     steps = _N8 if diagonal else _N4
     n = 0
     for r in range(h):
@@ -82,6 +85,47 @@ def label(g: Grid, bg: int | None, diagonal: bool, by_color: bool) -> tuple[np.n
                             lab[yy][xx] = n
                             stack.append((yy, xx))
     return np.array(lab, dtype=np.int32), n
+
+
+def _label_runs(g: Grid, bg: int | None, diagonal: bool, by_color: bool) -> tuple[np.ndarray, int]:
+    """``label`` by union-find over horizontal runs of connected cells (runs found with numpy)."""
+    h, w = g.shape
+    valid = (g != bg) if bg is not None else np.ones((h, w), dtype=bool)
+    if not valid.any():
+        return np.zeros((h, w), dtype=np.int32), 0
+    link = valid[:, 1:] & valid[:, :-1]
+    if by_color:
+        link &= g[:, 1:] == g[:, :-1]
+    start = valid.copy()
+    start[:, 1:] &= ~link
+    run = np.cumsum(start.ravel()).reshape(h, w)
+    run[~valid] = 0
+    n_runs = int(run.max())
+    codes = []
+    for dx in ((0, -1, 1) if diagonal else (0,)):  # links from row r to row r+1, column shift dx
+        a = (slice(0, h - 1), slice(max(0, -dx), w - max(0, dx)))
+        b = (slice(1, h), slice(max(0, dx), w - max(0, -dx)))
+        m = valid[a] & valid[b]
+        if by_color:
+            m &= g[a] == g[b]
+        if m.any():
+            codes.append(run[a][m] * (n_runs + 1) + run[b][m])
+    parent = list(range(n_runs + 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if codes:
+        for code in np.unique(np.concatenate(codes)).tolist():
+            ra, rb = root(code // (n_runs + 1)), root(code % (n_runs + 1))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)  # the smaller run id (earlier in reading order) is the root
+    roots = np.array([root(i) for i in range(n_runs + 1)])
+    uniq, inverse = np.unique(roots, return_inverse=True)  # uniq[0] == 0: the background "run"
+    return inverse[run].astype(np.int32), int(uniq.size - 1)
 
 
 def components(g: Grid, bg: int, diagonal: bool = False, by_color: bool = True) -> list[Obj]:
