@@ -33,6 +33,7 @@ class Throughput:
     decode_startup_s: float = field(default=90.0, metadata={"help": "start the vLLM engine (once per worker per pass)"})
     score_startup_s: float = field(default=30.0, metadata={"help": "load the scorer's base model (once per worker)"})
     per_task_overhead_s: float = field(default=2.0, metadata={"help": "adapter reset/save per task"})
+    decode_call_overhead_s: float = field(default=10.0, metadata={"help": "fixed cost of each generate call (scheduling, first-call warm-up)"})
 
     def __post_init__(self):
         for k, v in asdict(self).items():
@@ -118,6 +119,7 @@ class Settings:
     views_per_test: int
     score_views: int
     score_top_c: int
+    extra_view_ratio: float = 0.0  # second pass: extra views, as a fraction of the first pass's views
     rung: str = "full"
 
     def to_dict(self) -> dict:
@@ -127,11 +129,12 @@ class Settings:
 def task_work(task: Task, settings: Settings, *, example_tokens: float, batch: int, prompt_tokens_per_view: Sequence[int],
               output_tokens_per_view: Sequence[int]) -> TaskWork:
     """Token work of one task. ``prompt/output_tokens_per_view`` are per test input (one view of each)."""
-    views = settings.views_per_test
+    views = settings.views_per_test * (1.0 + settings.extra_view_ratio)
     prompts = sum(prompt_tokens_per_view) * views
     outputs = sum(output_tokens_per_view) * views
     score = sum(p + o for p, o in zip(prompt_tokens_per_view, output_tokens_per_view)) * settings.score_views * max(1, settings.score_top_c) // 2
-    return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), prompts, outputs, score if settings.score_views else 0)
+    return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), int(prompts), int(outputs),
+                    score if settings.score_views else 0)
 
 
 class CostModel:
@@ -249,6 +252,8 @@ def make_plan(works_for: Callable[[Settings], list[TaskWork]], full: Settings, m
         wplans = []
         for i, ids in enumerate(groups):
             secs = {p: sum(per_task[t][p] for t in ids) for p in ("train", "decode", "score")}
+            if ids:  # one generate call for the first pass, one for the second
+                secs["decode"] += model.throughput.decode_call_overhead_s * (2 if s.extra_view_ratio > 0 else 1)
             secs = {"startup": model.startup_seconds(s.train_steps > 0, scores and s.score_views > 0) if ids else 0.0, **secs}
             wplans.append(WorkerPlan(i, ids, secs))
         plan = Plan(s, wplans, available_seconds, False, tried)

@@ -45,6 +45,9 @@ class RunConfig:
     workers: int = field(default=1, metadata={"help": "worker processes: one per GPU (CUDA_VISIBLE_DEVICES=i), or CPU processes"})
     max_tasks: int = field(default=0, metadata={"help": "solve only the first N tasks (0 = all); others keep the fallback"})
     run_ttt: bool = field(default=True, metadata={"help": "train per-task adapters (False: decode with the base model)"})
+    second_pass_ratio: float = field(default=1.0, metadata={"help": "compute-optimal second pass: extra views "
+                                     "(spread over uncertain tasks by the allocation policy) as a fraction of the "
+                                     "first pass's views; 0 = no second pass"})
     run_programs: bool = field(default=True, metadata={"help": "run the CPU program expert beside the workers"})
     fault: str = field(default="", metadata={"help": f"inject a fault for testing: one of {FAULTS}"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -64,6 +67,8 @@ class RunConfig:
             raise ValueError("workers must be >= 1")
         if self.fault and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; choose one of {FAULTS}")
+        if self.second_pass_ratio < 0:
+            raise ValueError("second_pass_ratio must be >= 0")
         if self.max_tasks < 0:
             raise ValueError("max_tasks must be >= 0")
         if self.decode.max_lora_rank < self.train.lora_rank:

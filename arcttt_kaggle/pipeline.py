@@ -103,7 +103,7 @@ def resolve_model(cfg: RunConfig) -> Path:
 def full_settings(cfg: RunConfig) -> Settings:
     return Settings(train_steps=cfg.train.steps if cfg.run_ttt else 0, views_per_test=cfg.decode.views_per_test,
                     score_views=cfg.select.poe_views if cfg.select.method == "poe" else 0,
-                    score_top_c=cfg.select.poe_top_c)
+                    score_top_c=cfg.select.poe_top_c, extra_view_ratio=cfg.second_pass_ratio)
 
 
 def _programs_main(task_dicts: dict, programs_cfg, deadline: float, out_path: str) -> None:
@@ -206,7 +206,8 @@ class Run:
         spec = WorkerSpec(worker=worker, task_ids=task_ids, config=cfg.to_dict(), model_path=str(self.model_path),
                           work_dir=str(wdir), train_steps=train_steps, views_per_test=views,
                           train_deadline=now + span * train_share, decode_deadline=now + span * decode_share,
-                          deadline=work_deadline, fault=cfg.fault, attempt=attempt)
+                          deadline=work_deadline, fault=cfg.fault, attempt=attempt,
+                          extra_view_units=cfg.second_pass_ratio * views * sum(len(self.tasks[t].test) for t in task_ids))
         spec.write(wdir / "spec.json")
         env = dict(os.environ)
         if cfg.device == "cuda":

@@ -46,6 +46,7 @@ class WorkerSpec:
     train_deadline: float  # time.time() by which training must stop
     decode_deadline: float  # by which decoding must stop (scoring has the rest)
     deadline: float  # hard end of this worker's work
+    extra_view_units: float = 0.0  # planned second-pass budget: extra (view x test input) decodes
     fault: str = ""
     attempt: int = 0  # 0 = first launch; a replacement worker has attempt 1 (faults fire on attempt 0 only)
 
@@ -194,10 +195,12 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
         events.emit("decode", "ok", start=ts, pass_=1, requests=len(reqs), adapters=len(adapters),
                     **_stats(decoder))
 
-        # Compute-optimal second pass: extra views for uncertain tasks, as many as the time left affords.
+        # Compute-optimal second pass: the planned extra views go to the uncertain tasks (the allocation policy);
+        # fewer when the time left before the decode deadline, at the first pass's measured speed, affords fewer.
         est = {tid: estimate_difficulty(tid, first.get(tid, []), m, cfg.allocation) for tid in tasks}
         per_view_s = pass1_s / max(1, len(reqs))
-        units = max(0.0, (spec.decode_deadline - time.time()) * 0.8 / per_view_s) if reqs else 0.0
+        affordable = max(0.0, (spec.decode_deadline - time.time()) * 0.8 / per_view_s) if reqs else 0.0
+        units = min(spec.extra_view_units, affordable)
         extra = allocate(est, units, cfg.allocation)
         (Path(spec.work_dir) / "allocation.json").write_text(json.dumps(allocation_report(est, extra, units), default=str))
         reqs2 = [r for tid, n in extra.items() if n > 0

@@ -59,7 +59,7 @@ def test_ladder_order_fewer_steps_then_no_ttt_then_fewer_views():
 
 def test_plan_takes_the_first_rung_that_fits_and_calibration_moves_predictions():
     model = CostModel(Throughput(train_tokens_per_s=100, decode_prompt_tokens_per_s=1000, decode_output_tokens_per_s=100,
-                                 score_tokens_per_s=1000, train_startup_s=0, decode_startup_s=0, score_startup_s=0,
+                                 score_tokens_per_s=1000, train_startup_s=0, decode_startup_s=0, score_startup_s=0, decode_call_overhead_s=0,
                                  per_task_overhead_s=0))
 
     def works(s: Settings):

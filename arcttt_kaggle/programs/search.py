@@ -125,7 +125,8 @@ class _Search:
             self.stats.op_failures += 1
             return
         for fit in fits:
-            self._try_fit(node, prefix, fit, xs, ts)
+            if len(node.program) <= fit.max_prefix:
+                self._try_fit(node, prefix, fit, xs, ts)
         if len(node.program) <= 1 and all(x.shape == y.shape for x, y in zip(xs, self.ys)):
             try:
                 rules = list(rl.object_rules(xs, self.ys)) + list(rl.local_rules(xs, self.ys))
@@ -157,6 +158,14 @@ class _Search:
         if all(t is not None and _valid(t) for t in tests):
             self.found.append(Found(program, cost, tuple(tests)))
 
+    def _distance(self, node: _Node) -> float:
+        """How far a node's demonstration grids are from the outputs (0 = equal): orders nodes of equal cost,
+        so that when time runs out the unexplored nodes are the least promising ones."""
+        d = 0.0
+        for x, y in zip(node.grids[:self.n], self.ys):
+            d += float(np.mean(x != y)) if x.shape == y.shape else 1.0 + abs(x.size - y.size) / max(x.size, y.size)
+        return d
+
     def run(self, max_depth: int) -> list[Found]:
         try:
             self._finish(self.root)
@@ -180,7 +189,7 @@ class _Search:
                             nxt.append(child)
                         if len(self.found) >= self.max_found:
                             raise _Timeout  # enough evidence; stop exploring
-                frontier = sorted(nxt, key=lambda n: n.cost)
+                frontier = sorted(nxt, key=lambda n: (n.cost, self._distance(n)))
                 self.stats.depth_done = depth
         except _Timeout:
             self.stats.timed_out = len(self.found) < self.max_found
