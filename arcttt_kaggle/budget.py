@@ -26,6 +26,7 @@ class Throughput:
     """Measured speeds of one worker (one GPU, or one CPU process). Units: tokens per second, seconds."""
 
     train_tokens_per_s: float = field(default=4000.0, metadata={"help": "TTT tokens processed per second (forward+backward)"})
+    train_step_s: float = field(default=0.05, metadata={"help": "fixed cost of one optimizer step (launches, optimizer); dominates for tiny models"})
     decode_prompt_tokens_per_s: float = field(default=20000.0, metadata={"help": "prompt (prefill) tokens per second in batched decoding"})
     decode_output_tokens_per_s: float = field(default=1500.0, metadata={"help": "generated tokens per second in batched decoding"})
     score_tokens_per_s: float = field(default=20000.0, metadata={"help": "teacher-forced scoring tokens per second"})
@@ -106,6 +107,7 @@ class TaskWork:
 
     task_id: str
     train_tokens: int  # tokens processed by TTT (steps × batch × mean example length)
+    train_steps: int  # optimizer steps (each has a fixed cost besides its tokens)
     prompt_tokens: int  # prefill tokens over all decoded views
     output_tokens: int  # generated tokens over all views (upper bound: max_new_tokens per view)
     score_tokens: int  # teacher-forced tokens for product-of-experts scoring
@@ -133,8 +135,45 @@ def task_work(task: Task, settings: Settings, *, example_tokens: float, batch: i
     prompts = sum(prompt_tokens_per_view) * views
     outputs = sum(output_tokens_per_view) * views
     score = sum(p + o for p, o in zip(prompt_tokens_per_view, output_tokens_per_view)) * settings.score_views * max(1, settings.score_top_c) // 2
-    return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), int(prompts), int(outputs),
+    return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), settings.train_steps, int(prompts), int(outputs),
                     score if settings.score_views else 0)
+
+
+def measured_throughput(events: list[dict], prior: Throughput) -> Throughput:
+    """Throughputs fitted to a run's worker events (what ``plan --throughput-file`` takes back).
+
+    Training: seconds per task regressed on (tokens, steps) by least squares when both vary, else attributed
+    to steps at the prior's token rate. Decoding: output tokens per second over the generate calls after
+    the per-call overhead. Start-up phases: their mean measured seconds. Missing phases keep the prior.
+    """
+    import numpy as np
+
+    t = prior
+    train = [e for e in events if e["phase"] == "train" and e["status"] == "ok" and e.get("steps")]
+    if train:
+        secs = np.array([e["end"] - e["start"] for e in train])
+        tok = np.array([float(e.get("tokens") or 0) for e in train])
+        steps = np.array([float(e["steps"]) for e in train])
+        base = secs - t.per_task_overhead_s - tok / t.train_tokens_per_s
+        t = replace(t, train_step_s=max(1e-4, float(base.sum() / steps.sum())))
+    dec = [e for e in events if e["phase"] == "decode" and e["status"] == "ok" and e.get("tokens_generated") is not None]
+    if dec:
+        # tokens_generated is cumulative per decoder: difference successive calls of the same worker process
+        gen, last = [], {}
+        for e in dec:
+            v, key = float(e["tokens_generated"]), e.get("worker")
+            gen.append(v - last[key] if key in last and v >= last[key] else v)
+            last[key] = v
+        gen = np.array(gen)
+        secs = np.array([e["end"] - e["start"] for e in dec]) - t.decode_call_overhead_s
+        if secs.sum() > 0 and gen.sum() > 0:
+            t = replace(t, decode_output_tokens_per_s=float(gen.sum() / max(secs.sum(), 1e-3)))
+    for phase, key in (("startup_train", "train_startup_s"), ("startup_decode", "decode_startup_s"),
+                       ("startup_score", "score_startup_s")):
+        xs = [e["end"] - e["start"] for e in events if e["phase"] == phase and e["status"] == "ok"]
+        if xs:
+            t = replace(t, **{key: float(sum(xs) / len(xs))})
+    return t
 
 
 class CostModel:
@@ -146,7 +185,8 @@ class CostModel:
     def task_seconds(self, w: TaskWork) -> dict[str, float]:
         t = self.throughput
         return {
-            "train": (w.train_tokens / t.train_tokens_per_s + t.per_task_overhead_s) if w.train_tokens else 0.0,
+            "train": (w.train_tokens / t.train_tokens_per_s + w.train_steps * t.train_step_s + t.per_task_overhead_s)
+            if w.train_steps else 0.0,
             "decode": w.prompt_tokens / t.decode_prompt_tokens_per_s + w.output_tokens / t.decode_output_tokens_per_s,
             "score": w.score_tokens / t.score_tokens_per_s,
         }

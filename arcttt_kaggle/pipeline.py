@@ -336,6 +336,11 @@ class Run:
             for e in events:
                 f.write(json.dumps(e, default=str) + "\n")
         report = build_report(self, events)
+        from .budget import measured_throughput
+
+        fitted = measured_throughput(events, self.cfg.throughput)
+        report["measured_throughput"] = fitted.__dict__
+        (self.out / "measured_throughput.json").write_text(json.dumps(fitted.__dict__, indent=1))
         (self.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
         write_timeline(events, self.budget, self.out / "timeline.png")
         self.log("report", f"report.json and timeline.png written; wall {time.time() - self.budget.start:.1f}s")

@@ -59,11 +59,11 @@ def test_ladder_order_fewer_steps_then_no_ttt_then_fewer_views():
 
 def test_plan_takes_the_first_rung_that_fits_and_calibration_moves_predictions():
     model = CostModel(Throughput(train_tokens_per_s=100, decode_prompt_tokens_per_s=1000, decode_output_tokens_per_s=100,
-                                 score_tokens_per_s=1000, train_startup_s=0, decode_startup_s=0, score_startup_s=0, decode_call_overhead_s=0,
+                                 score_tokens_per_s=1000, train_startup_s=0, decode_startup_s=0, score_startup_s=0, decode_call_overhead_s=0, train_step_s=0,
                                  per_task_overhead_s=0))
 
     def works(s: Settings):
-        return [TaskWork(f"t{i}", s.train_steps * 100, 1000 * s.views_per_test, 100 * s.views_per_test, 0) for i in range(4)]
+        return [TaskWork(f"t{i}", s.train_steps * 100, s.train_steps, 1000 * s.views_per_test, 100 * s.views_per_test, 0) for i in range(4)]
 
     full = Settings(train_steps=8, views_per_test=4, score_views=0, score_top_c=1)
     roomy = make_plan(works, full, model, workers=2, available_seconds=1000)
@@ -84,3 +84,20 @@ def test_throughput_file_rejects_unknown_keys(tmp_path):
         Throughput.from_file(p)
     p.write_text('{"train_tokens_per_s": 5}')
     assert Throughput.from_file(p).train_tokens_per_s == 5
+
+
+def test_measured_throughput_fits_step_cost_and_decode_rate():
+    from arcttt_kaggle.budget import measured_throughput
+
+    prior = Throughput(train_tokens_per_s=1e9, per_task_overhead_s=1.0, decode_call_overhead_s=2.0)
+    events = [
+        {"worker": 0, "phase": "startup_train", "status": "ok", "start": 0, "end": 7},
+        {"worker": 0, "phase": "train", "status": "ok", "start": 10, "end": 21, "steps": 20, "tokens": 100},  # 1 + 20*0.5
+        {"worker": 0, "phase": "train", "status": "ok", "start": 30, "end": 36, "steps": 10, "tokens": 100},  # 1 + 10*0.5
+        {"worker": 0, "phase": "decode", "status": "ok", "start": 40, "end": 52, "tokens_generated": 1000},  # 2 + 1000/100
+        {"worker": 0, "phase": "decode", "status": "ok", "start": 60, "end": 67, "tokens_generated": 1500},  # 2 + 500/100
+    ]
+    t = measured_throughput(events, prior)
+    assert t.train_step_s == pytest.approx(0.5, rel=1e-6)
+    assert t.decode_output_tokens_per_s == pytest.approx(100.0)
+    assert t.train_startup_s == 7 and t.decode_startup_s == prior.decode_startup_s

@@ -1,0 +1,158 @@
+""".venv/bin/python benchmarks/scoring_cost.py
+
+Cost of scoring candidates for product-of-experts selection, two ways, same engine, same run:
+
+- naive: every candidate is scored by its own forward pass over prompt + candidate;
+- shared: the view's prompt is encoded once, its KV cache expanded to the candidate batch, and only the
+  candidates' tokens run against it (``Scorer.score(..., shared_prefix=True)``, the default).
+
+Prompts are ARC-AGI-1 evaluation-sized: tasks from ``arcttt_kaggle.data.shared_data_dir() / "arc-agi-1"``
+(evaluation challenges) at the 25th, 50th, 75th and 90th percentiles of prompt length (in the tiny model's
+one-token-per-symbol format, capped by the model's 8192 positions); where ``../shared/data`` is absent the
+shipped 10-task sample stands in (a note says so). Each task gets 8 candidates: its true test output (when the
+solutions file has it) and 7 perturbations of it (a few cells recolored, one row or column dropped or
+repeated), the shapes real candidates have. Each task is scored under ``--views`` augmented views (identity
+first) with a LoRA adapter active (PEFT-made, random lora_B), so the LoRA path is what is timed. Both paths
+must give the same log-likelihoods (max |diff| <= 1e-4 nats in float32; 16-bit GPU runs report the difference
+and use 0.1). A warm-up call runs first. Prints a table and ends with ``scoring speedup: X.XX`` (total naive
+seconds / total shared seconds).
+
+Device auto-detected (CUDA when torch sees one; dtype auto). Options: --views V (2), --candidates C (8),
+--model PATH (default: the tiny Llama built here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int = 1, rank: int = 8) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def candidates(truth: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """``truth`` and n-1 distinct near misses of it (recolored cells; a row/column dropped or repeated)."""
+    rng = np.random.default_rng(seed)
+    out, seen = [truth], {truth.tobytes() + bytes(truth.shape)}
+    while len(out) < n:
+        g = truth.copy()
+        kind = len(out) % 3
+        if kind == 0 and g.shape[0] > 1:
+            g = np.delete(g, rng.integers(g.shape[0]), axis=0)
+        elif kind == 1 and g.shape[1] < 30:
+            c = rng.integers(g.shape[1])
+            g = np.insert(g, c, g[:, c], axis=1)
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                g[rng.integers(g.shape[0]), rng.integers(g.shape[1])] = rng.integers(10)
+        key = g.tobytes() + bytes(g.shape)
+        if key not in seen:
+            seen.add(key)
+            out.append(g.astype(np.uint8))
+    return out
+
+
+def pick_tasks(fmt, max_len: int):
+    """(tasks at prompt-length percentiles, note). ARC-AGI-1 evaluation when present, else the shipped sample."""
+    from arcttt_kaggle.data import load_challenges, package_sample_dir, shared_data_dir
+
+    d = shared_data_dir()
+    src = None if d is None else d / "arc-agi-1"
+    if src is not None and (src / "arc-agi_evaluation_challenges.json").exists():
+        sol = src / "arc-agi_evaluation_solutions.json"
+        tasks = load_challenges(src / "arc-agi_evaluation_challenges.json",
+                                solutions=sol if sol.exists() else None).tasks
+        note = f"ARC-AGI-1 evaluation ({len(tasks)} tasks), prompts at the 25/50/75/90th length percentiles"
+    else:
+        d = package_sample_dir()
+        tasks = load_challenges(d / "arc-agi_test_challenges.json", solutions=d / "arc-agi_test_solutions.json").tasks
+        note = "NOTE: ../shared/data/arc-agi-1 absent; the shipped 10-task sample stands in"
+    sized = sorted((len(fmt.prompt_ids(t.train, t.test[0].input)), tid) for tid, t in tasks.items())
+    sized = [s for s in sized if s[0] + 31 * 30 + 1 <= max_len]
+    picks = []
+    for q in (25, 50, 75, 90):
+        tid = sized[min(len(sized) - 1, int(len(sized) * q / 100))][1]
+        if tid not in picks:
+            picks.append(tid)
+    return [tasks[t] for t in picks], note
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--model", type=Path, default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="scoring-bench-") as tmp:
+        bench(args, Path(tmp))
+
+
+def bench(args, work: Path) -> None:
+    from arcttt_kaggle.augment import sample_augmentations
+    from arcttt_kaggle.score_candidates import Scorer
+    from arcttt_kaggle.tinymodel import ensure_tiny_model
+
+    model = args.model or ensure_tiny_model(work / "tiny")
+    adapter = make_adapter(model, work / "adapter")
+    scorer = Scorer(model)
+    try:
+        max_len = int(getattr(scorer.adapters.model.config, "max_position_embeddings", 8192))
+        tasks, note = pick_tasks(scorer.fmt, max_len)
+        tol = 1e-4 if scorer.dtype == "float32" else 0.1
+        print(f"device: {scorer.device}; dtype {scorer.dtype}; model: {model}")
+        print(note)
+        w = tasks[0]
+        scorer.score(w, 0, [w.train[0].output], sample_augmentations(1, 0, len(w.train)), adapter)  # warm-up
+        rows, tot_naive, tot_shared, worst = [], 0.0, 0.0, 0.0
+        for i, task in enumerate(tasks):
+            truth = task.test[0].output if task.test[0].output is not None else task.test[0].input
+            grids = candidates(truth, args.candidates, seed=i)
+            views = sample_augmentations(args.views, i, num_train=len(task.train))
+            t0 = time.perf_counter()
+            naive = scorer.score(task, 0, grids, views, adapter, shared_prefix=False)
+            t_naive = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            shared = scorer.score(task, 0, grids, views, adapter, shared_prefix=True)
+            t_shared = time.perf_counter() - t0
+            diff = float(np.abs(naive - shared).max())
+            worst = max(worst, diff)
+            tot_naive, tot_shared = tot_naive + t_naive, tot_shared + t_shared
+            prompt = len(scorer.fmt.prompt_ids(task.train, task.test[0].input))
+            comp = np.mean([len(scorer.fmt.completion_ids(g)) for g in grids])
+            rows.append((task.id, prompt, comp, t_naive, t_shared, t_naive / t_shared, diff))
+        print(f"\n{len(grids)} candidates x {args.views} views per task, adapter active")
+        print(f"{'task':<10} {'prompt tok':>10} {'cand tok':>9} {'naive s':>9} {'shared s':>9} {'speedup':>8} "
+              f"{'max |diff|':>11}")
+        for tid, p, c, tn, ts, sp, d in rows:
+            print(f"{tid:<10} {p:>10} {c:>9.0f} {tn:>9.3f} {ts:>9.3f} {sp:>8.2f} {d:>11.2e}")
+        print(f"{'total':<10} {'':>10} {'':>9} {tot_naive:>9.3f} {tot_shared:>9.3f} {tot_naive / tot_shared:>8.2f} "
+              f"{worst:>11.2e}")
+        ok = worst <= tol
+        print(f"same log-likelihoods (max |diff| {worst:.2e} <= {tol:g}): {'yes' if ok else 'NO'}")
+        print(f"scoring speedup: {tot_naive / tot_shared:.2f}")
+        if not ok:
+            raise SystemExit(1)
+    finally:
+        scorer.close()
+
+
+if __name__ == "__main__":
+    main()
