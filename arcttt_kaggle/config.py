@@ -48,6 +48,9 @@ class RunConfig:
     second_pass_ratio: float = field(default=1.0, metadata={"help": "compute-optimal second pass: extra views "
                                      "(spread over uncertain tasks by the allocation policy) as a fraction of the "
                                      "first pass's views; 0 = no second pass"})
+    isolate_training: bool = field(default=False, metadata={"help": "train in a child process of the worker, so "
+                                   "every byte of GPU memory (CUDA context, allocator cache, Unsloth's buffers) is "
+                                   "returned before vLLM sizes its KV cache; costs one more engine import (~15 s)"})
     run_programs: bool = field(default=True, metadata={"help": "run the CPU program expert beside the workers"})
     fault: str = field(default="", metadata={"help": f"inject a fault for testing: one of {FAULTS}"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -163,6 +166,7 @@ def preset(name: str, **paths: Any) -> RunConfig:
         ttt=TTTDataConfig(augmentations_per_task=4 if cpu else 8, max_examples_per_task=32 if cpu else 128,
                           max_tokens=2048 if cpu else 8192),
         # Tiny random model: a high LR is needed to move it in tens of steps; real models use 1e-4.
+        isolate_training=not cpu,
         train=TrainConfig(backend="unsloth", load_in_4bit=True, dtype=dl.dtype,
                           lora_rank=dl.lora_rank, lora_alpha=2 * dl.lora_rank, steps=dl.train_steps,
                           learning_rate=2e-3 if cpu else 1e-4, warmup_steps=2 if cpu else 8,

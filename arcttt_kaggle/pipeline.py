@@ -33,7 +33,7 @@ from .config import RunConfig
 from .data import Task, load_challenges
 from .format import ArcFormat
 from .submission import build_submission, count_test_inputs, fallback_attempts, write_submission
-from .worker import WorkerSpec
+from .worker import WorkerSpec, read_events
 
 
 class RunLog:
@@ -348,16 +348,7 @@ class Run:
 
 
 def _events(wdir: Path) -> list[dict]:
-    path = Path(wdir) / "events.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: skip it
-            continue
-    return out
+    return read_events(Path(wdir) / "events.jsonl")
 
 
 def _read_candidates(path: Path) -> CandidateSet:

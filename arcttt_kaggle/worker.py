@@ -90,7 +90,7 @@ def run_worker(spec: WorkerSpec) -> int:
 
     adapters: dict[str, str] = {}
     if spec.train_steps > 0 and cfg.run_ttt:
-        adapters = _train_phase(spec, cfg, tasks, events, fault)
+        adapters = (_train_isolated if cfg.isolate_training else _train_phase)(spec, cfg, tasks, events, fault)
     candidates = _decode_phase(spec, cfg, tasks, adapters, events, fault)
     if cfg.select.method == "poe" and candidates and time.time() < spec.deadline:
         _score_phase(spec, cfg, tasks, adapters, candidates, events)
@@ -145,6 +145,42 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str)
     finally:
         trainer.close()
     return adapters
+
+
+def _train_child(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str, out: str) -> None:
+    adapters = _train_phase(spec, cfg, tasks, events, fault)
+    Path(out).write_text(json.dumps(adapters))
+
+
+def _train_isolated(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str) -> dict[str, str]:
+    """``_train_phase`` in a spawned child: when it exits the GPU is empty for vLLM. If the child dies, the
+    adapters it saved before dying are still used (each is written whole before its event)."""
+    import multiprocessing as mp
+
+    out = Path(spec.work_dir) / "adapters.json"
+    child = mp.get_context("spawn").Process(target=_train_child, args=(spec, cfg, tasks, events, fault, str(out)))
+    child.start()
+    child.join(max(1.0, spec.train_deadline - time.time() + 60.0))
+    if child.is_alive():
+        child.kill()
+        child.join()
+    if out.exists():
+        return json.loads(out.read_text())
+    done = [e["task"] for e in read_events(events.path) if e["phase"] == "train" and e["status"] == "ok"]
+    events.emit("train", "error", reason=f"training process exited with code {child.exitcode}; "
+                                         f"keeping the {len(done)} adapters it saved")
+    return {t: str(Path(spec.work_dir) / "adapters" / t) for t in done}
+
+
+def read_events(path: Path) -> list[dict]:
+    """Events of a worker's ``events.jsonl``; a line cut by a kill is skipped."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def _calibrated_steps(steps: int, measured: list[tuple[int, float]], left: list, deadline: float) -> int:

@@ -14,11 +14,20 @@ solutions file has it) and 7 perturbations of it (a few cells recolored, one row
 repeated), the shapes real candidates have. Each task is scored under ``--views`` augmented views (identity
 first) with a LoRA adapter active (PEFT-made, random lora_B), so the LoRA path is what is timed. Both paths
 must give the same log-likelihoods (max |diff| <= 1e-4 nats in float32; 16-bit GPU runs report the difference
-and use 0.1). A warm-up call runs first. Prints a table and ends with ``scoring speedup: X.XX`` (total naive
-seconds / total shared seconds).
+and use 0.1). Each path runs ``--repeats`` times, alternating, and its fastest time counts (the first call
+of a new shape pays one-off kernel set-up; other jobs on a shared box add noise). Prints a table ("tok ratio":
+tokens run through the model, naive / shared) and ends with ``scoring speedup: X.XX`` (total naive seconds /
+total shared seconds).
+
+What bounds the speedup: both paths run the 8 candidates' tokens against the prompt (cost c: the candidates'
+own tokens, which attend to all P prompt tokens); only the prompt pass p is saved 7 times, so speedup =
+(8p + c) / (p + c). It reaches 4x only when p >= 0.75c. In a projection-bound model (real ones: hidden >= 896)
+p : c is the token ratio P : 8C, and ARC-AGI-1 outputs are large (C = 92..510 tokens here), so the bound is the
+"tok ratio" column, ~3.7-4.7. The 128-wide test model is attention-bound at these lengths (c grows with
+8 x C x P, p with P^2 / 2), which lowers the bound to ~3; ``--hidden 512`` shows a more realistic mix (slower).
 
 Device auto-detected (CUDA when torch sees one; dtype auto). Options: --views V (2), --candidates C (8),
---model PATH (default: the tiny Llama built here).
+--repeats R (3), --hidden H (128), --model PATH (default: the tiny Llama built here).
 """
 
 from __future__ import annotations
@@ -100,6 +109,9 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=128, help="width of the tiny model built when --model is not given "
+                    "(128: the test model, attention-bound; 512+: closer to real models' projection-bound mix)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="scoring-bench-") as tmp:
         bench(args, Path(tmp))
@@ -108,9 +120,11 @@ def main() -> None:
 def bench(args, work: Path) -> None:
     from arcttt_kaggle.augment import sample_augmentations
     from arcttt_kaggle.score_candidates import Scorer
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.tinymodel import TinyModelConfig, ensure_tiny_model
 
-    model = args.model or ensure_tiny_model(work / "tiny")
+    shape = TinyModelConfig(hidden_size=args.hidden, num_heads=max(1, args.hidden // 64), num_kv_heads=1,
+                            intermediate_size=4 * args.hidden) if args.hidden != 128 else TinyModelConfig()
+    model = args.model or ensure_tiny_model(work / "tiny", shape)
     adapter = make_adapter(model, work / "adapter")
     scorer = Scorer(model)
     try:
@@ -121,30 +135,36 @@ def bench(args, work: Path) -> None:
         print(note)
         w = tasks[0]
         scorer.score(w, 0, [w.train[0].output], sample_augmentations(1, 0, len(w.train)), adapter)  # warm-up
-        rows, tot_naive, tot_shared, worst = [], 0.0, 0.0, 0.0
+        rows, tot_naive, tot_shared, worst, tok_naive, tok_shared = [], 0.0, 0.0, 0.0, 0, 0
         for i, task in enumerate(tasks):
             truth = task.test[0].output if task.test[0].output is not None else task.test[0].input
             grids = candidates(truth, args.candidates, seed=i)
             views = sample_augmentations(args.views, i, num_train=len(task.train))
-            t0 = time.perf_counter()
-            naive = scorer.score(task, 0, grids, views, adapter, shared_prefix=False)
-            t_naive = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            shared = scorer.score(task, 0, grids, views, adapter, shared_prefix=True)
-            t_shared = time.perf_counter() - t0
+            t_naive = t_shared = float("inf")
+            for _ in range(args.repeats):  # alternate the two paths; keep the fastest of each (shared box noise)
+                t0 = time.perf_counter()
+                naive = scorer.score(task, 0, grids, views, adapter, shared_prefix=False)
+                t_naive = min(t_naive, time.perf_counter() - t0)
+                tok0 = scorer.stats.tokens
+                t0 = time.perf_counter()
+                shared = scorer.score(task, 0, grids, views, adapter, shared_prefix=True)
+                t_shared = min(t_shared, time.perf_counter() - t0)
+                shared_tokens = scorer.stats.tokens - tok0
             diff = float(np.abs(naive - shared).max())
             worst = max(worst, diff)
             tot_naive, tot_shared = tot_naive + t_naive, tot_shared + t_shared
             prompt = len(scorer.fmt.prompt_ids(task.train, task.test[0].input))
-            comp = np.mean([len(scorer.fmt.completion_ids(g)) for g in grids])
-            rows.append((task.id, prompt, comp, t_naive, t_shared, t_naive / t_shared, diff))
+            comps = [len(scorer.fmt.completion_ids(g)) for g in grids]
+            work = len(views) * sum(prompt + c for c in comps) / shared_tokens  # tokens run, naive / shared
+            tok_naive, tok_shared = tok_naive + len(views) * sum(prompt + c for c in comps), tok_shared + shared_tokens
+            rows.append((task.id, prompt, np.mean(comps), work, t_naive, t_shared, t_naive / t_shared, diff))
         print(f"\n{len(grids)} candidates x {args.views} views per task, adapter active")
-        print(f"{'task':<10} {'prompt tok':>10} {'cand tok':>9} {'naive s':>9} {'shared s':>9} {'speedup':>8} "
-              f"{'max |diff|':>11}")
-        for tid, p, c, tn, ts, sp, d in rows:
-            print(f"{tid:<10} {p:>10} {c:>9.0f} {tn:>9.3f} {ts:>9.3f} {sp:>8.2f} {d:>11.2e}")
-        print(f"{'total':<10} {'':>10} {'':>9} {tot_naive:>9.3f} {tot_shared:>9.3f} {tot_naive / tot_shared:>8.2f} "
-              f"{worst:>11.2e}")
+        print(f"{'task':<10} {'prompt tok':>10} {'cand tok':>9} {'tok ratio':>9} {'naive s':>9} {'shared s':>9} "
+              f"{'speedup':>8} {'max |diff|':>11}")
+        for tid, p, c, wk, tn, ts, sp, d in rows:
+            print(f"{tid:<10} {p:>10} {c:>9.0f} {wk:>9.2f} {tn:>9.3f} {ts:>9.3f} {sp:>8.2f} {d:>11.2e}")
+        print(f"{'total':<10} {'':>10} {'':>9} {tok_naive / tok_shared:>9.2f} {tot_naive:>9.3f} {tot_shared:>9.3f} "
+              f"{tot_naive / tot_shared:>8.2f} {worst:>11.2e}")
         ok = worst <= tol
         print(f"same log-likelihoods (max |diff| {worst:.2e} <= {tol:g}): {'yes' if ok else 'NO'}")
         print(f"scoring speedup: {tot_naive / tot_shared:.2f}")

@@ -265,9 +265,10 @@ def test_sampling_gives_n_candidates_per_view_and_deadline_skips(models, decoder
 def test_prompt_that_cannot_fit_max_model_len_is_skipped_not_fatal(decoder):
     big = np.ones((30, 30), np.uint8)
     task = Task("toolong", (Pair(big, big), Pair(big, big), Pair(big, big)), (Pair(big),))
-    small = Task("small", (Pair(np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)),), (Pair(np.zeros((2, 2), np.uint8)),))
+    zero, one = np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)
+    small = Task("small", (Pair(zero, one),), (Pair(zero),))
     skipped = decoder.stats.skipped_prompts
-    out = decoder.generate([DecodeRequest(task, 0, Augmentation(), None), DecodeRequest(small, 0, Augmentation(), None)])
+    out = decoder.generate([DecodeRequest(task, 0, Augmentation(), None), DecodeRequest(small, 0, Augmentation())])
     assert out[0] == [] and len(out[1]) == 1 and decoder.stats.skipped_prompts == skipped + 1
 
 

@@ -82,3 +82,14 @@ def test_fault_matrix(fault, expect, tmp_path):
     assert any(expect in r for r in reasons), reasons
     if fault == "bad-task":
         assert report["per_task"][BAD_TASK_ID]["outcome"] == "placeholder"
+
+
+def test_isolated_training_survives_a_training_crash(tmp_path):
+    """GPU presets train in a child process; a crash there costs only the adapters not yet saved."""
+    report = dry_run(challenges=CHALLENGES, solutions=SOLUTIONS, budget_seconds=240, out_dir=tmp_path,
+                     fault="worker-crash", overrides={**FAST, "isolate_training": True})
+    assert validate_submission_file(tmp_path / "submission.json", CHALLENGES) == []
+    assert [w["returncode"] for w in report["workers"]] == [0]  # the worker itself lived on and decoded
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert any(e["phase"] == "train" and "training process exited with code" in e.get("reason", "") for e in events)
+    assert sum(t["adapter"] for t in report["per_task"].values()) == 1  # the adapter saved before the kill is used

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from arcttt_kaggle.programs import drawing as dr
 from arcttt_kaggle.programs import objects as ob
 from arcttt_kaggle.programs import parts as pt
 from arcttt_kaggle.programs import primitives as pr
@@ -339,3 +340,40 @@ def test_label_matches_a_reference_flood_fill_at_every_size(h, w, seed, diagonal
     labels, n = ob.label(g, 0, diagonal, by_color)
     ref, n_ref = _reference_labels(g, 0, diagonal, by_color)
     assert n == n_ref and np.array_equal(labels, ref)
+
+
+# ---------------------------------------------------------------- drawing and moving
+
+
+def test_extend_rays_until_blocked():
+    g = G("0000 1002 0000")
+    assert eq(dr.extend_rays(g, "right", 0), G("0000 1112 0000"))  # stops at the 2
+    assert eq(dr.extend_rays(G("000 010 000"), "cross", 0), G("010 111 010"))
+    assert eq(dr.extend_rays(G("100 000 002"), "down", 0, pixels_only=True), G("100 100 102"))
+    assert dr.extend_rays(G("11"), "left", 0) is None  # nothing to draw
+
+
+def test_connect_aligned_pairs():
+    assert eq(dr.connect_aligned(G("10010 00000 20000"), 0, "rows"), G("11110 00000 20000"))
+    assert eq(dr.connect_aligned(G("300 000 300"), 0, "columns"), G("300 300 300"))
+    assert eq(dr.connect_aligned(G("400 000 004"), 0, "diagonals"), G("400 040 004"))
+    assert dr.connect_aligned(G("102"), 0) is None  # different colors are not joined
+
+
+def test_outline_and_fill_object_boxes():
+    assert eq(dr.outline_objects(G("000 010 000"), 0, 2, diagonal=False), G("020 212 020"))
+    assert eq(dr.fill_object_boxes(G("100 010 001"), 0, 5), G("155 515 551"))
+
+
+def test_object_gravity_moves_rigid_shapes():
+    g = G("110 010 000 000 010")  # the L lands on the pixel below it and keeps its shape
+    assert eq(ob.object_gravity(g, 0, "down"), G("000 000 110 010 010"))
+    assert eq(ob.object_gravity(g, 0, "left"), G("110 010 000 000 100"))
+    assert ob.object_gravity(G("000 110"), 0, "down") is None  # already resting
+
+
+def test_concat_and_count_objects():
+    assert eq(pr.concat([G("1 2"), G("3 4")], axis=1), G("13 24"))
+    assert pr.concat([G("1"), G("12")], axis=0) is None  # widths differ
+    assert ob.count_objects(G("101 000 110"), 0) == 3
+    assert ob.count_objects(G("101 000 110"), 0, diagonal=True, by_color=False) == 3

@@ -35,12 +35,21 @@ SPLIT_AND = make_task("split_and", [("1105011 0105110", "020 020"), ("1015101 11
                       [("1115111 0005000", "222 000")])
 UPSCALE = make_task("upscale", [("12 03", "1122 1122 0033 0033"), ("4", "44 44")], [("50 06", "5500 5500 0066 0066")])
 
+CROP_LARGEST = make_task("crop_largest", [("1100000 1100022 0000022 0000022", "22 22 22"),
+                                          ("0300 3330 0300 0001", "030 333 030")],
+                         [("0000 4440 0000 0500", "444")])
+GRAVITY = make_task("gravity", [("100 020 000", "000 000 120"), ("030 000 004", "000 000 034")],
+                    [("500 006 700", "000 500 706")])
+SYMMETRY = make_task("symmetry", [("12321 49654", "12321 45654"), ("7897 1001", "7887 1001")],
+                     [("94543 12229", "34543 12221")])  # 9 hides cells of a mirror-symmetric picture
+
 
 def first_answer(result: ProgramResult, i: int = 0) -> np.ndarray | None:
     return result.candidates[i][0].grid if result.candidates[i] else None
 
 
-@pytest.mark.parametrize("task", [FLIP, RECOLOR, TILE, SPLIT_AND, UPSCALE], ids=lambda t: t.id)
+@pytest.mark.parametrize("task", [FLIP, RECOLOR, TILE, SPLIT_AND, UPSCALE, CROP_LARGEST, GRAVITY, SYMMETRY],
+                         ids=lambda t: t.id)
 def test_finds_a_verified_program_with_the_right_test_output(task):
     result = solve_task(task, FAST)
     assert result.error == ""
@@ -53,6 +62,13 @@ def test_finds_a_verified_program_with_the_right_test_output(task):
 def test_flip_is_explained_by_the_flip_and_recolor_by_a_color_map():
     assert solve_task(FLIP, FAST).candidates[0][0].program == "fliplr"
     assert "recolor[1->3,2->4]" in solve_task(RECOLOR, FAST).candidates[0][0].program
+
+
+def test_a_color_map_that_only_memorises_one_color_per_demonstration_is_refused():
+    # Each output is one pixel whose color has no visible relation to its input: a learned map
+    # {1->5, 2->6, 3->7} would "verify", but every demonstration is explained by its own fresh entry.
+    task = make_task("memorise", [("10 00", "5"), ("02 00", "6"), ("00 03", "7")], [("00 10", "5")])
+    assert solve_task(task, FAST).candidates == [[]]
 
 
 def test_answers_are_deduplicated_ranked_and_counted():

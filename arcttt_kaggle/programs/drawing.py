@@ -48,26 +48,53 @@ def extend_rays(g: Grid, direction: str, bg: int, pixels_only: bool = False, thr
     return None if np.array_equal(out, g) else out
 
 
-def connect_aligned(g: Grid, bg: int, orientation: str = "both") -> Grid | None:
-    """Join every two same-colored cells in one row or column by a line of their color over background.
+def _lines(g: Grid, orientation: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(row, column) index arrays of every line of cells in the given orientation."""
+    h, w = g.shape
+    if orientation == "rows":
+        return [(np.full(w, r), np.arange(w)) for r in range(h)]
+    if orientation == "columns":
+        return [(np.arange(h), np.full(h, c)) for c in range(w)]
+    if orientation == "diagonals":
+        lines = []
+        for d in range(-(h - 1), w):  # down-right diagonals c - r = d, then down-left diagonals r + c = d'
+            r = np.arange(max(0, -d), min(h, w - d))
+            lines.append((r, r + d))
+        for s in range(h + w - 1):
+            r = np.arange(max(0, s - w + 1), min(h, s + 1))
+            lines.append((r, s - r))
+        return lines
+    raise ValueError(f"unknown orientation {orientation!r}")
 
-    Only pairs with nothing but background between them are joined. ``orientation``: ``rows``,
-    ``columns`` or ``both``. ``None`` when nothing is drawn.
+
+def connect_aligned(g: Grid, bg: int, orientation: str = "both") -> Grid | None:
+    """Join every two same-colored cells on one line by a segment of their color over background.
+
+    Only consecutive non-background cells on the line are joined (nothing else between them).
+    ``orientation``: ``rows``, ``columns``, ``both`` (rows and columns) or ``diagonals``. ``None`` when
+    nothing is drawn.
     """
     out = g.copy()
-    views = []
-    if orientation in ("rows", "both"):
-        views.append((g, out))
-    if orientation in ("columns", "both"):
-        views.append((g.T, out.T))
-    for src, dst in views:
-        for i in range(src.shape[0]):
-            row = src[i]
-            idx = np.flatnonzero(row != bg)
+    kinds = ["rows", "columns"] if orientation == "both" else [orientation]
+    for kind in kinds:
+        for rr, cc in _lines(g, kind):
+            vals = g[rr, cc]
+            idx = np.flatnonzero(vals != bg)
             for a, b in zip(idx[:-1], idx[1:]):
-                if b - a > 1 and row[a] == row[b]:
-                    seg = dst[i, a + 1:b]
-                    seg[seg == bg] = row[a]
+                if b - a > 1 and vals[a] == vals[b]:
+                    seg_r, seg_c = rr[a + 1:b], cc[a + 1:b]
+                    free = out[seg_r, seg_c] == bg
+                    out[seg_r[free], seg_c[free]] = vals[a]
+    return None if np.array_equal(out, g) else out
+
+
+def fill_object_boxes(g: Grid, bg: int, color: int) -> Grid | None:
+    """Paint ``color`` on the background cells inside each object's bounding box (8-connected, any colors)."""
+    out = g.copy()
+    for o in ob.components(g, bg, diagonal=True, by_color=False):
+        r0, r1, c0, c1 = o.box
+        box = out[r0:r1, c0:c1]
+        box[g[r0:r1, c0:c1] == bg] = color
     return None if np.array_equal(out, g) else out
 
 

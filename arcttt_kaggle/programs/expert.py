@@ -101,14 +101,18 @@ def solve_task(task: Task, config: ProgramsConfig, deadline: float | None = None
         return ProgramResult.empty(task, time.time() - start, f"{type(e).__name__}: {e}")
     candidates, distinct = [], []
     for i in range(len(task.test)):
-        seen: dict[bytes, Candidate] = {}
-        for f in found:  # sorted simplest first
+        # Rank answers by their simplest program; among equally simple ones, by how many programs agree.
+        best: dict[bytes, list] = {}  # answer -> [cost of simplest program, -votes, order, program, grid]
+        for order, f in enumerate(found):  # sorted simplest first
             k = grid_key(f.test_outputs[i])
-            if k not in seen:
-                seen[k] = Candidate(np.array(f.test_outputs[i], dtype=np.uint8), source="program",
-                                    program=f.program, verified=True)
-        distinct.append(len(seen))
-        candidates.append(list(seen.values())[:config.max_answers])
+            if k in best:
+                best[k][1] -= 1
+            else:
+                best[k] = [f.cost, -1, order, f.program, f.test_outputs[i]]
+        ranked = sorted(best.values(), key=lambda e: (round(e[0], 6), e[1], e[2]))
+        distinct.append(len(ranked))
+        candidates.append([Candidate(np.array(e[4], dtype=np.uint8), source="program", program=e[3], verified=True)
+                           for e in ranked[:config.max_answers]])
     error = "timeout" if stats.timed_out and not found else ""
     return ProgramResult(task.id, candidates, len(found), distinct, time.time() - start, error, stats.nodes)
 

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import objects as ob
 from . import parts as pt
 from . import primitives as pr
 from . import symmetry as sy
@@ -213,6 +214,8 @@ def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
         yield Fit(f"block_summary({fy},{fx})", 1.5, partial(_scale_down_any, fy=fy, fx=fx))
     if not same and all(x.shape[0] >= y.shape[0] and x.shape[1] >= y.shape[1] for x, y in zip(xs, ys)):
         yield from split_combine_fits(xs, ys)
+    if not same:
+        yield from count_fits(xs, ys)
     shapes = {y.shape for y in ys}
     if all(np.all(y == y.flat[0]) for y in ys):  # outputs are single-color: which color, and what shape
         if same:
@@ -227,6 +230,32 @@ def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
         elif len(shapes) == 1:
             shape = shapes.pop()
             yield Fit(f"continue_pattern({shape[0]}x{shape[1]})", 2.0, partial(sy.periodic_extend, shape=shape))
+
+
+def _count_bar(g: Grid, conn: tuple[bool, bool], vertical: bool, color: int | None) -> Grid | None:
+    """A 1 x n bar (or n x 1) where n counts the grid's objects, in ``color`` or the dominant color."""
+    n = ob.count_objects(g, pr.background_color(g), *conn)
+    if not 1 <= n <= 30:
+        return None
+    c = pt.part_summary(g, pr.background_color(g)) if color is None else color
+    return np.full((n, 1) if vertical else (1, n), c, dtype=np.uint8)
+
+
+def count_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
+    """Outputs that are single-color bars as long as the number of objects in the input."""
+    if not all(np.all(y == y.flat[0]) and min(y.shape) == 1 for y in ys):
+        return
+    for vertical in (False, True):
+        if any(y.shape[1 if vertical else 0] != 1 for y in ys):
+            continue
+        for conn in ((False, True), (True, True), (False, False), (True, False)):
+            if all(ob.count_objects(x, pr.background_color(x), *conn) == y.size for x, y in zip(xs, ys)):
+                colors = {int(y.flat[0]) for y in ys}
+                color = colors.pop() if len(colors) == 1 else None
+                name = f"count_objects{'8' if conn[0] else '4'}{'color' if conn[1] else 'multi'}_as_bar"
+                yield Fit(name + ("_vertical" if vertical else ""), 1.5,
+                          partial(_count_bar, conn=conn, vertical=vertical, color=color), max_prefix=1)
+                return
 
 
 def _uniform(g: Grid, shape: tuple[int, int] | None) -> Grid:

@@ -227,6 +227,31 @@ def fill_enclosed(g: Grid, bg: int, color: int) -> Grid | None:
     return out
 
 
+def count_objects(g: Grid, bg: int, diagonal: bool = False, by_color: bool = True) -> int:
+    """How many connected components of non-background cells the grid has."""
+    return label(g, bg, diagonal, by_color)[1]
+
+
+def object_gravity(g: Grid, bg: int, direction: str) -> Grid | None:
+    """Objects (8-connected, any colors) fall as rigid bodies towards ``direction`` until they rest on the
+    border or on an object that has already landed. ``None`` when nothing moves."""
+    k = {"down": 0, "right": 3, "up": 2, "left": 1}[direction]
+    r = np.ascontiguousarray(np.rot90(g, k))  # make the fall go down
+    h = r.shape[0]
+    objs = sorted(components(r, bg, diagonal=True, by_color=False), key=lambda o: -o.box[1])
+    out = np.full_like(r, bg)
+    occupied = np.zeros(r.shape, dtype=bool)
+    for o in objs:
+        ys, xs = np.nonzero(o.mask)
+        drop = 0
+        while ys.max() + drop + 1 < h and not occupied[ys + drop + 1, xs].any():
+            drop += 1
+        out[ys + drop, xs] = r[ys, xs]
+        occupied[ys + drop, xs] = True
+    out = np.ascontiguousarray(np.rot90(out, -k))
+    return None if np.array_equal(out, g) else out
+
+
 def object_sizes_ranks(objs: list[Obj], descending: bool = True) -> list[int] | None:
     """Dense rank of each object's size (0 = largest when ``descending``)."""
     sizes = sorted({o.size for o in objs}, reverse=descending)

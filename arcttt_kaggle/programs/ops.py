@@ -169,6 +169,14 @@ def _connect(g: Grid, memo: Memo, orientation: str) -> Grid | None:
     return dr.connect_aligned(g, pr.background_color(g), orientation)
 
 
+def _fill_boxes(g: Grid, memo: Memo, color: int) -> Grid | None:
+    return dr.fill_object_boxes(g, pr.background_color(g), color)
+
+
+def _object_gravity(g: Grid, memo: Memo, direction: str) -> Grid | None:
+    return ob.object_gravity(g, pr.background_color(g), direction)
+
+
 def _outline(g: Grid, memo: Memo, color: int, diagonal: bool) -> Grid | None:
     return dr.outline_objects(g, pr.background_color(g), color, diagonal)
 
@@ -200,7 +208,9 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
     for d in dr.DIRECTIONS:
         ops.append(Op(f"rays_{d}", partial(_rays, direction=d, pixels_only=False), 1.4, True))
         ops.append(Op(f"pixel_rays_{d}", partial(_rays, direction=d, pixels_only=True), 1.5, True))
-    for o in ("rows", "columns", "both"):
+    for d in ("down", "up", "left", "right"):
+        ops.append(Op(f"objects_fall_{d}", partial(_object_gravity, direction=d), 1.3, True))
+    for o in ("rows", "columns", "both", "diagonals"):
         ops.append(Op(f"connect_{o}", partial(_connect, orientation=o), 1.4, True))
     for by_color, extract in ((True, False), (True, True), (False, False)):
         for diagonal in (False, True):
@@ -239,5 +249,6 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
     for c in sorted(new_colors):
         ops.append(Op(f"fill_enclosed_color{c}", partial(_color_op, kind="fill_enclosed", color=c), 1.5, True))
         ops.append(Op(f"outline8_color{c}", partial(_outline, color=c, diagonal=True), 1.5, True))
+        ops.append(Op(f"fill_boxes_color{c}", partial(_fill_boxes, color=c), 1.5, True))
         ops.append(Op(f"outline4_color{c}", partial(_outline, color=c, diagonal=False), 1.5, True))
     return ops

@@ -169,8 +169,9 @@ def run_jobs(jobs: Iterable[tuple[Any, tuple]], solver_path: str, workers: int, 
                     w.conn.send(None)
             except (OSError, ValueError):
                 pass
+        grace_end = time.time() + 1.0  # one second in total for idle workers to exit on their own
         for w in pool:
-            w.process.join(timeout=1)
+            w.process.join(timeout=max(0.0, grace_end - time.time()))
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(timeout=5)

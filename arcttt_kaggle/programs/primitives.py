@@ -151,6 +151,15 @@ def tile(g: Grid, ny: int, nx: int) -> Grid | None:
     return np.tile(g, (ny, nx))
 
 
+def concat(grids: Sequence[Grid], axis: int) -> Grid | None:
+    """Join grids side by side (``axis=1``) or stacked (``axis=0``); ``None`` if their edges do not match
+    or the result exceeds 30 cells per side."""
+    if not grids or any(g.shape[1 - axis] != grids[0].shape[1 - axis] for g in grids):
+        return None
+    out = np.concatenate(list(grids), axis=axis)
+    return out if max(out.shape) <= 30 else None
+
+
 def tile_layout(g: Grid, layout: Sequence[Sequence[str]]) -> Grid | None:
     """Tile with a per-position dihedral transform, e.g. ``(("id", "fliplr"), ("flipud", "rot180"))``.
 
@@ -159,19 +168,13 @@ def tile_layout(g: Grid, layout: Sequence[Sequence[str]]) -> Grid | None:
     """
     rows = []
     for row in layout:
-        blocks = []
-        for name in row:
-            if name.startswith("zero:"):
-                blocks.append(np.full(g.shape, int(name[5:]), dtype=np.uint8))
-            else:
-                blocks.append(dihedral(g, name))
-        if any(b.shape != blocks[0].shape for b in blocks):
+        blocks = [np.full(g.shape, int(name[5:]), dtype=np.uint8) if name.startswith("zero:") else dihedral(g, name)
+                  for name in row]
+        joined = concat(blocks, axis=1) if all(b.shape == blocks[0].shape for b in blocks) else None
+        if joined is None:
             return None
-        rows.append(np.concatenate(blocks, axis=1))
-    if any(r.shape[1] != rows[0].shape[1] for r in rows):
-        return None
-    out = np.concatenate(rows, axis=0)
-    return out if out.shape[0] <= 30 and out.shape[1] <= 30 else None
+        rows.append(joined)
+    return concat(rows, axis=0)
 
 
 def mirror_tile(g: Grid, ny: int, nx: int) -> Grid | None:

@@ -48,7 +48,14 @@ def _features(objs: list[ob.Obj], shape: tuple[int, int]) -> dict[str, list]:
         "size_rank": [desc.index(s) for s in sizes],
         "size_rank_asc": [len(desc) - 1 - desc.index(s) for s in sizes],
         "shape": [o.shape_key for o in objs],
+        "column_rank": _dense_rank([o.box[2] for o in objs]),  # left to right
+        "row_rank": _dense_rank([o.box[0] for o in objs]),  # top to bottom
     }
+
+
+def _dense_rank(vals: list[int]) -> list[int]:
+    order = sorted(set(vals))
+    return [order.index(v) for v in vals]
 
 
 @dataclass(frozen=True)
