@@ -184,11 +184,13 @@ def preset(name: str, **paths: Any) -> RunConfig:
     return replace(cfg, **paths) if paths else cfg
 
 
-# Measured on the 2-core CI machine with the tiny model (benchmarks/pipeline_plan.py writes these numbers).
+# Measured on the 2-core machine with the tiny model, nothing else running (a dry run's measured_throughput.json,
+# 2026-11-25): 24-step tasks took 3.4-6.3 s, i.e. ~0.13 s per step plus ~6000 tokens/s; the vLLM engine
+# started in 9 s and generated ~550 tokens/s over 52 prompts after ~1.5 s per call.
 CPU_TINY_THROUGHPUT = Throughput(
-    train_tokens_per_s=3000.0, decode_prompt_tokens_per_s=20000.0, decode_output_tokens_per_s=300.0,
-    score_tokens_per_s=20000.0, train_startup_s=15.0, decode_startup_s=25.0, score_startup_s=3.0,
-    per_task_overhead_s=0.5,
+    train_tokens_per_s=6000.0, train_step_s=0.13, decode_prompt_tokens_per_s=20000.0,
+    decode_output_tokens_per_s=550.0, score_tokens_per_s=5000.0, train_startup_s=25.0, decode_startup_s=9.0,
+    score_startup_s=1.0, per_task_overhead_s=0.5, decode_call_overhead_s=1.5,
 )
 
 

@@ -377,3 +377,14 @@ def test_concat_and_count_objects():
     assert pr.concat([G("1"), G("12")], axis=0) is None  # widths differ
     assert ob.count_objects(G("101 000 110"), 0) == 3
     assert ob.count_objects(G("101 000 110"), 0, diagonal=True, by_color=False) == 3
+
+
+def test_move_to_contact_slides_objects_to_the_anchor():
+    g = G("10003 00003 00000 00200")
+    assert eq(ob.move_to_contact(g, 0, 3), G("00013 00003 00000 00200"))  # the 2 shares no row/column span
+    assert ob.move_to_contact(G("13"), 0, 3) is None  # already touching
+
+
+def test_motif_is_the_repeating_unit():
+    assert eq(sy.motif(G("121212 343434")), G("12 34"))
+    assert sy.motif(G("12 34")) is None

@@ -33,8 +33,9 @@ class ProgramsConfig:
     seconds_per_task: float = field(default=10.0, metadata={
         "help": "search time cap per task in seconds (the search stops cooperatively; a worker is killed "
                 "after this plus `kill_grace_seconds`)"})
-    max_depth: int = field(default=3, metadata={
-        "help": "most library operations composed before the inferred finishing step (0 = finishers only)"})
+    max_depth: int = field(default=2, metadata={
+        "help": "most library operations composed before the inferred finishing step (0 = finishers only); "
+                "3 rarely adds a correct answer and mostly adds wrong ones"})
     workers: int = field(default=1, metadata={"help": "worker processes for run_expert (one task each at a time)"})
     memory_limit_gib: float = field(default=2.0, metadata={
         "help": "address-space cap (RLIMIT_AS) of each worker process, in GiB; 0 disables the cap"})

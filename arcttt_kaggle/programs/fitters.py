@@ -31,8 +31,9 @@ class Fit:
     name: str
     cost: float
     apply: Callable[[Grid], Grid | None]
-    # Longest program prefix this step may finish. Steps whose output carries little information (a
-    # single color) fit many programs by chance, so they may only finish very short ones.
+    # Longest program prefix this step may finish. Steps whose output carries little information (one
+    # color per demonstration: a few bits) fit some of the ~100 one-step programs by chance, so they may
+    # only finish the empty program.
     max_prefix: int = 99
 
 
@@ -189,6 +190,36 @@ def _infer_mask_colors(xs: list[Grid], ys: list[Grid], split: tuple, op: str) ->
     return (on, off) if on is not None else None
 
 
+_COUNTS: dict[str, Callable[[Grid], int]] = {
+    "colors": lambda g: len(set(np.unique(g).tolist()) - {pr.background_color(g)}),
+    "cells": lambda g: int((g != pr.background_color(g)).sum()),
+    "objects": lambda g: ob.count_objects(g, pr.background_color(g), True, False),
+}
+
+
+def _scale_by_count(g: Grid, count: str) -> Grid | None:
+    k = _COUNTS[count](g)
+    return pr.scale_up(g, k, k) if k >= 1 else None
+
+
+def variable_scale_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
+    """Scale-ups whose factor differs between demonstrations but equals a count in the input (its number
+    of colors, non-background cells or objects)."""
+    factors = []
+    for x, y in zip(xs, ys):
+        if y.shape[0] % x.shape[0] or y.shape[1] % x.shape[1]:
+            return
+        fy, fx = y.shape[0] // x.shape[0], y.shape[1] // x.shape[1]
+        if fy != fx:
+            return
+        factors.append(fy)
+    if len(set(factors)) < 2:
+        return
+    for name, count in _COUNTS.items():
+        if all(count(x) == f for x, f in zip(xs, factors)):
+            yield Fit(f"scale_up(by number of {name})", 1.5, partial(_scale_by_count, count=name))
+
+
 def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
     """Candidate finishing steps that produce grids of the output's shape (before any recoloring)."""
     same = all(x.shape == y.shape for x, y in zip(xs, ys))
@@ -207,6 +238,8 @@ def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
             for invert in (False, True):
                 yield Fit(f"fractal(invert={invert})", 1.5,
                           lambda g, inv=invert: pr.fractal(g, pr.background_color(g), inv))
+    if up is None:
+        yield from variable_scale_fits(xs, ys)
     down = _ratios(xs, ys, up=False)
     if down is not None and down != (1, 1):
         fy, fx = down
@@ -219,10 +252,10 @@ def shape_fits(xs: list[Grid], ys: list[Grid]) -> Iterator[Fit]:
     shapes = {y.shape for y in ys}
     if all(np.all(y == y.flat[0]) for y in ys):  # outputs are single-color: which color, and what shape
         if same:
-            yield Fit("paint_dominant_color", 1.0, partial(_uniform, shape=None), max_prefix=1)
+            yield Fit("paint_dominant_color", 1.0, partial(_uniform, shape=None), max_prefix=0)
         elif len(shapes) == 1:
             shape = next(iter(shapes))
-            yield Fit(f"paint_dominant_color({shape[0]}x{shape[1]})", 1.0, partial(_uniform, shape=shape), max_prefix=1)
+            yield Fit(f"paint_dominant_color({shape[0]}x{shape[1]})", 1.0, partial(_uniform, shape=shape), max_prefix=0)
     if not same and all(y.shape[0] >= x.shape[0] and y.shape[1] >= x.shape[1] for x, y in zip(xs, ys)):
         if up is not None:
             yield Fit(f"continue_pattern(x{up[0]},x{up[1]})", 2.0,

@@ -252,6 +252,42 @@ def object_gravity(g: Grid, bg: int, direction: str) -> Grid | None:
     return None if np.array_equal(out, g) else out
 
 
+def move_to_contact(g: Grid, bg: int, anchor_color: int) -> Grid | None:
+    """Slide every object (8-connected, not of ``anchor_color``) straight towards the ``anchor_color`` cells
+    until it touches them. An object moves along the axis on which its span overlaps the anchor's; objects
+    that share neither rows nor columns with the anchor stay. ``None`` without an anchor or any move."""
+    anchor = g == anchor_color
+    if not anchor.any():
+        return None
+    ar0, ar1, ac0, ac1 = bounding_box(anchor)
+    out = g.copy()
+    h, w = g.shape
+    occupied = anchor.copy()
+    for o in components(np.where(anchor, np.uint8(bg), g), bg, diagonal=True, by_color=False):
+        r0, r1, c0, c1 = o.box
+        if r0 < ar1 and ar0 < r1:
+            step = (0, 1) if c1 <= ac0 else (0, -1) if c0 >= ac1 else None
+        elif c0 < ac1 and ac0 < c1:
+            step = (1, 0) if r1 <= ar0 else (-1, 0) if r0 >= ar1 else None
+        else:
+            step = None
+        if step is None:
+            continue
+        ys, xs = np.nonzero(o.mask)
+        n = 0
+        while True:
+            ny, nx = ys + (n + 1) * step[0], xs + (n + 1) * step[1]
+            if ny.min() < 0 or nx.min() < 0 or ny.max() >= h or nx.max() >= w or occupied[ny, nx].any():
+                break
+            n += 1
+        if n == 0:
+            continue
+        vals = g[ys, xs]
+        out[ys, xs] = bg
+        out[ys + n * step[0], xs + n * step[1]] = vals
+    return None if np.array_equal(out, g) else out
+
+
 def object_sizes_ranks(objs: list[Obj], descending: bool = True) -> list[int] | None:
     """Dense rank of each object's size (0 = largest when ``descending``)."""
     sizes = sorted({o.size for o in objs}, reverse=descending)

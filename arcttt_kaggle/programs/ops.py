@@ -177,6 +177,14 @@ def _object_gravity(g: Grid, memo: Memo, direction: str) -> Grid | None:
     return ob.object_gravity(g, pr.background_color(g), direction)
 
 
+def _motif(g: Grid, memo: Memo) -> Grid | None:
+    return sy.motif(g)
+
+
+def _move_to(g: Grid, memo: Memo, color: int) -> Grid | None:
+    return ob.move_to_contact(g, pr.background_color(g), color)
+
+
 def _outline(g: Grid, memo: Memo, color: int, diagonal: bool) -> Grid | None:
     return dr.outline_objects(g, pr.background_color(g), color, diagonal)
 
@@ -191,15 +199,17 @@ def _crop_cell_with(g: Grid, memo: Memo, color: int) -> Grid | None:
 
 
 def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: list[Grid]) -> list[Op]:
-    """The operations for one task, cheapest first.
+    """The operations for one task (the search orders them by cost).
 
-    Color parameters are the colors present in every demonstration input (a mask, a frame or a marker is
-    there in each) and, for fills, the colors the outputs introduce.
+    Color parameters are the colors present in every input, demonstrations and tests (a mask, a frame or a
+    marker is there in each), and, for painting steps (fills, outlines), the colors the outputs use.
+    ``keeps_shape`` marks the operations a same-shape task may use.
     """
     square = all(g.shape[0] == g.shape[1] for g in train_inputs + test_inputs)
     ops: list[Op] = [Op(n, partial(_dihedral, name=n), 1.0, n in ("rot180", "flipud", "fliplr") or square)
                      for n in pr.DIHEDRAL[1:]]
     ops.append(Op("crop_content", _crop_content, 1.0))
+    ops.append(Op("repeating_unit", _motif, 1.2))
     for d in ("down", "up", "left", "right"):
         ops.append(Op(f"gravity_{d}", partial(_gravity, direction=d), 1.2, True))
     for n in ("fliplr", "flipud", "rot180", "transpose", "antitranspose"):
@@ -227,26 +237,24 @@ def build_ops(train_inputs: list[Grid], test_inputs: list[Grid], train_outputs: 
         ops.append(Op(f"part_{how}", partial(_select_part, how=how), 1.3))
     ops.append(Op("parts_to_pixels", _parts_pixels, 1.3))
 
-    common = set(range(10))
-    for g in train_inputs:
-        common &= set(np.unique(g).tolist())
-    everywhere = set(common)
-    for g in test_inputs:
+    everywhere = set(range(10))
+    for g in train_inputs + test_inputs:
         everywhere &= set(np.unique(g).tolist())
-    new_colors = set()
+    output_colors: set[int] = set()
     for g in train_outputs:
-        new_colors |= set(np.unique(g).tolist())
+        output_colors |= set(np.unique(g).tolist())
     for c in sorted(everywhere):
         for kind in ("crop_to", "crop_inside"):
             ops.append(Op(f"{kind}_color{c}", partial(_color_op, kind=kind, color=c), 1.5))
         for kind in ("keep", "remove"):
             ops.append(Op(f"{kind}_color{c}", partial(_color_op, kind=kind, color=c), 1.5, True))
         ops.append(Op(f"cell_with_color{c}", partial(_crop_cell_with, color=c), 1.5))
+        ops.append(Op(f"move_to_color{c}", partial(_move_to, color=c), 1.4, True))
         ops.append(Op(f"symmetry_fill_color{c}", partial(_sym_fill, color=c, patch=False), 1.3, True))
         ops.append(Op(f"symmetry_patch_color{c}", partial(_sym_fill, color=c, patch=True), 1.3))
         ops.append(Op(f"periodic_fill_color{c}", partial(_per_fill, color=c, patch=False), 1.4, True))
         ops.append(Op(f"periodic_patch_color{c}", partial(_per_fill, color=c, patch=True), 1.4))
-    for c in sorted(new_colors):
+    for c in sorted(output_colors):
         ops.append(Op(f"fill_enclosed_color{c}", partial(_color_op, kind="fill_enclosed", color=c), 1.5, True))
         ops.append(Op(f"outline8_color{c}", partial(_outline, color=c, diagonal=True), 1.5, True))
         ops.append(Op(f"fill_boxes_color{c}", partial(_fill_boxes, color=c), 1.5, True))

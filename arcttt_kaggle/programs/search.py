@@ -128,8 +128,12 @@ class _Search:
             if len(node.program) <= fit.max_prefix:
                 self._try_fit(node, prefix, fit, xs, ts)
         if len(node.program) <= 1 and all(x.shape == y.shape for x, y in zip(xs, self.ys)):
+            # Learned tables have many free entries: object rules may finish one step, local rules
+            # (the freest) only the raw input.
             try:
-                rules = list(rl.object_rules(xs, self.ys)) + list(rl.local_rules(xs, self.ys))
+                rules = list(rl.object_rules(xs, self.ys))
+                if not node.program:
+                    rules += list(rl.local_rules(xs, self.ys))
             except Exception:  # noqa: BLE001 - as in _call: a rule learner failing only skips rules
                 self.stats.op_failures += 1
                 return

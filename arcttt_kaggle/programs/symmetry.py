@@ -168,6 +168,14 @@ def periodic_fill(g: Grid, unknown_color: int) -> Grid | None:
     return None if np.array_equal(out, g) else np.ascontiguousarray(out)
 
 
+def motif(g: Grid) -> Grid | None:
+    """The repeating unit of a periodic grid (its smallest period's top-left tile); ``None`` if not periodic."""
+    period = find_period(g, np.ones(g.shape, dtype=bool))
+    if period is None:
+        return None
+    return g[:period[0], :period[1]].copy()
+
+
 def periodic_extend(g: Grid, shape: tuple[int, int]) -> Grid | None:
     """Continue the grid's smallest period to a grid of ``shape`` (anchored at the top-left corner)."""
     h, w = shape
