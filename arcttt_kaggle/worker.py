@@ -208,7 +208,10 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
 
     t0 = time.time()
     try:
-        decoder = Decoder(spec.model_path, cfg.decode)
+        # Every adapter of this worker (plus the zero adapter base-model requests use on CPU) must fit the CPU
+        # LoRA cache: with fewer slots vLLM evicts and re-reads adapters from disk, 10-25x slower (measured).
+        slots = max(cfg.decode.max_cpu_loras or 0, len(adapters) + 1, cfg.decode.max_loras)
+        decoder = Decoder(spec.model_path, replace(cfg.decode, max_cpu_loras=slots))
     except Exception as e:  # noqa: BLE001 - no decoder: every task keeps its fallback (and program answers)
         events.emit("decode", "error", start=t0, reason=f"decoder failed to start: {e!r}")
         return {}

@@ -272,10 +272,10 @@ def test_prompt_that_cannot_fit_max_model_len_is_skipped_not_fatal(decoder):
 
 @pytest.mark.slow
 def test_deadline_during_generation_aborts_the_rest_and_the_engine_stays_usable(decoder, models, sample_tasks):
-    """A workload of several CPU-seconds (~200 prompts: every sample task, 4 views, 4 adapters and the base; ~100k
+    """A workload of many CPU-seconds (156 prompts: every sample task, 4 views, 2 adapters and the base; 71k
     prompt tokens) and a deadline 1 s away: it passes inside the one generate call, which returns what finished."""
     _, adapters = models
-    reqs = [r for t in sample_tasks.values() for a in (*adapters, None) for r in plan_requests(t, a, 4, 1)]
+    reqs = [r for t in sample_tasks.values() for a in (*adapters[:2], None) for r in plan_requests(t, a, 4, 1)]
     aborted, calls = decoder.stats.aborted_prompts, decoder.stats.engine_calls
     t0 = time.time()
     out = decoder.generate(reqs, deadline=t0 + 1.0)  # checked as requests finish
