@@ -388,3 +388,21 @@ def test_move_to_contact_slides_objects_to_the_anchor():
 def test_motif_is_the_repeating_unit():
     assert eq(sy.motif(G("121212 343434")), G("12 34"))
     assert sy.motif(G("12 34")) is None
+
+
+def test_cell_keys_kinds():
+    g = G("12 30")
+    # set keys: color * 2048 + bit mask of neighbour colors (OUTSIDE, bit 10, dropped by `relevant`)
+    assert rl.cell_keys(g, "around4")[0] == 1 * 2048 + (1 << 2 | 1 << 3)
+    # lines: color, colors in its row, colors in its column
+    assert rl.cell_keys(g, "lines")[3] == (0 * 1024 + (1 << 3 | 1 << 0)) * 1024 + (1 << 2 | 1 << 0)
+    assert len(set(rl.cell_keys(g, "exact8").tolist())) == 4
+
+
+def test_local_rules_from_row_and_column_colors():
+    # a cell turns 4 when its row holds a 1 and its column holds a 2
+    xs = [G("0001 0000 0200"), G("1000 0000 0020")]
+    ys = [G("0401 0000 0200"), G("1040 0000 0020")]
+    rule = next(rl.local_rules(xs, ys))
+    assert "row and column" in rule.name
+    assert eq(rule.apply(G("0010 0000 2000")), G("4010 0000 2000"))

@@ -168,3 +168,12 @@ def test_pool_kills_a_stuck_job_and_reports_a_crash_and_an_error():
 def test_pool_memory_cap_turns_a_huge_allocation_into_an_error():
     out = pool.run_jobs([("hog", (3 * 2**30,))], "builtins:bytearray", 1, 20.0, None, memory_limit_bytes=2**30)
     assert out["hog"].status in ("error", "died") and "hog" in out
+
+
+def test_search_depth_is_capped_by_the_evidence_in_the_outputs():
+    from arcttt_kaggle.programs.search import evidence_depth
+
+    one_pixel = [G("1"), G("2"), G("1"), G("2")]  # 4 bits in all: no room for even one searched step
+    assert evidence_depth(one_pixel, n_ops=100) == 0
+    boards = [G("1212 2121 1212"), G("3434 4343 3434")]  # 24 bits: two levels of ~100 operations
+    assert evidence_depth(boards, n_ops=100) == 2

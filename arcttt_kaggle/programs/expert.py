@@ -143,13 +143,19 @@ def run_expert(tasks: list[Task], config: ProgramsConfig, deadline: float | None
                   f"{n}/{len(r.candidates)} answered, {r.seconds:.1f}s {r.error}", file=sys.stderr, flush=True)
 
     jobs = [(t.id, (t, config, deadline)) for t in tasks]
-    pool.run_jobs(jobs, "arcttt_kaggle.programs.expert:solve_task", config.workers,
-                  config.seconds_per_task + config.kill_grace_seconds, deadline,
-                  int(config.memory_limit_gib * 2**30), on_done)
+    pool_error = ""
+    try:
+        pool.run_jobs(jobs, "arcttt_kaggle.programs.expert:solve_task", config.workers,
+                      config.seconds_per_task + config.kill_grace_seconds, deadline,
+                      int(config.memory_limit_gib * 2**30), on_done)
+    except Exception as e:  # noqa: BLE001 - the pool itself failed (no processes?): keep what finished
+        pool_error = f"{type(e).__name__}: {e}"
     for tid, r in results.items():
         if len(r.candidates) == len(by_id[tid].test):
             candidates[tid] = r.candidates
     stats = summarize(tasks, results, time.time() - start)
+    if pool_error:
+        stats["pool_error"] = pool_error
     if out_path is not None:
         write_candidate_file(out_path, candidates, "programs", {"config": asdict(config), "stats": stats})
     return candidates, stats

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .primitives import Grid, background_color, concat  # noqa: F401 - concat is part of this module's API
+from .primitives import Grid, background_color
 
 Parts = list[list[Grid]]  # rows of parts, each row left to right
 

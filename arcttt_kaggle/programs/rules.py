@@ -149,37 +149,51 @@ def object_rules(xs: list[Grid], ys: list[Grid]) -> Iterator[Rule]:
                                lambda g, c=conn, f=feature, t=eq[0], d=eq[1]: _recolor_objects(g, c, f, t, d))
 
 
-_LOCAL_FEATURES: tuple[tuple[str, bool, bool], ...] = (
-    # (name, diagonal neighbours too, exact positions rather than the set of colors)
-    ("colors around (4)", False, False),
-    ("colors around (8)", True, False),
-    ("4-neighbourhood", False, True),
-    ("8-neighbourhood", True, True),
+_LOCAL_FEATURES: tuple[tuple[str, str], ...] = (
+    # (name, key kind), most general first
+    ("colors around (4)", "around4"),
+    ("colors around (8)", "around8"),
+    ("colors in row and column", "lines"),
+    ("4-neighbourhood", "exact4"),
+    ("8-neighbourhood", "exact8"),
 )
+_SET_KINDS = ("around4", "around8", "lines")
 
 
-def _neighbourhoods(g: Grid, diagonal: bool, exact: bool, relevant: int = 0x3FF) -> np.ndarray:
-    """Per cell, an integer key: its color and its 4 (or 8) neighbours' colors.
+def _bits(cols: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros(cols[0].shape, dtype=np.int64)
+    for c in cols:
+        out |= np.left_shift(1, c)
+    return out
 
-    ``exact``: neighbours in position order (``OUTSIDE`` off the grid). Otherwise the set of neighbour
-    colors, restricted to the colors in the ``relevant`` bit mask (invariant to rotations and reflections,
-    and to neighbours that the rule does not depend on).
+
+def cell_keys(g: Grid, kind: str, relevant: int = 0x3FF) -> np.ndarray:
+    """Per cell, an integer key: its color plus context of the given ``kind``.
+
+    ``exact4``/``exact8``: the 4 or 8 neighbours in position order (``OUTSIDE`` off the grid).
+    ``around4``/``around8``: the set of neighbour colors. ``lines``: the sets of colors in the cell's row
+    and in its column. Set keys keep only the colors in the ``relevant`` bit mask (so a rule that ignores a
+    color is not blocked by it) and are invariant to rotations and reflections.
     """
-    p = np.pad(g.astype(np.int64), 1, constant_values=OUTSIDE)
     h, w = g.shape
+    color = g.ravel().astype(np.int64)
+    if kind == "lines":
+        row = _bits([g[:, j].astype(np.int64) for j in range(w)])  # per row: colors present
+        col = _bits([g[i, :].astype(np.int64) for i in range(h)])  # per column
+        rows = np.repeat(row & relevant, w)
+        cols = np.tile(col & relevant, h)
+        return (color * 1024 + rows) * 1024 + cols
+    p = np.pad(g.astype(np.int64), 1, constant_values=OUTSIDE)
     steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
-    if diagonal:
+    if kind.endswith("8"):
         steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
     cols = [p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w].ravel() for dy, dx in steps]
-    if exact:
-        key = g.ravel().astype(np.int64)
+    if kind.startswith("exact"):
+        key = color
         for c in cols:
             key = key * 11 + c
         return key
-    bits = np.zeros(h * w, dtype=np.int64)
-    for c in cols:
-        bits |= np.left_shift(1, c)
-    return g.ravel().astype(np.int64) * 2048 + (bits & relevant)
+    return color * 2048 + (_bits(cols) & relevant)
 
 
 def _consistent(keys: np.ndarray, vals: np.ndarray) -> bool:
@@ -188,40 +202,40 @@ def _consistent(keys: np.ndarray, vals: np.ndarray) -> bool:
     return np.unique(pairs // 10).size == pairs.size
 
 
-def _apply_local(g: Grid, diagonal: bool, exact: bool, relevant: int, table: dict[int, int]) -> Grid | None:
+def _apply_local(g: Grid, kind: str, relevant: int, table: dict[int, int]) -> Grid | None:
     out = []
-    for k in _neighbourhoods(g, diagonal, exact, relevant).tolist():
+    for k in cell_keys(g, kind, relevant).tolist():
         v = table.get(k)
         if v is None:
-            return None  # a neighbourhood no demonstration showed: its rule is unknown
+            return None  # a context no demonstration showed: its rule is unknown
         out.append(v)
     return np.array(out, dtype=np.uint8).reshape(g.shape)
 
 
 def local_rules(xs: list[Grid], ys: list[Grid]) -> Iterator[Rule]:
-    """Cell-wise rules ``(color, neighbour colors) -> new color`` consistent with every demonstration.
+    """Cell-wise rules ``(color, context) -> new color`` consistent with every demonstration.
 
-    Tried from the most general key (the set of colors around a cell, keeping only the neighbour colors the
+    Tried from the most general key (the set of colors around a cell, keeping only the context colors the
     rule needs) to the most specific (the exact 8-neighbourhood); the first consistent one is kept if it
     reuses keys (a table where most keys are seen once has memorised the demonstrations, not learned a rule).
     """
     if any(x.shape != y.shape for x, y in zip(xs, ys)) or all(np.array_equal(x, y) for x, y in zip(xs, ys)):
         return
     vals = np.concatenate([y.ravel() for y in ys]).astype(np.int64)
-    for i, (name, diagonal, exact) in enumerate(_LOCAL_FEATURES):
+    for i, (name, kind) in enumerate(_LOCAL_FEATURES):
         relevant = 0x3FF  # colors 0..9; OUTSIDE (bit 10) never counts in set keys
-        keys = np.concatenate([_neighbourhoods(x, diagonal, exact, relevant) for x in xs])
+        keys = np.concatenate([cell_keys(x, kind, relevant) for x in xs])
         if not _consistent(keys, vals):
             continue
-        if not exact:  # drop neighbour colors the rule does not need, so unseen bystanders do not block it
+        if kind in _SET_KINDS:  # drop context colors the rule does not need, so bystanders do not block it
             for c in range(10):
                 trial = relevant & ~(1 << c)
-                k2 = np.concatenate([_neighbourhoods(x, diagonal, exact, trial) for x in xs])
+                k2 = np.concatenate([cell_keys(x, kind, trial) for x in xs])
                 if _consistent(k2, vals):
                     relevant, keys = trial, k2
         table = dict(zip(keys.tolist(), vals.tolist()))
         if len(table) * 2 > keys.size:
             return
-        yield Rule(f"local_rule({name}, {len(table)} entries)", 2.5 + 0.25 * i,
-                   lambda g, d=diagonal, e=exact, r=relevant, t=table: _apply_local(g, d, e, r, t))
+        yield Rule(f"local_rule({name}, {len(table)} entries)", 2.5 + 0.2 * i,
+                   lambda g, k=kind, r=relevant, t=table: _apply_local(g, k, r, t))
         return

@@ -7,6 +7,8 @@ program is *verified* when it reproduces every demonstration output exactly. Pru
 
 - nodes whose demonstration grids equal an earlier node's are dropped (same behaviour, costlier program);
 - when every demonstration keeps its shape, nodes that change a demonstration's shape are dropped;
+- the depth is capped by the evidence: a single demonstration allows one-step programs only, and tiny
+  outputs (a few bits in all) allow no more levels than they can tell apart (``evidence_depth``);
 - operation results are cached per grid (different prefixes often reach the same grid);
 - the search stops once a verified program is at most as costly as the cheapest program of the next
   depth: deeper programs that also fit are more complex explanations of the same evidence, so they rank
@@ -15,6 +17,7 @@ program is *verified* when it reproduces every demonstration output exactly. Pru
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -62,6 +65,19 @@ def _valid(g: object) -> bool:
 
 def _key(g: Grid) -> bytes:
     return bytes(g.shape) + g.tobytes()
+
+
+def evidence_depth(outputs: list[Grid], n_ops: int, margin_bits: float = 4.0) -> int:
+    """The deepest search the demonstrations can support.
+
+    The outputs carry about ``sum(cells * log2(colors))`` bits; each search level multiplies the programs
+    tried by ``n_ops`` (``log2(n_ops)`` bits). Searching deeper than the evidence allows finds programs that
+    fit by chance, e.g. one-pixel outputs over four demonstrations (4 bits) are matched by some of a hundred
+    one-step programs, so they only get the finishing steps.
+    """
+    bits = sum(y.size * math.log2(max(2, len(np.unique(y)))) for y in outputs)
+    per_level = math.log2(max(2, n_ops))
+    return max(0, int((bits - margin_bits) // per_level))
 
 
 class _Search:
@@ -132,7 +148,7 @@ class _Search:
             # (the freest) only the raw input.
             try:
                 rules = list(rl.object_rules(xs, self.ys))
-                if not node.program:
+                if not node.program and self.n >= 2:
                     rules += list(rl.local_rules(xs, self.ys))
             except Exception:  # noqa: BLE001 - as in _call: a rule learner failing only skips rules
                 self.stats.op_failures += 1
@@ -171,6 +187,9 @@ class _Search:
         return d
 
     def run(self, max_depth: int) -> list[Found]:
+        if self.n == 1:  # one demonstration is weak evidence: allow only one-step programs
+            max_depth = min(max_depth, 1)
+        max_depth = min(max_depth, evidence_depth(self.ys, len(self.ops)))
         try:
             self._finish(self.root)
             self.stats.depth_done = 0
