@@ -175,5 +175,6 @@ def test_search_depth_is_capped_by_the_evidence_in_the_outputs():
 
     one_pixel = [G("1"), G("2"), G("1"), G("2")]  # 4 bits in all: no room for even one searched step
     assert evidence_depth(one_pixel, n_ops=100) == 0
-    boards = [G("1212 2121 1212"), G("3434 4343 3434")]  # 24 bits: two levels of ~100 operations
-    assert evidence_depth(boards, n_ops=100) == 2
+    boards = [G("1212 2121 1212"), G("3434 4343 3434")]  # 24 bits - 4 margin = 20: three levels of 6.6 bits
+    assert evidence_depth(boards, n_ops=100) == 3
+    assert evidence_depth(boards, n_ops=100, margin_bits=8) == 2
