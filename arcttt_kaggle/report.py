@@ -165,7 +165,7 @@ def write_timeline(events: list[dict], budget, path: Path) -> None:
 def format_summary(report: dict) -> str:
     """A short human summary of ``report.json`` (the notebook's last cell prints it)."""
     lines = [f"preset {report['preset']}  method {report['selection_method']}  fault {report.get('fault') or '-'}",
-             f"backends: " + ", ".join(f"{k}={v}" for k, v in report["backends"].items()),
+             "backends: " + ", ".join(f"{k}={v}" for k, v in report["backends"].items()),
              f"tasks {report['tasks']} (attempted {report['attempted']}, rejected {len(report['rejected'])}); "
              f"wall {report['budget']['wall_s']}s of {report['budget']['limit_s']}s; "
              f"before deadline: {report['budget']['finished_before_deadline']}",

@@ -89,3 +89,28 @@ def ensure_tiny_model(out_dir: str | Path, config: TinyModelConfig = TinyModelCo
     if marker.exists() and json.loads(marker.read_text()) == asdict(config) and (out_dir / "model.safetensors").exists():
         return out_dir
     return build_tiny_model(out_dir, config)
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def random_adapter(model_dir: str | Path, out: str | Path, seed: int, rank: int = 8, scale: float = 0.5) -> Path:
+    """A PEFT LoRA adapter on attention + MLP with random nonzero ``lora_B`` (seeded), saved to ``out``.
+
+    For tests and benchmarks that need distinct adapters without training (PEFT initialises lora_B to zero,
+    which would make every adapter equal to the base model).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                  target_modules=list(LORA_TARGETS)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    peft_model.save_pretrained(out)
+    return Path(out)

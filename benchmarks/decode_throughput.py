@@ -31,24 +31,9 @@ from pathlib import Path
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int, rank: int) -> Path:
-    """A LoRA on every attention/MLP projection with lora_B ~ N(0, 0.5^2) from ``seed``."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from arcttt_kaggle.tinymodel import random_adapter
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    peft_model.save_pretrained(out)
-    del model, peft_model
-    return out
-
-
+    return random_adapter(model_dir, out, seed=seed, rank=rank, scale=0.5)
 def run_engine(backend: str, model: Path, cfg, warmup, requests, repeats: int) -> dict:
     """Start the engine, warm it up, decode ``requests`` ``repeats`` times (fastest counts: other jobs on a shared
     box add noise); returns timings, tokens and raw outputs."""

@@ -41,22 +41,9 @@ import numpy as np
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int = 1, rank: int = 8) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from arcttt_kaggle.tinymodel import random_adapter
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    peft_model.save_pretrained(out)
-    return out
-
-
+    return random_adapter(model_dir, out, seed=seed, rank=rank, scale=0.2)
 def candidates(truth: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
     """``truth`` and n-1 distinct near misses of it (recolored cells; a row/column dropped or repeated)."""
     rng = np.random.default_rng(seed)

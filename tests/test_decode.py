@@ -18,7 +18,7 @@ from arcttt_kaggle.augment import Augmentation, sample_augmentations
 from arcttt_kaggle.data import Pair, Task
 from arcttt_kaggle.decode import DecodeConfig, DecodeRequest, fit_prompt, plan_requests
 from arcttt_kaggle.format import ArcFormat
-from arcttt_kaggle.tinymodel import build_tokenizer, ensure_tiny_model
+from arcttt_kaggle.tinymodel import build_tokenizer, ensure_tiny_model, random_adapter
 
 CONSTANT = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)  # what the constant model answers, in the view's frame
 SMALL_TASKS = ("00576224", "0692e18c")  # 2x2 -> 6x6 and 3x3 -> 9x9 outputs: short generations
@@ -57,25 +57,6 @@ def make_constant_model(src: Path, out: Path, tasks: list[Task], steps: int = 15
     return out
 
 
-def make_random_adapter(model_dir: Path, out: Path, seed: int, rank: int = 8, scale: float = 0.5) -> Path:
-    """A PEFT LoRA on q,k,v,o,gate,up,down with lora_B random (nonzero) from ``seed``: adapters differ."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    peft_model = get_peft_model(model, cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    peft_model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def vllm_env():
     with pytest.MonkeyPatch.context() as mp:
@@ -89,7 +70,7 @@ def models(tmp_path_factory, sample_tasks):
     root = tmp_path_factory.mktemp("decode")
     tiny = ensure_tiny_model(root / "tiny")
     const = make_constant_model(tiny, root / "constant", [sample_tasks[t] for t in SMALL_TASKS])
-    adapters = [make_random_adapter(const, root / f"adapter{i}", seed=i) for i in (1, 2, 3, 4)]
+    adapters = [random_adapter(const, root / f"adapter{i}", seed=i) for i in (1, 2, 3, 4)]
     return const, adapters
 
 

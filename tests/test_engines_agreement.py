@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from arcttt_kaggle.decode import DecodeConfig, plan_requests
-from arcttt_kaggle.tinymodel import ensure_tiny_model
+from arcttt_kaggle.tinymodel import ensure_tiny_model, random_adapter
 
 pytestmark = pytest.mark.slow
 TASKS = ("00576224", "0692e18c")  # small grids: generations of at most 43 and 91 tokens
@@ -56,23 +56,6 @@ TRAIN_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def random_adapter(model_dir: Path, out: Path, seed: int) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    peft_model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(tiny model, {task: adapter dir}, how the adapters were made)."""
@@ -88,7 +71,7 @@ def setup(tmp_path_factory):
         return model, {t: Path(a["dir"]) for t, a in info["adapters"].items()}, f"Trainer: {info['backend']}"
     warnings.warn(f"Trainer(backend='unsloth') failed (rc {proc.returncode}): {proc.stderr[-800:]}; using "
                   f"PEFT-made random adapters instead")
-    return model, {t: random_adapter(model, root / f"random-{t}", i + 1) for i, t in enumerate(TASKS)}, "random"
+    return model, {t: random_adapter(model, root / f"random-{t}", seed=i + 1) for i, t in enumerate(TASKS)}, "random"
 
 
 @pytest.fixture(scope="module")

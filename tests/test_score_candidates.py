@@ -14,34 +14,17 @@ import numpy as np
 import pytest
 
 from arcttt_kaggle.augment import Augmentation, sample_augmentations
-from arcttt_kaggle.tinymodel import ensure_tiny_model
+from arcttt_kaggle.tinymodel import ensure_tiny_model, random_adapter
 
 pytestmark = pytest.mark.slow
 TASK = "0692e18c"  # 3 demonstrations, 3x3 -> 9x9: a 330-token prompt, 91-token completions
-
-
-def random_adapter(model_dir: Path, out: Path, seed: int, scale: float = 0.2) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    peft_model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("scorer")
     tiny = ensure_tiny_model(root / "tiny")
-    return tiny, [random_adapter(tiny, root / f"adapter{i}", seed=i) for i in (1, 2)]
+    return tiny, [random_adapter(tiny, root / f"adapter{i}", seed=i, scale=0.2) for i in (1, 2)]
 
 
 @pytest.fixture(scope="module")
