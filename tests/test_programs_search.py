@@ -11,7 +11,9 @@ import pytest
 
 from arcttt_kaggle.candidates import read_candidate_file
 from arcttt_kaggle.data import Pair, Task
+from arcttt_kaggle.programs import fitters as ft
 from arcttt_kaggle.programs import pool
+from arcttt_kaggle.programs import primitives as pr
 from arcttt_kaggle.programs.expert import ProgramResult, ProgramsConfig, run_expert, solve_task
 from arcttt_kaggle.programs.ops import Op, build_ops
 
@@ -84,6 +86,52 @@ def test_unsolvable_task_gives_an_empty_list_per_test_input():
     assert result.candidates == [[], []] and result.num_verified_programs == 0
 
 
+# ---------------------------------------------------------------- finishing steps infer their parameters
+
+
+def fit_names(xs: list[str], ys: list[str]) -> list[str]:
+    return [f.name for f in ft.shape_fits([G(x) for x in xs], [G(y) for y in ys])]
+
+
+def test_tile_layout_and_scale_factor_are_inferred_from_shapes():
+    names = fit_names(["12 34", "56 78"], ["1221 3443", "5665 7887"])
+    assert "tile[id,fliplr]" in names and "scale_up(1,2)" in names
+    assert "block_summary(2,2)" in fit_names(["1100 1100", "0022 0022"], ["10", "02"])
+
+
+def test_variable_scale_factor_equals_a_count_in_the_input():
+    fits = list(ft.variable_scale_fits([G("120"), G("010")], [G("112200 112200"), G("010")]))
+    assert [f.name for f in fits] == ["scale_up(by number of colors)", "scale_up(by number of cells)"]
+    assert np.array_equal(fits[0].apply(G("1230")), pr.scale_up(G("1230"), 3, 3))
+
+
+def test_split_and_overlay_order_is_inferred():
+    # two panels divided by a column of 5s; the right panel is drawn over the left one
+    xs, ys = [G("11502 10522 01520"), G("30544 03540 33504")], [G("12 22 21"), G("44 43 34")]
+    fits = {f.name: f for f in ft.split_combine_fits(xs, ys)}
+    assert "split[sep].overlay:10" in fits
+    assert np.array_equal(fits["split[sep].overlay:10"].apply(G("10503 01530 00533")), G("13 31 33"))
+
+
+def test_count_of_objects_as_a_bar():
+    fits = list(ft.count_fits([G("101 000 100"), G("100 000 000")], [G("444"), G("4")]))
+    assert fits and np.array_equal(fits[0].apply(G("10 01")), G("44"))
+
+
+def test_color_map_refuses_unseen_colors_and_fresh_single_entries():
+    cmap = ft.color_map_fit([G("12"), G("21")], [G("34"), G("43")])
+    assert cmap == {1: 3, 2: 4}
+    assert ft.apply_color_map_strict(G("15"), cmap) is None  # 5 never seen: its image is unknown
+    assert ft.color_map_fit([G("1"), G("2")], [G("5"), G("6")]) is None  # each demo its own fresh entry
+
+
+def test_input_color_picks_the_paint_from_the_raw_input():
+    preds, ys = [G("110"), G("011")], [G("330"), G("044")]
+    raws = [G("110 003"), G("011 400")]
+    assert ft.input_color_fit(preds, ys, raws) == "least common color"
+    assert np.array_equal(ft.paint_foreground(G("010"), 7), G("070"))
+
+
 # ---------------------------------------------------------------- failure paths
 
 
@@ -93,36 +141,51 @@ def test_deadline_already_passed_returns_nothing():
 
 
 def test_time_cap_stops_the_search_and_returns_nothing_found():
-    rng = np.random.default_rng(0)
-    big = Task("slow", tuple(Pair(rng.integers(0, 10, (30, 30), dtype=np.uint8),
-                                  rng.integers(0, 10, (30, 30), dtype=np.uint8)) for _ in range(3)),
-               (Pair(rng.integers(0, 10, (30, 30), dtype=np.uint8)),))
+    def slow(g, memo):  # a primitive that never helps and takes a long time
+        time.sleep(0.05)
+        return None
+
     t0 = time.time()
-    result = solve_task(big, ProgramsConfig(seconds_per_task=0.3, max_depth=3))
-    assert time.time() - t0 < 3.0
+    result = solve_task(FLIP, ProgramsConfig(seconds_per_task=0.3, max_depth=2),
+                        ops=[Op(f"slow{i}", slow, keeps_shape=True) for i in range(50)])
+    assert time.time() - t0 < 1.5
     assert result.candidates == [[]] and result.error == "timeout"
 
 
 def test_a_raising_primitive_costs_only_its_branch():
+    calls = []
+
     def boom(g, memo):
+        calls.append(g.shape)
         raise RuntimeError("primitive bug")
 
-    ops = [Op("boom", boom, 0.5)] + build_ops([p.input for p in FLIP.train], [FLIP.test[0].input],
-                                              [p.output for p in FLIP.train])
+    ops = [Op("boom", boom, 0.5, keeps_shape=True)] + build_ops(
+        [p.input for p in FLIP.train], [FLIP.test[0].input], [p.output for p in FLIP.train])
     result = solve_task(FLIP, FAST, ops=ops)
+    assert calls, "the raising primitive was tried"
     assert np.array_equal(first_answer(result), FLIP.test[0].output)
-    only_boom = solve_task(FLIP, FAST, ops=[Op("boom", boom)])
-    assert only_boom.error == "" and only_boom.num_verified_programs == 0  # fliplr is not in this library
+    only_boom = solve_task(FLIP, FAST, ops=[Op("boom", boom, keeps_shape=True)])
+    assert only_boom.error == "" and only_boom.candidates == [[]]  # fliplr is not in this library
 
 
-def test_a_30x30_task_returns_in_time_without_crashing():
+def test_a_30x30_noise_task_returns_nothing_in_time_without_crashing():
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 10, (30, 30), dtype=np.uint8) for _ in range(7)]
+    task = Task("huge", (Pair(noise[0], noise[1]), Pair(noise[2], noise[3]), Pair(noise[4], noise[5])),
+                (Pair(noise[6]),))
+    t0 = time.time()
+    cands, stats = run_expert([task], ProgramsConfig(seconds_per_task=2.0, kill_grace_seconds=2.0))
+    assert cands == {"huge": [[]]} and time.time() - t0 < 10
+
+
+def test_full_size_grids_still_work():
     g = np.zeros((30, 30), dtype=np.uint8)
     g[3:9, 4:7] = 3
     g[20:29, 15:29] = 5
-    task = Task("huge", (Pair(g, g[::-1].copy()), Pair(g.T.copy(), g.T[::-1].copy())), (Pair(g[:, ::-1].copy()),))
+    task = Task("big", (Pair(g, g[::-1].copy()), Pair(g.T.copy(), g.T[::-1].copy())), (Pair(g[:, ::-1].copy()),))
     result = solve_task(task, ProgramsConfig(seconds_per_task=3.0, max_depth=2))
     assert result.seconds < 4.0
-    assert np.array_equal(first_answer(result), g[::-1, ::-1])  # flipud works at full size
+    assert np.array_equal(first_answer(result), g[::-1, ::-1])  # flipud at full size
 
 
 def test_config_is_validated():
@@ -178,3 +241,11 @@ def test_search_depth_is_capped_by_the_evidence_in_the_outputs():
     boards = [G("1212 2121 1212"), G("3434 4343 3434")]  # 24 bits - 4 margin = 20: three levels of 6.6 bits
     assert evidence_depth(boards, n_ops=100) == 3
     assert evidence_depth(boards, n_ops=100, margin_bits=8) == 2
+
+
+def test_output_painted_in_a_color_taken_from_the_input():
+    # the shape is copied, painted in the input's rarest color (the single marker pixel)
+    task = make_task("paint", [("1100 1000 0003", "3300 3000 0000"), ("1110 0000 4000", "4440 0000 0000")],
+                     [("0110 0110 0000 6000", "0660 0660 0000 0000")])
+    result = solve_task(task, FAST)
+    assert np.array_equal(first_answer(result), task.test[0].output), result.candidates[0][0].program

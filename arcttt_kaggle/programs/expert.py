@@ -83,8 +83,10 @@ def solve_task(task: Task, config: ProgramsConfig, deadline: float | None = None
                ops: list[Op] | None = None) -> ProgramResult:
     """Search verified programs for one task, in this process; pure apart from reading the clock.
 
-    Stops at ``min(now + seconds_per_task, deadline)``. ``ops`` replaces the operation library (tests).
-    Never raises for a failure inside the search: the result then has empty candidates and ``error`` set.
+    Stops at ``min(now + seconds_per_task, deadline)``; a search cut short keeps the verified programs it
+    found before the cap (``error`` is ``"timeout"`` only when it found none). ``ops`` replaces the
+    operation library (tests). Never raises for a failure inside the search: the result then has empty
+    candidates and ``error`` set.
     """
     start = time.time()
     stop = start + config.seconds_per_task

@@ -297,6 +297,39 @@ def _uniform(g: Grid, shape: tuple[int, int] | None) -> Grid:
     return np.full(g.shape if shape is None else shape, color, dtype=np.uint8)
 
 
+# Ways to pick one color from the raw input, for outputs painted in "the marker's color".
+INPUT_COLORS: dict[str, Callable[[Grid], int | None]] = {
+    "least common color": lambda g: pr.least_common_color(g),
+    "most common non-background color": lambda g: pr.most_common_color(g, exclude=[pr.background_color(g)]),
+}
+
+
+def paint_foreground(g: Grid, color: int | None) -> Grid | None:
+    """Every non-background cell becomes ``color`` (``None`` when no color was determined)."""
+    if color is None:
+        return None
+    return np.where(g != pr.background_color(g), np.uint8(color), g).astype(np.uint8)
+
+
+def input_color_fit(preds: list[Grid], ys: list[Grid], raw: list[Grid]) -> str | None:
+    """The rule (a key of ``INPUT_COLORS``) by which painting the predictions' foreground in one color
+    picked from the raw input gives every output, or ``None``. Needs a one-color foreground in each output
+    and at least two different paint colors across demonstrations (else a color map already covers it)."""
+    targets = []
+    for p, y in zip(preds, ys):
+        fg = p != pr.background_color(p)
+        colors = np.unique(y[fg])
+        if not fg.any() or colors.size != 1 or np.any(y[~fg] != p[~fg]):
+            return None
+        targets.append(int(colors[0]))
+    if len(set(targets)) < 2:
+        return None
+    for name, pick in INPUT_COLORS.items():
+        if all(pick(x) == t for x, t in zip(raw, targets)):
+            return name
+    return None
+
+
 def color_map_fit(preds: list[Grid], ys: list[Grid]) -> dict[int, int] | None:
     """A non-identity color map that turns every prediction into its output, or ``None``.
 

@@ -33,23 +33,21 @@ def _runs(is_sep: np.ndarray) -> list[tuple[int, int]]:
 def separator_lines(g: Grid) -> tuple[int, np.ndarray, np.ndarray] | None:
     """Find separator lines: full rows/columns of one color that split the grid into at least two parts.
 
-    Returns ``(color, row_is_sep, col_is_sep)``. Colors other than the background are preferred; a line
-    color that leaves no non-empty part is not a separator.
+    Returns ``(color, row_is_sep, col_is_sep)``. Preferred: a color that appears *only* on its full lines
+    (a pure divider), then other non-background colors, then the background.
     """
     bg = background_color(g)
-    best = None
-    for c in sorted(np.unique(g).tolist(), key=lambda c: (c == bg, c)):
+    found = []
+    for c in np.unique(g).tolist():
         rows = np.all(g == c, axis=1)
         cols = np.all(g == c, axis=0)
         if not rows.any() and not cols.any():
             continue
-        rr, cc = _runs(rows), _runs(cols)
-        if len(rr) * len(cc) < 2:
+        if len(_runs(rows)) * len(_runs(cols)) < 2:
             continue
-        # Lines must be interior dividers, not just an edge frame.
-        best = (c, rows, cols)
-        break
-    return best
+        pure = not np.any((g == c) & ~rows[:, None] & ~cols[None, :])
+        found.append(((not pure, c == bg, c), (c, rows, cols)))
+    return min(found, key=lambda f: f[0])[1] if found else None
 
 
 def split_by_separators(g: Grid) -> Parts | None:

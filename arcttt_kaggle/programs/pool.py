@@ -58,10 +58,12 @@ def _worker_main(conn: Connection, solver_path: str, limit_bytes: int) -> None:
             result = ("error", f"{type(e).__name__}: {e}")
         try:
             conn.send((key, result))
-        except (OSError, ValueError, MemoryError) as e:
+        except (OSError, EOFError):
+            return  # the parent is gone
+        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result: report it instead of dying
             try:
-                conn.send((key, ("error", f"could not send result: {type(e).__name__}")))
-            except (OSError, ValueError, MemoryError):
+                conn.send((key, ("error", f"could not send result: {type(e).__name__}: {e}")))
+            except Exception:  # noqa: BLE001 - nothing more can be reported
                 return
 
 
@@ -145,7 +147,7 @@ def run_jobs(jobs: Iterable[tuple[Any, tuple]], solver_path: str, workers: int, 
                 key, started = w.job
                 if w.conn in ready or w.process.sentinel in ready:
                     try:
-                        got_key, (status, value) = w.conn.recv()
+                        _, (status, value) = w.conn.recv()
                         finish(key, Outcome("ok", value, seconds=now - started) if status == "ok"
                                else Outcome("error", message=value, seconds=now - started))
                         w.job = None

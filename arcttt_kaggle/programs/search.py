@@ -171,6 +171,14 @@ class _Search:
                 tests = [fit.apply(t) for t in ts]
                 tests = [None if t is None else ft.apply_color_map_strict(t, cmap) for t in tests]
                 self._record(f"{name} | recolor[{desc}]", node.cost + fit.cost + 1.0, tests)
+                return
+            rule = ft.input_color_fit(preds, self.ys, list(self.root.grids[:self.n]))
+            if rule is not None:
+                raw_tests = self.root.grids[self.n:]
+                tests = [fit.apply(t) for t in ts]
+                tests = [None if t is None else ft.paint_foreground(t, ft.INPUT_COLORS[rule](r))
+                         for t, r in zip(tests, raw_tests)]
+                self._record(f"{name} | paint[{rule} of input]", node.cost + fit.cost + 1.0, tests)
         except Exception:  # noqa: BLE001
             self.stats.op_failures += 1
 
