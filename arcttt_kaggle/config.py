@@ -174,7 +174,10 @@ def preset(name: str, **paths: Any) -> RunConfig:
         decode=DecodeConfig(backend="vllm", dtype="float32" if cpu else dl.dtype, views_per_test=dl.views,
                             max_lora_rank=dl.lora_rank, max_loras=4 if cpu else 8,
                             max_model_len=2048 if cpu else 8192, cpu_kvcache_gib=1.0,
-                            enforce_eager=cpu, gpu_memory_utilization=0.9),
+                            enforce_eager=cpu, gpu_memory_utilization=0.9,
+                            # The tiny model has random weights: unconstrained, nearly every sample is
+                            # unparsable and voting/PoE/allocation see nothing. Real models keep the plain path.
+                            constrain_grid=cpu),
         select=SelectConfig(method="poe", poe_top_c=4 if cpu else 8, poe_views=2 if cpu else 8),
         programs=ProgramsConfig(seconds_per_task=2.0 if cpu else 10.0, workers=1 if cpu else 2),
         budget=BudgetConfig(limit_seconds=dl.limit_seconds, safety_margin_seconds=dl.margin_seconds,

@@ -40,12 +40,15 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from .augment import Augmentation, sample_augmentations
 from .candidates import Candidate
 from .data import Pair, Task
 from .format import ArcFormat
+
+if TYPE_CHECKING:
+    from .decode_hf import HfBackend
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
@@ -107,6 +110,12 @@ class DecodeConfig:
         "help": "color permutations of the views keep color 0 (background) fixed."})
     hf_batch_size: int = field(default=8, metadata={
         "help": "hf backend: prompts per padded generate batch; activation/KV memory linear in it."})
+    constrain_grid: bool = field(default=False, metadata={
+        "help": "decode only well-formed grids within the output bound (equal rows, at most the bound's height "
+                "and width, then eos): vLLM structured outputs (a regex, one alternative per row width) plus "
+                "allowed_token_ids; the hf backend runs the same grammar as a logits processor. No sample is "
+                "lost to an unparsable output; costs one grammar compile per distinct bound and a token mask "
+                "per step. Reported log-probabilities are renormalized over the allowed tokens (what vLLM reports)."})
 
     def __post_init__(self):
         if self.backend not in ("vllm", "hf"):
@@ -196,6 +205,7 @@ class _Job:
     max_tokens: int
     adapter: Path | None
     dropped_demos: int
+    bound: tuple[int, int]  # (height, width) of the largest plausible output: the grid grammar's bound
 
 
 @dataclass(frozen=True)
@@ -206,17 +216,18 @@ class _Sample:
 
 
 def fit_prompt(fmt: ArcFormat, demos: Sequence[Pair], query_input, max_model_len: int
-               ) -> tuple[list[int], int, int] | None:
-    """(prompt ids, max new tokens, demonstrations dropped) such that prompt + bound fits ``max_model_len``,
-    dropping the largest demonstrations first (a shorter prompt that still shows the rule beats no answer);
-    None when even one demonstration does not fit."""
+               ) -> tuple[list[int], int, int, tuple[int, int]] | None:
+    """(prompt ids, max new tokens, demonstrations dropped, output bound (h, w)) such that prompt + max new
+    tokens fits ``max_model_len``, dropping the largest demonstrations first (a shorter prompt that still shows
+    the rule beats no answer); None when even one demonstration does not fit."""
     demos = list(demos)
     dropped = 0
     while True:
         prompt = fmt.prompt_ids(demos, query_input)
-        bound = fmt.max_new_tokens(demos, query_input)
+        hw = fmt.output_bound(demos, query_input)
+        bound = fmt.max_output_tokens(*hw)
         if len(prompt) + bound <= max_model_len:
-            return prompt, bound, dropped
+            return prompt, bound, dropped, hw
         if len(demos) <= 1:
             return None
         largest = max(range(len(demos)), key=lambda i: demos[i].input.size + demos[i].output.size)
@@ -238,9 +249,11 @@ class Decoder:
         self.stats = DecodeStats()
         self.last_token_ids: list[list[list[int]]] = []  # raw outputs (augmented frame) of the last generate
         if config.backend == "vllm":
-            self._engine: _VllmBackend | _HfBackend = _VllmBackend(self.model_path, config, self.fmt.eos_id)
+            self._engine: _VllmBackend | HfBackend = _VllmBackend(self.model_path, config, self.fmt)
         else:
-            self._engine = _HfBackend(self.model_path, config, self.fmt.eos_id, pad)
+            from .decode_hf import HfBackend
+
+            self._engine = HfBackend(self.model_path, config, self.fmt, pad)
         self.backend: str = self._engine.name
 
     @property
@@ -270,9 +283,9 @@ class Decoder:
             if fit is None:
                 self.stats.skipped_prompts += 1
                 continue
-            prompt, bound, dropped = fit
+            prompt, bound, dropped, hw = fit
             self.stats.trimmed_prompts += dropped > 0
-            jobs.append(_Job(i, prompt, bound, None if r.adapter_dir is None else Path(r.adapter_dir), dropped))
+            jobs.append(_Job(i, prompt, bound, None if r.adapter_dir is None else Path(r.adapter_dir), dropped, hw))
         results: list[list[_Sample] | None] = []
         if jobs and not (deadline is not None and time.time() >= deadline):
             results, calls = self._engine.run(jobs, self.config, deadline, progress)
@@ -357,7 +370,7 @@ def make_null_adapter(like: Path, out_dir: Path) -> Path:
 class _VllmBackend:
     """One vLLM engine with LoRA enabled; each ``run`` is ONE ``LLM.generate`` call over all jobs."""
 
-    def __init__(self, model_path: Path, cfg: DecodeConfig, eos_id: int):
+    def __init__(self, model_path: Path, cfg: DecodeConfig, fmt: ArcFormat):
         import torch
 
         cuda = torch.cuda.is_available()
@@ -374,7 +387,7 @@ class _VllmBackend:
         if cuda:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(**kwargs)
-        self.eos_id = eos_id
+        self.fmt, self.eos_id = fmt, fmt.eos_id
         self.max_rank = cfg.max_lora_rank
         self.null_for_base = current_platform.is_cpu()  # see the module docstring: no-LoRA = last slot on CPU
         self.name = f"vllm {vllm.__version__} (multi-LoRA, {self.dtype}, {'cuda' if cuda else 'cpu'})"
@@ -407,6 +420,16 @@ class _VllmBackend:
                 self._null = self._new_request("null", str(make_null_adapter(Path(key[0]), self._tmp / "null")))
         return req
 
+    def _grammar(self, job: _Job, cfg: DecodeConfig) -> dict:
+        """SamplingParams arguments of the grid grammar: the regex works on text, so the token ids are also
+        limited to the format's single-symbol ids (a tokenizer may hold merged digit tokens the parser refuses)."""
+        if not cfg.constrain_grid:
+            return {}
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return dict(structured_outputs=StructuredOutputsParams(regex=self.fmt.grid_regex(*job.bound)),
+                    allowed_token_ids=self.fmt.grid_tokens())
+
     def run(self, jobs: Sequence[_Job], cfg: DecodeConfig, deadline: float | None, progress: bool
             ) -> tuple[list[list[_Sample] | None], int]:
         from vllm import SamplingParams
@@ -424,7 +447,7 @@ class _VllmBackend:
         sampled = cfg.temperature > 0
         params = [SamplingParams(n=cfg.samples_per_view, temperature=cfg.temperature, max_tokens=j.max_tokens,
                                  logprobs=0, stop_token_ids=[self.eos_id], seed=cfg.seed + k if sampled else None,
-                                 detokenize=False) for k, j in enumerate(jobs)]
+                                 detokenize=False, **self._grammar(j, cfg)) for k, j in enumerate(jobs)]
         prompts = [TokensPrompt(prompt_token_ids=list(j.prompt)) for j in jobs]
         start = self.llm.request_counter.counter  # request ids are str(start + k), in submission order
         ids = [str(start + k) for k in range(len(jobs))]
@@ -490,110 +513,3 @@ def _bar_factory(abort, deadline: float | None, progress: bool):
         return iterable if iterable is not None else _DeadlineBar(abort, deadline, total, progress)
 
     return make
-
-
-class _HfBackend:
-    """transformers + PEFT ``generate``: jobs grouped by adapter (one loaded at a time), padded batches."""
-
-    def __init__(self, model_path: Path, cfg: DecodeConfig, eos_id: int, pad_id: int):
-        import peft
-        import torch
-        import transformers
-        from transformers import AutoModelForCausalLM
-
-        self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = resolve_dtype(cfg.dtype, self.device.type == "cuda")
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, self.dtype))
-        from .score_candidates import PeftSwitch  # transformers+PEFT helpers live with the scorer
-
-        self.adapters = PeftSwitch(self.model.to(self.device).eval())
-        self.eos_id, self.pad_id = eos_id, pad_id
-        self.name = (f"transformers {transformers.__version__} + peft {peft.__version__} generate "
-                     f"({self.dtype}, {self.device.type})")
-
-    def run(self, jobs: Sequence[_Job], cfg: DecodeConfig, deadline: float | None, progress: bool
-            ) -> tuple[list[list[_Sample] | None], int]:
-        groups: dict[str, list[int]] = {}
-        for k, j in enumerate(jobs):
-            groups.setdefault("" if j.adapter is None else str(j.adapter), []).append(k)
-        results: list[list[_Sample] | None] = [None] * len(jobs)
-        calls = 0
-        for members in groups.values():
-            members.sort(key=lambda k: len(jobs[k].prompt))  # similar lengths per batch: less padding
-            with self.adapters.use(jobs[members[0]].adapter):
-                for b in range(0, len(members), cfg.hf_batch_size):
-                    if deadline is not None and time.time() >= deadline:
-                        return results, calls
-                    batch = members[b:b + cfg.hf_batch_size]
-                    for k, samples in zip(batch, self._generate([jobs[k] for k in batch], cfg)):
-                        results[k] = samples
-                    calls += 1
-        return results, calls
-
-    def _generate(self, batch: Sequence[_Job], cfg: DecodeConfig) -> list[list[_Sample]]:
-        torch = self.torch
-        from transformers import LogitsProcessorList
-
-        width = max(len(j.prompt) for j in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, j in enumerate(batch):  # left padding: every prompt ends where generation starts
-            ids[r, width - len(j.prompt):] = torch.tensor(j.prompt)
-            mask[r, width - len(j.prompt):] = 1
-        n = cfg.samples_per_view
-        recorder = _LogprobRecorder(cfg.temperature)
-        kwargs: dict = dict(max_new_tokens=max(j.max_tokens for j in batch), eos_token_id=self.eos_id,
-                            pad_token_id=self.pad_id, num_return_sequences=n,
-                            logits_processor=LogitsProcessorList([recorder]))
-        if cfg.temperature > 0:
-            kwargs.update(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0)
-            torch.manual_seed(cfg.seed + batch[0].index)
-        else:
-            kwargs.update(do_sample=False)
-        with torch.inference_mode():
-            seqs = self.adapters.module.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                                 **kwargs)
-        gen = seqs[:, width:]
-        lps = recorder.finish(gen).cpu()
-        gen = gen.cpu().tolist()
-        out: list[list[_Sample]] = [[] for _ in batch]
-        for row, toks in enumerate(gen):
-            job = batch[row // n]
-            toks = toks[:job.max_tokens]
-            end = toks.index(self.eos_id) + 1 if self.eos_id in toks else len(toks)
-            out[row // n].append(_Sample(toks[:end], float(lps[row, :end].double().sum()),
-                                         "stop" if end and toks[end - 1] == self.eos_id else "length"))
-        return out
-
-    def close(self) -> None:
-        self.model = self.adapters = None
-        gc.collect()
-        if self.device.type == "cuda":
-            self.torch.cuda.empty_cache()
-
-
-class _LogprobRecorder:
-    """A logits processor that keeps the log-probability of each chosen token, one step at a time (output_logits
-    would hold steps x rows x vocab floats: 900 x 8 x 152k fp32 = 4 GB for Qwen). It sees the scores after
-    the temperature warper (the only one active: top_k=0, top_p=1), so it undoes the temperature to report
-    the model's raw log-probabilities, like vLLM."""
-
-    def __init__(self, temperature: float):
-        self.scale = temperature if temperature > 0 else 1.0
-        self.prev = None
-        self.picked: list = []
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if self.prev is not None:
-            self.picked.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.prev = torch.log_softmax(scores.float() * self.scale, dim=-1)
-        return scores
-
-    def finish(self, generated):
-        import torch
-
-        steps = self.picked + [self.prev.gather(1, generated[:, -1:].to(self.prev.device)).squeeze(1)]
-        return torch.stack(steps[:generated.shape[1]], dim=1)

@@ -15,6 +15,7 @@ detokenizes or when a human reads a prompt.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -135,17 +136,36 @@ class ArcFormat:
     def max_output_tokens(height: int, width: int) -> int:
         return height * (width + 1) + 1
 
-    def max_new_tokens(self, demos: Sequence[Pair], query_input: Grid) -> int:
-        """Bound for generation: the largest plausible output from the demonstrations (an output as large as
-        any demonstration output or the query input, scaled by the largest output/input ratio seen),
-        capped by a 30×30 grid (30×31 + eos)."""
+    @staticmethod
+    def output_bound(demos: Sequence[Pair], query_input: Grid) -> tuple[int, int]:
+        """(height, width) of the largest plausible output: as large as any demonstration output or the query
+        input, scaled by the largest output/input ratio seen, capped at 30 per side."""
         hs = [p.output.shape[0] for p in demos] + [query_input.shape[0]]
         ws = [p.output.shape[1] for p in demos] + [query_input.shape[1]]
         ratio_h = max([p.output.shape[0] / p.input.shape[0] for p in demos], default=1.0)
         ratio_w = max([p.output.shape[1] / p.input.shape[1] for p in demos], default=1.0)
         h = min(MAX_SIDE, max(max(hs), int(np.ceil(query_input.shape[0] * ratio_h))))
         w = min(MAX_SIDE, max(max(ws), int(np.ceil(query_input.shape[1] * ratio_w))))
-        return self.max_output_tokens(h, w)
+        return h, w
+
+    def max_new_tokens(self, demos: Sequence[Pair], query_input: Grid) -> int:
+        """Bound for generation: the ``output_bound`` grid's tokens (at most 30×31 + eos)."""
+        return self.max_output_tokens(*self.output_bound(demos, query_input))
+
+    # -- the grid grammar (constrained decoding) -------------------------------------------------------------
+    def grid_regex(self, height: int, width: int) -> str:
+        """The completion text (before eos) of every grid of at most ``height`` × ``width``: equal rows of 1..width
+        digits, each closed by the row separator, 1..height rows. A regex (counted repetition, no backrefs), so
+        one alternative per row width; vLLM's structured outputs compile it to a token mask."""
+        sep = "\\n" if self.spec.row_separator == "\n" else re.escape(self.spec.row_separator)
+        return "|".join(f"(?:[0-9]{{{w}}}{sep}){{1,{height}}}" for w in range(1, width + 1))
+
+    def grid_tokens(self) -> list[int]:
+        """The only ids a grid completion uses: the digits, the row separator and eos."""
+        return [*self.digit_ids, self.row_id, self.eos_id]
+
+    def grid_start(self, height: int, width: int) -> "GridState":
+        return GridState(self, height, width)
 
     def token_count(self, demos: Sequence[Pair], query: Pair) -> int:
         """Tokens of a full training example (prompt + query output), without building it."""
@@ -199,3 +219,44 @@ def floor_tokens(demos: Sequence[Pair], query: Pair) -> int:
     """The format floor of a task: cells + rows + one per grid (no bos/eos)."""
     grids = [g for p in list(demos) + [query] for g in (p.input, p.output) if g is not None]
     return sum(g.shape[0] * g.shape[1] + g.shape[0] + 1 for g in grids)
+
+
+class GridState:
+    """Where a completion stands in the grid grammar of ``ArcFormat.grid_regex`` (the same language, on token
+    ids): ``allowed()`` lists the ids that keep it a well-formed grid within the bound, ``push(id)`` advances.
+    The transformers backend's logits processor runs one per sequence; vLLM uses the regex."""
+
+    def __init__(self, fmt: ArcFormat, height: int, width: int):
+        if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+            raise ValueError(f"grid bound {height}x{width} outside 1..{MAX_SIDE}")
+        self.fmt, self.height, self.width = fmt, height, width
+        self.row_width = 0  # fixed by the first row
+        self.col = 0
+        self.rows = 0
+        self.done = False
+
+    def allowed(self) -> list[int]:
+        f = self.fmt
+        if self.done or self.rows == self.height:
+            return [f.eos_id]
+        limit = self.row_width or self.width
+        ids = list(f.digit_ids) if self.col < limit else []
+        if self.col and (not self.row_width or self.col == self.row_width):
+            ids.append(f.row_id)
+        if not self.col and self.rows:
+            ids.append(f.eos_id)
+        return ids
+
+    def push(self, token_id: int) -> None:
+        """Advance by one token; a token outside ``allowed()`` raises (the grammar was not enforced)."""
+        token_id = int(token_id)
+        if token_id not in self.allowed():
+            raise ValueError(f"token id {token_id} breaks the grid grammar at row {self.rows}, column {self.col}")
+        if token_id == self.fmt.eos_id:
+            self.done = True
+        elif token_id == self.fmt.row_id:
+            self.row_width = self.row_width or self.col
+            self.rows += 1
+            self.col = 0
+        else:
+            self.col += 1

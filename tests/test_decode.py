@@ -126,9 +126,10 @@ def test_fit_prompt_drops_largest_demonstrations_then_gives_up():
     fmt = ArcFormat(build_tokenizer())
     small, big = np.zeros((2, 2), np.uint8), np.ones((10, 10), np.uint8)
     demos = [Pair(small, small), Pair(big, big), Pair(small, small)]
-    prompt, bound, dropped = fit_prompt(fmt, demos, small, 10_000)
+    prompt, bound, dropped, hw = fit_prompt(fmt, demos, small, 10_000)
     assert dropped == 0 and prompt == fmt.prompt_ids(demos, small) and bound == fmt.max_new_tokens(demos, small)
-    prompt, bound, dropped = fit_prompt(fmt, demos, small, 60)
+    assert bound == fmt.max_output_tokens(*hw)
+    prompt, bound, dropped, hw = fit_prompt(fmt, demos, small, 60)
     assert dropped == 1 and prompt == fmt.prompt_ids([demos[0], demos[2]], small) and len(prompt) + bound <= 60
     assert fit_prompt(fmt, demos, small, 20) is None
 

@@ -176,3 +176,51 @@ def test_vllm_and_hf_decoders_return_the_same_candidates(vllm_run, hf_run):
         assert (vc.grid is None) == (hc.grid is None)
         if vc.grid is not None:
             assert np.array_equal(vc.grid, hc.grid)
+
+
+# -- grid-constrained decoding (DecodeConfig.constrain_grid) ---------------------------------------------------
+@pytest.fixture(scope="module")
+def constrained_runs(setup, requests, vllm_run, hf_run):
+    """The same 12 requests with the grid grammar on: (vLLM run, hf run), each (candidates, token ids)."""
+    from arcttt_kaggle.decode import Decoder
+
+    out = []
+    for backend in ("vllm", "hf"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            d = Decoder(setup[0], DecodeConfig(backend=backend, dtype="float32", max_loras=4, max_lora_rank=8,
+                                               max_model_len=2048, enforce_eager=True, constrain_grid=True))
+            try:
+                out.append((d.generate(requests), [t[0] for t in d.last_token_ids], d.fmt))
+            finally:
+                d.close()
+    return out
+
+
+def test_constrained_decoding_gives_only_grids_within_the_bound_in_both_engines(requests, vllm_run, constrained_runs):
+    import re
+
+    unconstrained_unparsable = sum(c[0].grid is None for c in vllm_run[0])
+    for cands, toks, fmt in constrained_runs:
+        for r, c, t in zip(requests, cands, toks):
+            vt = r.view.apply_task(r.task)
+            h, w = fmt.output_bound(vt.train, vt.test[r.test_index].input)
+            assert c[0].grid is not None, c[0].extra
+            gh, gw = fmt.parse(t).grid.shape  # in the view's frame, where the bound applies
+            assert gh <= h and gw <= w
+            assert t[-1] == fmt.eos_id and re.fullmatch(fmt.grid_regex(h, w), fmt.render(t[:-1]))
+            state = fmt.grid_start(h, w)
+            for tok in t:  # the hf logits processor's grammar accepts exactly what vLLM's regex produced
+                state.push(tok)
+            assert state.done
+    # the random tiny model needs the grammar: unconstrained, (nearly) every sample is unparsable
+    assert unconstrained_unparsable >= len(requests) // 2
+
+
+def test_constrained_vllm_and_hf_agree_on_tokens_and_logprobs(constrained_runs):
+    (v_cands, v_toks, _), (h_cands, h_toks, _) = constrained_runs
+    assert v_toks == h_toks
+    for vc, hc in zip((c[0] for c in v_cands), (c[0] for c in h_cands)):
+        # both report log-probabilities renormalized over the tokens the grammar allows
+        assert vc.logprob == pytest.approx(hc.logprob, abs=1e-3)
+        assert np.array_equal(vc.grid, hc.grid)

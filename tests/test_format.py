@@ -187,3 +187,54 @@ def test_colliding_or_missing_special_tokens_are_refused():
     tok.eos_token = None
     with pytest.raises(TokenizerError, match="no eos"):
         ArcFormat(tok)
+
+
+# -- the grid grammar (constrained decoding) ------------------------------------------------------------------
+def mutated_completions():
+    """Completion token ids: well-formed grids, and grids with one token replaced, dropped or inserted."""
+    sym = st.sampled_from([D(d) for d in range(10)] + [ROW, EOS])
+    return st.tuples(grids(6), st.integers(0, 3), st.integers(0, 10_000), sym)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated_completions(), st.integers(1, 6), st.integers(1, 6))
+def test_grid_state_regex_and_parser_accept_the_same_completions(fmt, case, height, width):
+    import re
+
+    g, how, at, tok = case
+    ids = fmt.completion_ids(g)
+    i = at % len(ids)
+    ids = {0: ids, 1: ids[:i] + [tok] + ids[i + 1:], 2: ids[:i] + ids[i + 1:], 3: ids[:i] + [tok] + ids[i:]}[how]
+    ids = ids[:ids.index(EOS) + 1] if EOS in ids else ids
+    state, ok = fmt.grid_start(height, width), True
+    for t in ids:
+        if t not in state.allowed():
+            ok = False
+            break
+        state.push(t)
+    ok = ok and state.done
+    parsed = fmt.parse(ids)
+    in_bound = (parsed.grid is not None and parsed.grid.shape[0] <= height and parsed.grid.shape[1] <= width
+                and ids[-1] == EOS)  # the parser also takes a completion cut right after a row; the grammar ends in eos
+    text_ok = bool(ids) and ids[-1] == EOS and re.fullmatch(fmt.grid_regex(height, width), fmt.render(ids[:-1]))
+    assert ok == in_bound == bool(text_ok)
+
+
+def test_grid_state_forces_the_first_row_width_and_eos_at_the_height_bound(fmt):
+    s = fmt.grid_start(2, 3)
+    assert s.allowed() == [D(d) for d in range(10)]  # no empty row, no empty grid
+    for t in (D(1), D(2)):
+        s.push(t)
+    assert ROW in s.allowed() and EOS not in s.allowed()
+    s.push(ROW)
+    assert set(s.allowed()) == {*(D(d) for d in range(10)), EOS}
+    s.push(D(5))
+    assert ROW not in s.allowed()  # rows keep the first row's width
+    s.push(D(6))
+    assert s.allowed() == [ROW]  # the row is full
+    s.push(ROW)
+    assert s.allowed() == [EOS]  # the height bound is reached
+    with pytest.raises(ValueError, match="breaks the grid grammar"):
+        s.push(D(0))
+    s.push(EOS)
+    assert s.done
