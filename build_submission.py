@@ -32,7 +32,7 @@ def cmd_dry_run(a) -> int:
     out = Path(a.out)
     overrides = json.loads(a.overrides) if a.overrides else {}
     report = dry_run(preset=a.preset, challenges=challenges, solutions=solutions, budget_seconds=a.budget_seconds,
-                     out_dir=out, fault=a.inject_fault or "", overrides=overrides)
+                     out_dir=out, fault=a.inject_fault or "", overrides=overrides, throughput_file=a.throughput_file)
     print(format_summary(report))
     problems = validate_submission_file(out / "submission.json", challenges)
     print(f"validate: {'OK' if not problems else problems}")
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", default="out/dry-run")
     d.add_argument("--inject-fault", choices=["worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task"])
     d.add_argument("--overrides", help="JSON object of dotted config keys, e.g. '{\"train.steps\": 8}'")
+    d.add_argument("--throughput-file", help="measured_throughput.json of an earlier run on this machine: the plan's priors")
     d.set_defaults(fn=cmd_dry_run)
     s = sub.add_parser("score", help="score a submission against solutions")
     s.add_argument("submission")

@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import Task
+import numpy as np
+
+from .data import Pair, Task
+from .format import ArcFormat
 
 PHASES = ("startup", "train", "decode", "score")
 
@@ -29,6 +32,7 @@ class Throughput:
     train_step_s: float = field(default=0.05, metadata={"help": "fixed cost of one optimizer step (launches, optimizer); dominates for tiny models"})
     decode_prompt_tokens_per_s: float = field(default=20000.0, metadata={"help": "prompt (prefill) tokens per second in batched decoding"})
     decode_output_tokens_per_s: float = field(default=1500.0, metadata={"help": "generated tokens per second in batched decoding"})
+    decode_output_fill: float = field(default=1.0, metadata={"help": "generated tokens / the output bound (max_new_tokens): outputs stop at eos, below the bound the plan counts"})
     score_tokens_per_s: float = field(default=20000.0, metadata={"help": "teacher-forced scoring tokens per second"})
     train_startup_s: float = field(default=60.0, metadata={"help": "load the 4-bit base for training (once per worker)"})
     decode_startup_s: float = field(default=90.0, metadata={"help": "start the vLLM engine (once per worker per pass)"})
@@ -40,6 +44,8 @@ class Throughput:
         for k, v in asdict(self).items():
             if not v > 0 and not (k.endswith("_s") and v == 0):
                 raise ValueError(f"throughput {k} must be positive, got {v}")
+        if self.decode_output_fill > 1:
+            raise ValueError(f"throughput decode_output_fill must be in (0, 1], got {self.decode_output_fill}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Throughput":
@@ -109,8 +115,9 @@ class TaskWork:
     train_tokens: int  # tokens processed by TTT (steps × batch × mean example length)
     train_steps: int  # optimizer steps (each has a fixed cost besides its tokens)
     prompt_tokens: int  # prefill tokens over all decoded views
-    output_tokens: int  # generated tokens over all views (upper bound: max_new_tokens per view)
-    score_tokens: int  # teacher-forced tokens for product-of-experts scoring
+    output_tokens: int  # generated tokens over all views at the bound (max_new_tokens per view; x fill)
+    score_tokens: int  # product-of-experts scoring: prompt tokens of the scored views
+    score_output_tokens: int = 0  # ... and the top-C candidates' tokens under those views, at the bound (x fill)
 
 
 @dataclass(frozen=True)
@@ -128,52 +135,113 @@ class Settings:
         return asdict(self)
 
 
+def grid_tokens(g) -> int:
+    """Tokens of one grid in the format: cells, a row separator per row, and its marker (or eos)."""
+    return g.shape[0] * (g.shape[1] + 1) + 1
+
+
+def example_tokens(demos: Sequence[Pair], query: Pair) -> int:
+    """Tokens of a training example (bos, every grid, the output markers); no tokenizer needed."""
+    return 1 + sum(grid_tokens(p.input) + grid_tokens(p.output) + 1 for p in list(demos) + [query])
+
+
+def prompt_tokens(task: Task, test_index: int) -> int:
+    """Tokens of the prompt of test input ``test_index`` (bos, demonstrations, query input, output marker)."""
+    demos = sum(grid_tokens(p.input) + grid_tokens(p.output) + 1 for p in task.train)
+    return 1 + demos + grid_tokens(task.test[test_index].input) + 1
+
+
+def output_bound_tokens(task: Task, test_index: int) -> int:
+    """``max_new_tokens`` of test input ``test_index``: the format's output bound (what decoding may generate)."""
+    return ArcFormat.max_output_tokens(*ArcFormat.output_bound(task.train, task.test[test_index].input))
+
+
 def task_work(task: Task, settings: Settings, *, example_tokens: float, batch: int, prompt_tokens_per_view: Sequence[int],
               output_tokens_per_view: Sequence[int]) -> TaskWork:
     """Token work of one task. ``prompt/output_tokens_per_view`` are per test input (one view of each)."""
     views = settings.views_per_test * (1.0 + settings.extra_view_ratio)
     prompts = sum(prompt_tokens_per_view) * views
     outputs = sum(output_tokens_per_view) * views
-    score = sum(p + o for p, o in zip(prompt_tokens_per_view, output_tokens_per_view)) * settings.score_views * max(1, settings.score_top_c) // 2
-    return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), settings.train_steps, int(prompts), int(outputs),
-                    score if settings.score_views else 0)
+    # Scoring: each of score_views views encodes the prompt once, then runs the top-C candidates against it.
+    k = settings.score_views
+    return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), settings.train_steps, int(prompts),
+                    int(outputs), int(sum(prompt_tokens_per_view) * k),
+                    int(sum(output_tokens_per_view) * k * max(1, settings.score_top_c)) if k else 0)
 
 
 def measured_throughput(events: list[dict], prior: Throughput) -> Throughput:
-    """Throughputs fitted to a run's worker events (what ``plan --throughput-file`` takes back).
+    """Throughputs fitted to a run's worker events (what ``plan --throughput-file`` and ``dry-run
+    --throughput-file`` take back). Each rate is fitted with the same token arithmetic the plan uses, so a plan
+    made from the fitted file reproduces the measured phase times of the run it came from.
 
-    Training: seconds per task regressed on (tokens, steps) by least squares when both vary, else attributed
-    to steps at the prior's token rate. Decoding: output tokens per second over the generate calls after
-    the per-call overhead. Start-up phases: their mean measured seconds. Missing phases keep the prior.
+    - Training: seconds per task = tokens / rate + (steps x step cost + overhead), least squares over the
+      trained tasks; when every task ran the same steps the intercept is split keeping the prior's overhead.
+    - Decoding: fill = generated / bound tokens; output rate = generated tokens over the calls' seconds less
+      their fixed overhead and prefill at the prior's prefill rate.
+    - Scoring: the plan's scoring tokens per second (an effective rate: tasks with fewer distinct candidates
+      than the plan's top C, or unanimous ones that need no scoring, make it higher than the engine's).
+    - Start-up phases: their mean measured seconds. Phases the run did not measure keep the prior.
     """
-    import numpy as np
-
     t = prior
     train = [e for e in events if e["phase"] == "train" and e["status"] == "ok" and e.get("steps")]
     if train:
-        secs = np.array([e["end"] - e["start"] for e in train])
-        tok = np.array([float(e.get("tokens") or 0) for e in train])
-        steps = np.array([float(e["steps"]) for e in train])
-        base = secs - t.per_task_overhead_s - tok / t.train_tokens_per_s
-        t = replace(t, train_step_s=max(1e-4, float(base.sum() / steps.sum())))
+        t = _fit_train(t, [(e["end"] - e["start"], float(e.get("tokens") or 0), float(e["steps"])) for e in train])
     dec = [e for e in events if e["phase"] == "decode" and e["status"] == "ok" and e.get("tokens_generated") is not None]
     if dec:
-        # tokens_generated is cumulative per decoder: difference successive calls of the same worker process
-        gen, last = [], {}
-        for e in dec:
-            v, key = float(e["tokens_generated"]), e.get("worker")
-            gen.append(v - last[key] if key in last and v >= last[key] else v)
-            last[key] = v
-        gen = np.array(gen)
-        secs = np.array([e["end"] - e["start"] for e in dec]) - t.decode_call_overhead_s
-        if secs.sum() > 0 and gen.sum() > 0:
-            t = replace(t, decode_output_tokens_per_s=float(gen.sum() / max(secs.sum(), 1e-3)))
+        gen, prompt, bound = (_per_call(dec, key) for key in ("tokens_generated", "prompt_tokens", "bound_tokens"))
+        secs = sum(e["end"] - e["start"] for e in dec) - len(dec) * t.decode_call_overhead_s
+        secs -= sum(prompt) / t.decode_prompt_tokens_per_s
+        if sum(bound) > 0 and sum(gen) > 0:
+            t = replace(t, decode_output_fill=min(1.0, sum(gen) / sum(bound)))
+        if sum(gen) > 0:
+            t = replace(t, decode_output_tokens_per_s=sum(gen) / max(secs, 1e-3))
+    score = [e for e in events if e["phase"] == "score" and e["status"] == "ok" and "planned_prompt_tokens" in e]
+    secs = sum(e["end"] - e["start"] for e in score)
+    if score and secs > 0:
+        planned = sum(e["planned_prompt_tokens"] + e["planned_output_tokens"] * t.decode_output_fill for e in score)
+        t = replace(t, score_tokens_per_s=planned / secs)
     for phase, key in (("startup_train", "train_startup_s"), ("startup_decode", "decode_startup_s"),
                        ("startup_score", "score_startup_s")):
         xs = [e["end"] - e["start"] for e in events if e["phase"] == phase and e["status"] == "ok"]
         if xs:
             t = replace(t, **{key: float(sum(xs) / len(xs))})
     return t
+
+
+def _per_call(events: list[dict], key: str) -> list[float]:
+    """Per-call amounts from a decoder's cumulative counter (one per worker process; absent = 0)."""
+    out, last = [], {}
+    for e in events:
+        v, w = float(e.get(key) or 0), e.get("worker")
+        out.append(v - last[w] if w in last and v >= last[w] else v)
+        last[w] = v
+    return out
+
+
+def _fit_train(t: Throughput, rows: list[tuple[float, float, float]]) -> Throughput:
+    """``rows`` = (seconds, tokens, steps) per trained task -> tokens/s, step cost and per-task overhead."""
+    secs, tok, steps = (np.array(c, dtype=float) for c in zip(*rows))
+    varied = len(set(steps.tolist())) > 1
+    x = np.stack([tok, steps, np.ones_like(tok)] if varied else [tok, np.ones_like(tok)], axis=1)
+    coef = np.linalg.lstsq(x, secs, rcond=None)[0] if len(rows) >= x.shape[1] else None
+    if coef is not None and len(rows) >= x.shape[1] + 2:
+        # One task slowed by something else on the machine must not set the rate: drop residuals beyond
+        # 3 robust standard deviations (MAD) and refit once.
+        resid = secs - x @ coef
+        keep = np.abs(resid) <= max(3 * 1.4826 * float(np.median(np.abs(resid - np.median(resid)))),
+                                    0.1 * float(np.median(secs)))
+        if keep.sum() >= x.shape[1] and not keep.all():
+            coef = np.linalg.lstsq(x[keep], secs[keep], rcond=None)[0]
+    if coef is None or coef[0] <= 0:  # too few tasks, or token counts explain nothing: keep the prior's rate
+        fixed = float((secs - tok / t.train_tokens_per_s).mean())
+        return replace(t, train_step_s=max(0.0, fixed - t.per_task_overhead_s) / max(float(steps.mean()), 1.0))
+    rate = 1.0 / float(coef[0])
+    if varied:
+        return replace(t, train_tokens_per_s=rate, train_step_s=max(0.0, float(coef[1])),
+                       per_task_overhead_s=max(0.0, float(coef[2])))
+    intercept, n = max(0.0, float(coef[1])), float(steps[0])
+    overhead = min(t.per_task_overhead_s, intercept)
+    return replace(t, train_tokens_per_s=rate, train_step_s=(intercept - overhead) / n, per_task_overhead_s=overhead)
 
 
 class CostModel:
@@ -187,8 +255,9 @@ class CostModel:
         return {
             "train": (w.train_tokens / t.train_tokens_per_s + w.train_steps * t.train_step_s + t.per_task_overhead_s)
             if w.train_steps else 0.0,
-            "decode": w.prompt_tokens / t.decode_prompt_tokens_per_s + w.output_tokens / t.decode_output_tokens_per_s,
-            "score": w.score_tokens / t.score_tokens_per_s,
+            "decode": w.prompt_tokens / t.decode_prompt_tokens_per_s
+            + w.output_tokens * t.decode_output_fill / t.decode_output_tokens_per_s,
+            "score": (w.score_tokens + w.score_output_tokens * t.decode_output_fill) / t.score_tokens_per_s,
         }
 
     def startup_seconds(self, trains: bool, scores: bool) -> float:

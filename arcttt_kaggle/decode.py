@@ -184,6 +184,8 @@ class DecodeStats:
     prompts: int = 0
     samples: int = 0
     tokens_generated: int = 0
+    prompt_tokens: int = 0  # prefill tokens submitted (once per prompt, whatever n)
+    bound_tokens: int = 0  # max_new_tokens x samples submitted: what the plan counts before fill
     seconds: float = 0.0
     unparsable: int = 0
     truncated: int = 0  # stopped at max_tokens without eos
@@ -285,6 +287,8 @@ class Decoder:
                 continue
             prompt, bound, dropped, hw = fit
             self.stats.trimmed_prompts += dropped > 0
+            self.stats.prompt_tokens += len(prompt)
+            self.stats.bound_tokens += bound * self.config.samples_per_view
             jobs.append(_Job(i, prompt, bound, None if r.adapter_dir is None else Path(r.adapter_dir), dropped, hw))
         results: list[list[_Sample] | None] = []
         if jobs and not (deadline is not None and time.time() >= deadline):

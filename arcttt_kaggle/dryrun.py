@@ -30,7 +30,8 @@ def inject_bad_task(challenges: Path, out_dir: Path) -> Path:
 
 
 def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | None, budget_seconds: float,
-            out_dir: Path, fault: str = "", overrides: dict | None = None, notebook: Path = NOTEBOOK) -> dict:
+            out_dir: Path, fault: str = "", overrides: dict | None = None, notebook: Path = NOTEBOOK,
+            throughput_file: Path | None = None) -> dict:
     """Run the notebook under a local kernel and return the report it wrote (``out_dir/report.json``)."""
     import nbformat
     from nbclient import NotebookClient
@@ -43,7 +44,8 @@ def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | Non
     env = {"ARCTTT_PRESET": preset, "ARCTTT_CHALLENGES": str(Path(challenges).resolve()),
            "ARCTTT_SOLUTIONS": str(Path(solutions).resolve()) if solutions else "",
            "ARCTTT_OUT": str(out_dir), "ARCTTT_BUDGET_SECONDS": str(budget_seconds), "ARCTTT_FAULT": fault,
-           "ARCTTT_OVERRIDES": json.dumps(overrides or {})}
+           "ARCTTT_OVERRIDES": json.dumps(overrides or {}),
+           "ARCTTT_THROUGHPUT": str(Path(throughput_file).resolve()) if throughput_file else ""}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     t0 = time.time()

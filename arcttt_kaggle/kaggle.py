@@ -17,6 +17,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from .budget import Throughput
 from .config import RunConfig, budget_overrides, preset
 
 COMPETITION = "arc-prize-2025"
@@ -41,7 +42,8 @@ def notebook_config(default_preset: str = "t4x2", competition: str = COMPETITION
     """The notebook's config: the preset and Kaggle paths, overridden by ``ARCTTT_*`` variables when set.
 
     ARCTTT_PRESET, ARCTTT_CHALLENGES, ARCTTT_SOLUTIONS, ARCTTT_OUT, ARCTTT_MODEL, ARCTTT_BUDGET_SECONDS,
-    ARCTTT_FAULT, ARCTTT_OVERRIDES (a JSON object of dotted keys, e.g. '{"train.steps": 8}').
+    ARCTTT_FAULT, ARCTTT_OVERRIDES (a JSON object of dotted keys, e.g. '{"train.steps": 8}'), ARCTTT_THROUGHPUT
+    (a ``measured_throughput.json`` of an earlier run on the same hardware: the plan's priors).
     """
     env = os.environ
     name = env.get("ARCTTT_PRESET", default_preset)
@@ -59,6 +61,8 @@ def notebook_config(default_preset: str = "t4x2", competition: str = COMPETITION
         cfg = budget_overrides(cfg, float(env["ARCTTT_BUDGET_SECONDS"]))
     elif on_kaggle() and not is_competition_rerun():
         cfg = replace(budget_overrides(cfg, SHORT_MODE_SECONDS), max_tasks=SHORT_MODE_TASKS)
+    if env.get("ARCTTT_THROUGHPUT"):
+        cfg = replace(cfg, throughput=Throughput.from_file(env["ARCTTT_THROUGHPUT"]))
     if env.get("ARCTTT_OVERRIDES"):
         cfg = cfg.with_overrides(json.loads(env["ARCTTT_OVERRIDES"]))
     return cfg

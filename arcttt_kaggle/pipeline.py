@@ -27,11 +27,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .budget import Budget, CostModel, Settings, TaskWork, make_plan
+from .budget import (Budget, CostModel, Settings, TaskWork, example_tokens, make_plan, output_bound_tokens,
+                     prompt_tokens, task_work)
 from .candidates import CandidateSet, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
 from .data import Task, load_challenges
-from .format import ArcFormat
 from .submission import build_submission, count_test_inputs, fallback_attempts, write_submission
 from .worker import WorkerSpec, read_events
 
@@ -49,10 +49,6 @@ class RunLog:
             f.write(line + "\n")
 
 
-def _grid_tokens(g) -> int:
-    return g.shape[0] * (g.shape[1] + 1) + 1
-
-
 def task_works(tasks: dict[str, Task], cfg: RunConfig, s: Settings) -> list[TaskWork]:
     """Token work per task under settings ``s``, from the format's token arithmetic (no tokenizer needed)."""
     from .ttt_data import build_ttt_examples
@@ -60,32 +56,12 @@ def task_works(tasks: dict[str, Task], cfg: RunConfig, s: Settings) -> list[Task
     works = []
     for task in tasks.values():
         examples = build_ttt_examples(task, cfg.ttt) if s.train_steps > 0 else []
-        ex_tokens = (sum(_example_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
-        demo_tokens = sum(_grid_tokens(p.input) + _grid_tokens(p.output) + 1 for p in task.train)
-        prompts = [demo_tokens + _grid_tokens(p.input) + 1 for p in task.test]
-        outputs = [ArcFormat.max_output_tokens(*_output_bound(task, p.input)) for p in task.test]
-        batch = cfg.train.batch_size * cfg.train.grad_accum
-        works.append(_work(task, s, ex_tokens, batch, prompts, outputs))
+        ex_tokens = (sum(example_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
+        prompts = [prompt_tokens(task, i) for i in range(len(task.test))]
+        outputs = [output_bound_tokens(task, i) for i in range(len(task.test))]
+        works.append(task_work(task, s, example_tokens=ex_tokens, batch=cfg.train.batch_size * cfg.train.grad_accum,
+                               prompt_tokens_per_view=prompts, output_tokens_per_view=outputs))
     return works
-
-
-def _work(task: Task, s: Settings, ex_tokens: float, batch: int, prompts: list[int], outputs: list[int]) -> TaskWork:
-    from .budget import task_work
-
-    return task_work(task, s, example_tokens=ex_tokens, batch=batch, prompt_tokens_per_view=prompts,
-                     output_tokens_per_view=outputs)
-
-
-def _example_tokens(demos, query) -> int:
-    return 1 + sum(_grid_tokens(p.input) + _grid_tokens(p.output) + 1 for p in list(demos) + [query])
-
-
-def _output_bound(task: Task, query_input) -> tuple[int, int]:
-    rh = max(p.output.shape[0] / p.input.shape[0] for p in task.train)
-    rw = max(p.output.shape[1] / p.input.shape[1] for p in task.train)
-    h = min(30, max([p.output.shape[0] for p in task.train] + [int(-(-query_input.shape[0] * rh // 1))]))
-    w = min(30, max([p.output.shape[1] for p in task.train] + [int(-(-query_input.shape[1] * rw // 1))]))
-    return h, w
 
 
 def resolve_model(cfg: RunConfig) -> Path:

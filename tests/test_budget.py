@@ -89,15 +89,84 @@ def test_throughput_file_rejects_unknown_keys(tmp_path):
 def test_measured_throughput_fits_step_cost_and_decode_rate():
     from arcttt_kaggle.budget import measured_throughput
 
-    prior = Throughput(train_tokens_per_s=1e9, per_task_overhead_s=1.0, decode_call_overhead_s=2.0)
+    prior = Throughput(train_tokens_per_s=1e9, per_task_overhead_s=1.0, decode_call_overhead_s=2.0,
+                       decode_prompt_tokens_per_s=1000.0)
     events = [
         {"worker": 0, "phase": "startup_train", "status": "ok", "start": 0, "end": 7},
-        {"worker": 0, "phase": "train", "status": "ok", "start": 10, "end": 21, "steps": 20, "tokens": 100},  # 1 + 20*0.5
-        {"worker": 0, "phase": "train", "status": "ok", "start": 30, "end": 36, "steps": 10, "tokens": 100},  # 1 + 10*0.5
-        {"worker": 0, "phase": "decode", "status": "ok", "start": 40, "end": 52, "tokens_generated": 1000},  # 2 + 1000/100
-        {"worker": 0, "phase": "decode", "status": "ok", "start": 60, "end": 67, "tokens_generated": 1500},  # 2 + 500/100
+        # 1 s overhead + steps x 0.5 s + tokens / 100
+        {"worker": 0, "phase": "train", "status": "ok", "start": 10, "end": 22, "steps": 20, "tokens": 100},
+        {"worker": 0, "phase": "train", "status": "ok", "start": 30, "end": 38, "steps": 10, "tokens": 200},
+        {"worker": 0, "phase": "train", "status": "ok", "start": 40, "end": 49, "steps": 12, "tokens": 200},
+        # cumulative counters: 2 s per call + prompt / 1000 + generated / 100
+        {"worker": 0, "phase": "decode", "status": "ok", "start": 50, "end": 63, "tokens_generated": 1000,
+         "prompt_tokens": 1000, "bound_tokens": 2000},
+        {"worker": 0, "phase": "decode", "status": "ok", "start": 70, "end": 79, "tokens_generated": 1500,
+         "prompt_tokens": 3000, "bound_tokens": 3000},
+        {"worker": 0, "phase": "score", "status": "ok", "start": 80, "end": 82, "planned_prompt_tokens": 300,
+         "planned_output_tokens": 600},
+        {"worker": 0, "phase": "score", "status": "ok", "start": 82, "end": 83, "planned_prompt_tokens": 150,
+         "planned_output_tokens": 300},
     ]
     t = measured_throughput(events, prior)
-    assert t.train_step_s == pytest.approx(0.5, rel=1e-6)
+    assert t.train_tokens_per_s == pytest.approx(100.0)
+    assert t.train_step_s == pytest.approx(0.5)
+    assert t.per_task_overhead_s == pytest.approx(1.0, abs=1e-9)
     assert t.decode_output_tokens_per_s == pytest.approx(100.0)
+    assert t.decode_output_fill == pytest.approx(0.5)  # 1500 generated of a 3000-token bound
+    assert t.score_tokens_per_s == pytest.approx(300.0)  # (prompt + fill x candidates) / s
     assert t.train_startup_s == 7 and t.decode_startup_s == prior.decode_startup_s
+
+
+def test_measured_throughput_with_equal_steps_splits_the_intercept_keeping_the_prior_overhead():
+    from arcttt_kaggle.budget import measured_throughput
+
+    prior = Throughput(per_task_overhead_s=0.1)
+    # 24 steps each: 0.1 s overhead + 24 x 0.01 s + tokens / 20000
+    rows = [(2000, 0.1 + 0.24 + 2000 / 20000), (8000, 0.1 + 0.24 + 8000 / 20000), (12000, 0.1 + 0.24 + 12000 / 20000)]
+    events = [{"worker": 0, "phase": "train", "status": "ok", "start": 0, "end": sec, "steps": 24, "tokens": tok}
+              for tok, sec in rows]
+    t = measured_throughput(events, prior)
+    assert t.train_tokens_per_s == pytest.approx(20000.0)
+    assert t.train_step_s == pytest.approx(0.01) and t.per_task_overhead_s == pytest.approx(0.1)
+
+
+def test_a_plan_from_the_fitted_throughput_reproduces_the_measured_phases(sample_tasks):
+    """Self-consistency: what ``measured_throughput`` fits, ``CostModel`` turns back into the measured seconds."""
+    from arcttt_kaggle.budget import measured_throughput, task_work
+
+    truth = Throughput(train_tokens_per_s=5000, train_step_s=0.02, per_task_overhead_s=0.3,
+                       decode_output_tokens_per_s=800, decode_output_fill=0.6, score_tokens_per_s=4000,
+                       decode_call_overhead_s=1.0)
+    model = CostModel(truth)
+    s = Settings(train_steps=16, views_per_test=4, score_views=2, score_top_c=3)
+    works = [task_work(t, s, example_tokens=300 + 10 * i, batch=1, prompt_tokens_per_view=[500 + i],
+                       output_tokens_per_view=[100]) for i, t in enumerate(sample_tasks.values())]
+    events, clock = [], 0.0
+    for w in works:
+        secs = model.task_seconds(w)
+        events.append({"worker": 0, "phase": "train", "status": "ok", "start": clock, "end": clock + secs["train"],
+                       "steps": w.train_steps, "tokens": w.train_tokens})
+        clock += secs["train"]
+    prompt = sum(w.prompt_tokens for w in works)
+    bound = sum(w.output_tokens for w in works)
+    dec = sum(model.task_seconds(w)["decode"] for w in works) + truth.decode_call_overhead_s
+    events.append({"worker": 0, "phase": "decode", "status": "ok", "start": clock, "end": clock + dec,
+                   "tokens_generated": int(bound * 0.6), "prompt_tokens": prompt, "bound_tokens": bound})
+    for w in works:
+        events.append({"worker": 0, "phase": "score", "status": "ok", "start": 0, "end": model.task_seconds(w)["score"],
+                       "planned_prompt_tokens": w.score_tokens, "planned_output_tokens": w.score_output_tokens})
+    fitted = CostModel(measured_throughput(events, Throughput(per_task_overhead_s=0.3, decode_call_overhead_s=1.0)))
+    for phase in ("train", "decode", "score"):
+        assert sum(fitted.task_seconds(w)[phase] for w in works) == pytest.approx(
+            sum(model.task_seconds(w)[phase] for w in works), rel=1e-3), phase
+
+
+def test_measured_throughput_ignores_one_task_slowed_by_the_machine():
+    from arcttt_kaggle.budget import measured_throughput
+
+    rows = [(tok, 0.34 + tok / 20000) for tok in (2000, 4000, 6000, 8000, 10000, 12000)]
+    rows[2] = (6000, 22.7)  # something else took the cores for 20 s
+    events = [{"worker": 0, "phase": "train", "status": "ok", "start": 0, "end": sec, "steps": 24, "tokens": tok}
+              for tok, sec in rows]
+    t = measured_throughput(events, Throughput(per_task_overhead_s=0.1))
+    assert t.train_tokens_per_s == pytest.approx(20000.0, rel=1e-6)
