@@ -256,7 +256,7 @@ class Decoder:
             from .decode_hf import HfBackend
 
             self._engine = HfBackend(self.model_path, config, self.fmt, pad)
-        self.backend: str = self._engine.name
+        self.backend: str = self._engine.name + (", grid grammar" if config.constrain_grid else "")
 
     @property
     def lora_ids(self) -> dict[str, int]:

@@ -56,6 +56,19 @@ def test_dry_run_reports_selection_allocation_programs_and_score(main_run):
     assert 0.0 <= report["score"]["score"] <= 1.0 and report["score"]["total"] == 13
 
 
+def test_dry_run_candidates_parse_and_product_of_experts_scores_them(main_run):
+    """The grid grammar makes the random tiny model's samples grids, so voting, the allocation and PoE all run
+    on real candidates (their accuracy is not the point)."""
+    report, _ = main_run
+    assert report["backends"]["decode"].endswith("grid grammar")
+    assert all(t["candidates"] > 0 and t["unparsable"] == 0 for t in report["per_task"].values())
+    assert sum(s["scored"] for t in report["per_task"].values() for s in t["selection"]) > 0
+    assert report["phases"]["score"]["measured_s"] > 0
+    alloc = report["allocation"]["tasks"]
+    assert len({a["extra_views"] for a in alloc.values()}) > 1, alloc  # some tasks got more than others
+    assert all(a["extra_views"] == 0 for a in alloc.values() if a["unanimous"])
+
+
 def test_plan_predictions_are_reported_next_to_measurements(main_run):
     report, _ = main_run
     for phase in ("startup", "train", "decode"):
