@@ -1,5 +1,5 @@
 """score_candidates.py: teacher-forced log-likelihoods of candidate grids under augmented views, with a task's
-adapter, the prompt of each view encoded once and shared by all candidates.
+adapter, the prompt of each view encoded once and each node of the candidates' token trie run once.
 
 References are computed here independently: the full prompt + candidate through the causal LM (``model(...)
 .logits``, one sequence at a time), log-softmax, and the completion tokens' log-probs summed. Everything runs in
@@ -8,6 +8,7 @@ float32 on CPU with the tiny model and PEFT-made random adapters (lora_B random 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def models(tmp_path_factory):
 def scorer(models):
     from arcttt_kaggle.score_candidates import Scorer
 
-    s = Scorer(models[0], dtype="float32", device="cpu", max_batch=3)  # 5 grids: batches of 3 + 2
+    s = Scorer(models[0], dtype="float32", device="cpu")
     yield s
     s.close()
 
@@ -86,20 +87,125 @@ def test_shared_prefix_and_naive_paths_agree(scorer, models, case):
     np.testing.assert_allclose(shared, naive, rtol=0, atol=1e-4)
 
 
-def test_prompt_is_encoded_once_per_view_and_candidates_batched(scorer, models, case):
+def trie_nodes(fmt, grids, views) -> list[int]:
+    """Per view: the distinct proper prefixes of the completions, i.e. the trie nodes that must run (a
+    completion's last token is only predicted)."""
+    out = []
+    for v in views:
+        comps = [fmt.completion_ids(v.apply_grid(g)) for g in grids]
+        out.append(len({tuple(c[:j]) for c in comps for j in range(1, len(c))}))
+    return out
+
+
+def prompt_lengths(fmt, task, views) -> list[int]:
+    return [len(fmt.prompt_ids(v.apply_task(task).train, v.apply_task(task).test[0].input)) for v in views]
+
+
+def near_misses(truth: np.ndarray) -> list[np.ndarray]:
+    """Candidates that share prefixes: the answer, its last row recolored, a middle cell recolored, an exact
+    duplicate, a row dropped (a shorter near miss) and the last row repeated (longer, the answer is a prefix of
+    its rows)."""
+    last, mid = truth.copy(), truth.copy()
+    last[-1] = (last[-1] + 1) % 10
+    mid[4, 4] = (mid[4, 4] + 3) % 10
+    return [truth, last, mid, truth.copy(), np.delete(truth, 5, axis=0), np.vstack([truth, truth[-1:]])]
+
+
+def test_prompt_is_encoded_once_per_view_and_each_trie_node_once(scorer, models, case):
     task, grids, views = case
     fmt = scorer.fmt
-    prompts = [len(fmt.prompt_ids(v.apply_task(task).train, v.apply_task(task).test[0].input)) for v in views]
-    comps = [[len(fmt.completion_ids(v.apply_grid(g))) for g in grids] for v in views]
+    prompts, nodes = prompt_lengths(fmt, task, views), trie_nodes(fmt, grids, views)
     s = scorer.stats
     passes, tokens = s.forward_passes, s.tokens
     scorer.score(task, 0, grids, views, models[1][0])
-    assert s.forward_passes - passes == len(views) * (1 + 2)  # prompt once + ceil(5 / max_batch=3) batches
-    assert s.tokens - tokens == sum(prompts) + sum(map(sum, comps))
+    assert s.forward_passes - passes == len(views) * (1 + 1)  # prompt once + one pass of the whole trie
+    assert s.tokens - tokens == sum(prompts) + sum(nodes)
+    comps = [[len(fmt.completion_ids(v.apply_grid(g))) for g in grids] for v in views]
     passes, tokens = s.forward_passes, s.tokens
     scorer.score(task, 0, grids, views, models[1][0], shared_prefix=False)
     assert s.forward_passes - passes == len(views) * len(grids)
     assert s.tokens - tokens == sum(p * len(grids) + sum(c) for p, c in zip(prompts, comps))
+
+
+def test_trie_over_shared_prefixes_duplicates_and_lengths_equals_naive(scorer, models, case):
+    task, _, views = case
+    grids = near_misses(task.test[0].output)
+    shared = scorer.score(task, 0, grids, views, models[1][0])
+    naive = scorer.score(task, 0, grids, views, models[1][0], shared_prefix=False)
+    np.testing.assert_allclose(shared, naive, rtol=0, atol=1e-4)
+    assert np.array_equal(shared[0], shared[3])  # the duplicate is the same trie path
+    assert len(set(np.round(shared[:, 0], 3))) == 5
+
+
+def test_trie_runs_fewer_tokens_than_one_row_per_candidate_when_prefixes_are_shared(scorer, models, case):
+    task, _, views = case
+    grids = near_misses(task.test[0].output)
+    fmt = scorer.fmt
+    prompts, nodes = prompt_lengths(fmt, task, views), trie_nodes(fmt, grids, views)
+    batched = sum(len(fmt.completion_ids(v.apply_grid(g))) for v in views for g in grids)  # every candidate token
+    tokens = scorer.stats.tokens
+    scorer.score(task, 0, grids, views, models[1][1])
+    assert scorer.stats.tokens - tokens == sum(prompts) + sum(nodes)
+    assert sum(nodes) < 0.6 * batched
+
+
+def test_single_candidate_equals_naive(scorer, models, case):
+    task, _, views = case
+    for grid in (task.test[0].output, np.array([[7]], np.uint8)):
+        shared = scorer.score(task, 0, [grid], views, models[1][1])
+        assert shared.shape == (1, 3)
+        np.testing.assert_allclose(shared, scorer.score(task, 0, [grid], views, models[1][1], shared_prefix=False),
+                                   rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("max_tokens", [7, 40])
+def test_trie_split_over_several_passes_equals_naive(scorer, models, case, max_tokens):
+    task, grids, views = case
+    grids = near_misses(task.test[0].output) + grids[2:]
+    nodes = trie_nodes(scorer.fmt, grids, views)
+    naive = scorer.score(task, 0, grids, views, models[1][0], shared_prefix=False)
+    s, default = scorer.stats, scorer.max_tokens
+    passes, tokens = s.forward_passes, s.tokens
+    scorer.max_tokens = max_tokens
+    try:
+        shared = scorer.score(task, 0, grids, views, models[1][0])
+    finally:
+        scorer.max_tokens = default
+    np.testing.assert_allclose(shared, naive, rtol=0, atol=1e-4)
+    # passes are filled to max_tokens, long suffixes continued in the next pass; the prompt runs once per view
+    assert s.forward_passes - passes == sum(1 + math.ceil(n / max_tokens) for n in nodes)
+    assert s.tokens - tokens == sum(prompt_lengths(scorer.fmt, task, views)) + sum(nodes)
+
+
+def test_trie_pieces_run_each_node_once_in_passes_of_at_most_max_tokens():
+    from arcttt_kaggle.score_candidates import _trie_pieces
+
+    seqs = sorted({(1, 2, 3, 9), (1, 2, 4, 5, 9), (1, 2, 4, 6, 9), (1, 9), (2, 9), (7, 7, 7, 7, 7, 7, 9), (9,)})
+    nodes = {s[:j] for s in seqs for j in range(1, len(s))}
+    for max_tokens in (1, 2, 3, 100):
+        passes = _trie_pieces(seqs, max_tokens)
+        run = [seqs[p.cand][:d + 1] for ps in passes for p in ps for d in range(p.start, p.stop)]
+        assert sorted(run) == sorted(nodes)  # every node once, the leaves never
+        assert all(sum(p.stop - p.start for p in ps) <= max_tokens for ps in passes)
+        assert len(passes) == max(1, math.ceil(len(nodes) / max_tokens))
+        for t, seq in enumerate(seqs):  # each sequence: one first piece, then contiguous pieces to len - 1
+            mine = [p for ps in passes for p in ps if p.cand == t]
+            assert mine[0].first and not any(p.first for p in mine[1:])
+            assert all(a.stop == b.start for a, b in zip(mine, mine[1:])) and mine[-1].stop == len(seq) - 1
+
+
+def test_tree_mask_works_with_eager_attention_too(scorer, models, case):
+    task, grids, views = case
+    model = scorer.adapters.model
+    sdpa = scorer.score(task, 0, grids, views[:2], models[1][0])
+    model.set_attn_implementation("eager")
+    try:
+        eager = scorer.score(task, 0, grids, views[:2], models[1][0])
+        naive = scorer.score(task, 0, grids, views[:2], models[1][0], shared_prefix=False)
+    finally:
+        model.set_attn_implementation("sdpa")
+    np.testing.assert_allclose(eager, naive, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(eager, sdpa, rtol=0, atol=1e-4)
 
 
 def test_adapter_none_scores_with_the_base_model_and_swaps_do_not_leak(scorer, models, case):
