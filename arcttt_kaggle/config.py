@@ -187,13 +187,16 @@ def preset(name: str, **paths: Any) -> RunConfig:
     return replace(cfg, **paths) if paths else cfg
 
 
-# Measured on the 2-core machine with the tiny model, nothing else running (a dry run's measured_throughput.json,
-# 2026-11-25): 24-step tasks took 3.4-6.3 s, i.e. ~0.13 s per step plus ~6000 tokens/s; the vLLM engine
-# started in 9 s and generated ~550 tokens/s over 52 prompts after ~1.5 s per call.
+# Fitted (``measured_throughput``) to two dry runs on the 2-core development machine with nothing else running
+# (2026-11-25, grid grammar on): 24-step tasks took 0.46-1.2 s (~17,000 tokens/s plus ~0.3 s per task); the
+# Unsloth trainer started in 13.5 s and vLLM in 6.3-7.4 s; the two generate calls produced 86% of the output
+# bound at ~2,600 tokens/s after prefill and a 1.5 s per-call overhead (the first call also compiles the grammar);
+# scoring ran at ~70,000 planned tokens/s (unanimous tasks need no scoring). A loaded machine is slower in every
+# phase: measure yours (``measured_throughput.json``) and pass it back with ``--throughput-file``.
 CPU_TINY_THROUGHPUT = Throughput(
-    train_tokens_per_s=6000.0, train_step_s=0.13, decode_prompt_tokens_per_s=20000.0,
-    decode_output_tokens_per_s=550.0, score_tokens_per_s=5000.0, train_startup_s=25.0, decode_startup_s=9.0,
-    score_startup_s=1.0, per_task_overhead_s=0.5, decode_call_overhead_s=1.5,
+    train_tokens_per_s=17000.0, train_step_s=0.01, decode_prompt_tokens_per_s=20000.0,
+    decode_output_tokens_per_s=2600.0, decode_output_fill=0.86, score_tokens_per_s=70000.0, train_startup_s=13.5,
+    decode_startup_s=6.9, score_startup_s=0.02, per_task_overhead_s=0.06, decode_call_overhead_s=1.5,
 )
 
 
