@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .data import Pair, Task
+from .data import Task
 from .format import ArcFormat
 
 PHASES = ("startup", "train", "decode", "score")
@@ -140,11 +140,6 @@ def grid_tokens(g) -> int:
     return g.shape[0] * (g.shape[1] + 1) + 1
 
 
-def example_tokens(demos: Sequence[Pair], query: Pair) -> int:
-    """Tokens of a training example (bos, every grid, the output markers); no tokenizer needed."""
-    return 1 + sum(grid_tokens(p.input) + grid_tokens(p.output) + 1 for p in list(demos) + [query])
-
-
 def prompt_tokens(task: Task, test_index: int) -> int:
     """Tokens of the prompt of test input ``test_index`` (bos, demonstrations, query input, output marker)."""
     demos = sum(grid_tokens(p.input) + grid_tokens(p.output) + 1 for p in task.train)
@@ -154,6 +149,12 @@ def prompt_tokens(task: Task, test_index: int) -> int:
 def output_bound_tokens(task: Task, test_index: int) -> int:
     """``max_new_tokens`` of test input ``test_index``: the format's output bound (what decoding may generate)."""
     return ArcFormat.max_output_tokens(*ArcFormat.output_bound(task.train, task.test[test_index].input))
+
+
+def view_tokens(task: Task) -> tuple[list[int], list[int]]:
+    """Per test input, the prompt tokens and output-bound tokens of one view: ``task_work``'s per-view inputs."""
+    tests = range(len(task.test))
+    return [prompt_tokens(task, i) for i in tests], [output_bound_tokens(task, i) for i in tests]
 
 
 def task_work(task: Task, settings: Settings, *, example_tokens: float, batch: int, prompt_tokens_per_view: Sequence[int],

@@ -27,8 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .budget import (Budget, CostModel, Settings, TaskWork, example_tokens, make_plan, output_bound_tokens,
-                     prompt_tokens, task_work)
+from .budget import Budget, CostModel, Settings, TaskWork, make_plan, task_work, view_tokens
 from .candidates import CandidateSet, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
 from .data import Task, load_challenges
@@ -51,14 +50,13 @@ class RunLog:
 
 def task_works(tasks: dict[str, Task], cfg: RunConfig, s: Settings) -> list[TaskWork]:
     """Token work per task under settings ``s``, from the format's token arithmetic (no tokenizer needed)."""
-    from .ttt_data import build_ttt_examples
+    from .ttt_data import build_ttt_examples, estimate_tokens
 
     works = []
     for task in tasks.values():
         examples = build_ttt_examples(task, cfg.ttt) if s.train_steps > 0 else []
-        ex_tokens = (sum(example_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
-        prompts = [prompt_tokens(task, i) for i in range(len(task.test))]
-        outputs = [output_bound_tokens(task, i) for i in range(len(task.test))]
+        ex_tokens = (sum(estimate_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
+        prompts, outputs = view_tokens(task)
         works.append(task_work(task, s, example_tokens=ex_tokens, batch=cfg.train.batch_size * cfg.train.grad_accum,
                                prompt_tokens_per_view=prompts, output_tokens_per_view=outputs))
     return works

@@ -261,7 +261,7 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
 
 def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], candidates, events: Events) -> None:
     """Product-of-experts scores of the top voted grids, written as ``extra["view_logprobs"]`` for the parent."""
-    from .budget import Settings, output_bound_tokens, prompt_tokens, task_work
+    from .budget import Settings, task_work, view_tokens
     from .candidates import Candidate, write_candidate_file
     from .score_candidates import Scorer
     from .select import select_attempts
@@ -270,9 +270,6 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
     scorer = Scorer(spec.model_path, dtype=cfg.decode.dtype, device="cuda" if cfg.device == "cuda" else "cpu")
     events.emit("startup_score", "ok", start=t0)
     scores: dict[str, list[list[Candidate]]] = {}
-
-    def bounds(task) -> list[int]:
-        return [output_bound_tokens(task, i) for i in range(len(task.test))]
     try:
         for tid, task in tasks.items():
             if time.time() >= spec.deadline:
@@ -280,6 +277,7 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
                 continue
             ts = time.time()
             per_test: list[list[Candidate]] = [[] for _ in task.test]
+
             def record(task_, i, grids, views, _per_test=per_test, _adapter=adapters.get(tid)):
                 ll = scorer.score(task_, i, grids, views, _path(_adapter))
                 for g, row in zip(grids, ll):
@@ -292,9 +290,9 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
                                 score_fn=record)
             scores[tid] = per_test
             # The plan's token count for this task (fewer distinct candidates than C: the rate fit absorbs it)
-            planned = task_work(task, Settings(0, 1, cfg.select.poe_views, cfg.select.poe_top_c),
-                                example_tokens=0, batch=1, output_tokens_per_view=bounds(task),
-                                prompt_tokens_per_view=[prompt_tokens(task, i) for i in range(len(task.test))])
+            prompts, outputs = view_tokens(task)
+            planned = task_work(task, Settings(0, 1, cfg.select.poe_views, cfg.select.poe_top_c), example_tokens=0,
+                                batch=1, prompt_tokens_per_view=prompts, output_tokens_per_view=outputs)
             events.emit("score", "ok", task=tid, start=ts, scored=sum(len(p) for p in per_test),
                         planned_prompt_tokens=planned.score_tokens, planned_output_tokens=planned.score_output_tokens)
         write_candidate_file(Path(spec.work_dir) / "scores.json", scores, "scorer", {"worker": spec.worker})
