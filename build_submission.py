@@ -5,6 +5,7 @@
     .venv/bin/python build_submission.py score out/dry-run/submission.json arcttt_kaggle/sample_data/arc-agi_test_solutions.json
     .venv/bin/python build_submission.py validate out/dry-run/submission.json arcttt_kaggle/sample_data/arc-agi_test_challenges.json
     .venv/bin/python build_submission.py plan --preset t4x2 --challenges ../shared/data/arc-agi-1/arc-agi_evaluation_challenges.json
+    .venv/bin/python build_submission.py plan --preset t4x2 --model /kaggle/input/arc-base-model      # memory + disk
     .venv/bin/python build_submission.py programs --challenges F --solutions F --seconds-per-task 10 --out out/programs.json
     .venv/bin/python build_submission.py bundle --out out/bundle [--no-wheels]
 
@@ -34,10 +35,13 @@ def cmd_dry_run(a) -> int:
     report = dry_run(preset=a.preset, challenges=challenges, solutions=solutions, budget_seconds=a.budget_seconds,
                      out_dir=out, fault=a.inject_fault or "", overrides=overrides, throughput_file=a.throughput_file)
     print(format_summary(report))
-    problems = validate_submission_file(out / "submission.json", challenges)
+    # Against the file the run read (the bad-task fault runs on a copy with a malformed task added).
+    problems = validate_submission_file(out / "submission.json", Path(report["dry_run"]["challenges"]))
     print(f"validate: {'OK' if not problems else problems}")
-    print(f"wrote {out / 'submission.json'}, {out / 'report.json'}, {out / 'timeline.png'}")
-    return 1 if problems else 0
+    print(f"wrote {out / 'submission.json'}, {out / 'report.json'}, {out / 'report.html'}, {out / 'timeline.png'}")
+    if report["dry_run"]["failed"]:
+        print(f"the notebook failed, as the Kaggle save run would: {report['dry_run']['failed']}")
+    return 1 if problems or report["dry_run"]["failed"] else 0
 
 
 def cmd_score(a) -> int:
@@ -64,15 +68,30 @@ def cmd_plan(a) -> int:
     from arcttt_kaggle.config import budget_overrides, preset
     from arcttt_kaggle.pipeline import plan_only
 
-    cfg = replace(preset(a.preset), challenges=a.challenges)
-    if a.throughput_file:
-        cfg = replace(cfg, throughput=Throughput.from_file(a.throughput_file))
-    if a.budget_seconds:
-        cfg = budget_overrides(cfg, a.budget_seconds)
-    plan, tasks, rejected = plan_only(cfg)
-    print(f"preset {cfg.preset}: {len(tasks)} tasks ({len(rejected)} rejected), {cfg.workers} worker(s), "
-          f"budget {cfg.budget.limit_seconds:.0f}s - margin {cfg.budget.safety_margin_seconds:.0f}s")
-    print(plan.format_table())
+    if not a.challenges and not a.model:
+        print("plan: give --challenges FILE (time plan) and/or --model PATH (memory and disk plan)", file=sys.stderr)
+        return 2
+    cfg = replace(preset(a.preset), challenges=a.challenges or "")
+    tasks = None
+    if a.challenges:
+        if a.throughput_file:
+            cfg = replace(cfg, throughput=Throughput.from_file(a.throughput_file))
+        if a.budget_seconds:
+            cfg = budget_overrides(cfg, a.budget_seconds)
+        plan, tasks, rejected = plan_only(cfg)
+        print(f"preset {cfg.preset}: {len(tasks)} tasks ({len(rejected)} rejected), {cfg.workers} worker(s), "
+              f"budget {cfg.budget.limit_seconds:.0f}s - margin {cfg.budget.safety_margin_seconds:.0f}s")
+        print(plan.format_table())
+    if a.model:
+        from arcttt_kaggle.memory import ModelShape, plan_memory, run_from_config
+
+        shape = ModelShape.from_dir(a.model)
+        n = len(tasks) if tasks is not None else a.tasks
+        print(f"model {a.model}: {shape.params / 1e9:.2f}B params ({shape.layers} layers, hidden {shape.hidden}, "
+              f"vocab {shape.vocab}); preset {cfg.preset}: per GPU ({cfg.workers} GPU(s) of {cfg.gpu_memory_gib} GiB), "
+              f"{n} tasks")
+        mem = plan_memory(shape, run_from_config(cfg, tasks=n))
+        print("\n".join(mem.lines()))
     return 0
 
 
@@ -116,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--solutions")
     d.add_argument("--budget-seconds", type=float, default=600.0)
     d.add_argument("--out", default="out/dry-run")
-    d.add_argument("--inject-fault", choices=["worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task"])
+    d.add_argument("--inject-fault", help="comma-separated faults to inject (see config.FAULTS), e.g. worker-crash")
     d.add_argument("--overrides", help="JSON object of dotted config keys, e.g. '{\"train.steps\": 8}'")
     d.add_argument("--throughput-file", help="measured_throughput.json of an earlier run on this machine: the plan's priors")
     d.set_defaults(fn=cmd_dry_run)
@@ -130,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     v.set_defaults(fn=cmd_validate)
     pl = sub.add_parser("plan", help="predicted time per phase and per GPU, and the settings that fit")
     pl.add_argument("--preset", default="t4x2")
-    pl.add_argument("--challenges", required=True)
+    pl.add_argument("--challenges", help="challenges file: the time plan per phase and per GPU")
+    pl.add_argument("--model", help="model folder: the memory plan per GPU (train, decode, score) and the disk plan")
+    pl.add_argument("--tasks", type=int, default=120, help="tasks for the disk plan when no --challenges is given")
     pl.add_argument("--throughput-file")
     pl.add_argument("--budget-seconds", type=float)
     pl.set_defaults(fn=cmd_plan)

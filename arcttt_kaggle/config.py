@@ -27,14 +27,19 @@ from .train import TrainConfig
 from .ttt_data import TTTDataConfig
 
 PRESETS = ("t4x2", "l4x4", "cpu-tiny")
-FAULTS = ("worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task")
+DERIVED_PRESET = "gpu-auto"  # built from the detected GPUs by ``gpu_auto_preset``, not by name
+# Injected faults for the fault matrix (comma-separate several to share one run): each is a real failure.
+FAULTS = ("worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task",
+          "no-vllm", "no-unsloth", "corrupt-adapter", "step-exception", "nonfinite-loss", "train-hang",
+          "programs-killed", "enospc")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs. Paths are strings so the tree serializes to JSON as it is."""
 
-    preset: str = field(default="cpu-tiny", metadata={"help": f"name of the preset this was built from: {PRESETS}"})
+    preset: str = field(default="cpu-tiny", metadata={"help": f"name of the preset this was built from: {PRESETS} "
+                        f"or {DERIVED_PRESET!r} (derived from the detected GPUs)"})
     challenges: str = field(default="", metadata={"help": "the Kaggle *_challenges.json to solve"})
     solutions: str = field(default="", metadata={"help": "optional *_solutions.json: the report then scores the run"})
     out_dir: str = field(default="out", metadata={"help": "where submission.json, report.json, config.json go"})
@@ -43,6 +48,8 @@ class RunConfig:
     tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"help": "shape of the tiny model"})
     device: Literal["cuda", "cpu"] = field(default="cpu", metadata={"help": "where workers run their engines"})
     workers: int = field(default=1, metadata={"help": "worker processes: one per GPU (CUDA_VISIBLE_DEVICES=i), or CPU processes"})
+    gpu_memory_gib: float = field(default=0.0, metadata={"help": "usable memory of one GPU in GiB, what the memory "
+                                  "plan (memory.py) checks against; 0 on CPU"})
     max_tasks: int = field(default=0, metadata={"help": "solve only the first N tasks (0 = all); others keep the fallback"})
     run_ttt: bool = field(default=True, metadata={"help": "train per-task adapters (False: decode with the base model)"})
     second_pass_ratio: float = field(default=1.0, metadata={"help": "compute-optimal second pass: extra views "
@@ -52,7 +59,9 @@ class RunConfig:
                                    "every byte of GPU memory (CUDA context, allocator cache, Unsloth's buffers) is "
                                    "returned before vLLM sizes its KV cache; costs one more engine import (~15 s)"})
     run_programs: bool = field(default=True, metadata={"help": "run the CPU program expert beside the workers"})
-    fault: str = field(default="", metadata={"help": f"inject a fault for testing: one of {FAULTS}"})
+    fault: str = field(default="", metadata={"help": f"inject faults for testing, comma-separated: of {FAULTS}"})
+    keep_adapters: bool = field(default=False, metadata={"help": "keep each task's adapter after it is decoded and "
+                                "scored (default: delete it; /kaggle/working holds ~20 GB)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     ttt: TTTDataConfig = field(default_factory=TTTDataConfig, metadata={"help": "TTT data"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "LoRA training"})
@@ -64,12 +73,13 @@ class RunConfig:
     throughput: Throughput = field(default_factory=Throughput, metadata={"help": "cost-model priors per worker"})
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
+        if self.preset not in PRESETS + (DERIVED_PRESET,):
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
-        if self.fault and self.fault not in FAULTS:
-            raise ValueError(f"unknown fault {self.fault!r}; choose one of {FAULTS}")
+        unknown = [f for f in self.fault.split(",") if f and f not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown fault(s) {unknown}; choose from {FAULTS}")
         if self.second_pass_ratio < 0:
             raise ValueError("second_pass_ratio must be >= 0")
         if self.max_tasks < 0:
@@ -147,21 +157,41 @@ class Dials:
 def preset(name: str, **paths: Any) -> RunConfig:
     """A named preset. ``paths`` sets top-level fields (challenges, out_dir, model, solutions, ...)."""
     dials = {
-        # 2×T4: 16 GB each, fp16 only (Turing has no bf16). A 4-bit ~1B model + rank-32 LoRA + 8k context trains
-        # in ~6 GB with gradient checkpointing; vLLM then takes 90% of the card.
-        "t4x2": Dials(2, "cuda", "float16", 16.0, 96, 8, 32, 12 * 3600.0, 20 * 60.0),
-        # 4×L4: 22 GB each, bf16.
-        "l4x4": Dials(4, "cuda", "bfloat16", 22.0, 128, 8, 32, 12 * 3600.0, 20 * 60.0),
+        # 2×T4: 15 GiB usable each (nvidia-smi reports 15360 MiB), fp16 only (Turing has no bf16). A 4-bit ~1B
+        # model + rank-32 LoRA + 8k context trains in ~6 GB with gradient checkpointing; vLLM then takes 90%.
+        "t4x2": Dials(2, "cuda", "float16", 15.0, 96, 8, 32, 12 * 3600.0, 20 * 60.0),
+        # 4×L4: 22.5 GiB usable each (nvidia-smi reports 23034 MiB), bf16.
+        "l4x4": Dials(4, "cuda", "bfloat16", 22.5, 128, 8, 32, 12 * 3600.0, 20 * 60.0),
         # The tiny model on this 2-core CPU: the dry run and CI. One worker (vLLM and training each use both cores).
         # float32: Unsloth's CPU default (bf16) trains the tiny model ~20x slower (0.26 vs 0.014 s/step).
         "cpu-tiny": Dials(1, "cpu", "float32", 0.0, 24, 4, 8, 600.0, 30.0),
     }
     if name not in dials:
         raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
-    dl = dials[name]
+    return preset_from_dials(name, dials[name], **paths)
+
+
+def gpu_auto_dials(gpu_count: int, compute_capability: float, memory_gib: float) -> Dials:
+    """Dials for GPUs no named preset describes: one worker per GPU, fp16 below compute capability 8.0 (no
+    bf16 before Ampere) else bf16, the card's memory (the smallest card's, for mixed GPUs). The effort dials
+    are t4x2's (96 steps, 8 views, rank 32) and the throughput priors the generic ones: run once and pass
+    ``measured_throughput.json`` back to plan from this hardware's own numbers."""
+    if gpu_count < 1 or memory_gib <= 0:
+        raise ValueError(f"a GPU preset needs >= 1 GPU with memory, got {gpu_count} GPU(s) of {memory_gib} GiB")
+    dtype = "bfloat16" if compute_capability >= 8.0 else "float16"
+    return Dials(gpu_count, "cuda", dtype, float(memory_gib), 96, 8, 32, 12 * 3600.0, 20 * 60.0)
+
+
+def gpu_auto_preset(gpu_count: int, compute_capability: float, memory_gib: float, **paths: Any) -> RunConfig:
+    """The ``gpu-auto`` preset built from a GPU inventory (``gpu_auto_dials``)."""
+    return preset_from_dials(DERIVED_PRESET, gpu_auto_dials(gpu_count, compute_capability, memory_gib), **paths)
+
+
+def preset_from_dials(name: str, dl: Dials, **paths: Any) -> RunConfig:
+    """A RunConfig derived from dials (what every preset is); ``name`` is recorded as ``preset``."""
     cpu = dl.device == "cpu"
     cfg = RunConfig(
-        preset=name, device=dl.device, workers=dl.workers,
+        preset=name, device=dl.device, workers=dl.workers, gpu_memory_gib=dl.gpu_memory_gib,
         model="tiny" if cpu else "/kaggle/input/arc-base-model",
         ttt=TTTDataConfig(augmentations_per_task=4 if cpu else 8, max_examples_per_task=32 if cpu else 128,
                           max_tokens=2048 if cpu else 8192),

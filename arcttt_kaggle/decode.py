@@ -116,6 +116,27 @@ class DecodeConfig:
                 "allowed_token_ids; the hf backend runs the same grammar as a logits processor. No sample is "
                 "lost to an unparsable output; costs one grammar compile per distinct bound and a token mask "
                 "per step. Reported log-probabilities are renormalized over the allowed tokens (what vLLM reports)."})
+    method: Literal["sample", "dfs"] = field(default="sample", metadata={
+        "help": "sample: samples_per_view completions per view (greedy at temperature 0); dfs: every completion "
+                "with probability >= dfs_threshold per view, with exact log-probabilities (decode_dfs.py), "
+                "renormalized over the grid grammar when constrain_grid is on. DFS time ~ (1 + branches opened) "
+                "x one greedy decode per view, in rounds of one engine call each (<= 1/dfs_threshold "
+                "candidates and open branches per view); its KV memory is the sampling path's, and prefix "
+                "caching lets a branch pay only for its own tokens."})
+    dfs_threshold: float = field(default=0.1, metadata={
+        "help": "DFS tau in (0, 1): keep completions with probability >= tau (ARChitects 2024: 0.1; NVARC 2025: "
+                "0.2). Halving tau can double the candidates and branches (time) per view. Without "
+                "constrain_grid, floor(1/tau) must be <= 20 (vLLM's max_logprobs), i.e. tau >= 0.05."})
+    dfs_max_candidates: int = field(default=0, metadata={
+        "help": "DFS cap per task: at most this many candidates over its views, the most probable kept; hitting it "
+                "with branches open is reported as truncation (0 = no cap)."})
+    dfs_max_tokens: int = field(default=0, metadata={
+        "help": "DFS cap per task: stop opening branches once the engine generated this many tokens for it "
+                "(checked between rounds; bounds its time); reported as truncation (0 = no cap)."})
+    dfs_max_seconds: float = field(default=0.0, metadata={
+        "help": "DFS cap per task in seconds (NVARC: 1200). vLLM runs all tasks together, so it counts from the "
+                "call's start; the hf backend counts from the task's first view. Reported as truncation "
+                "(0 = no cap; the run's deadline always applies)."})
 
     def __post_init__(self):
         if self.backend not in ("vllm", "hf"):
@@ -142,6 +163,20 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.cpu_kvcache_gib must be > 0, got {self.cpu_kvcache_gib}")
         if self.max_model_len < 16:
             raise ValueError(f"DecodeConfig.max_model_len must be >= 16, got {self.max_model_len}")
+        if self.method not in ("sample", "dfs"):
+            raise ValueError(f"DecodeConfig.method must be 'sample' or 'dfs', got {self.method!r}")
+        if not 0 < self.dfs_threshold < 1:
+            raise ValueError(f"DecodeConfig.dfs_threshold must be in (0, 1), got {self.dfs_threshold}")
+        if self.dfs_max_candidates < 0 or self.dfs_max_tokens < 0 or self.dfs_max_seconds < 0:
+            raise ValueError("DecodeConfig.dfs_max_candidates, dfs_max_tokens and dfs_max_seconds must be >= 0 "
+                             "(0 = no cap)")
+        if self.method == "dfs" and (self.temperature != 0 or self.samples_per_view != 1):
+            raise ValueError("DecodeConfig.method='dfs' enumerates the model's own distribution: set temperature=0 "
+                             "and samples_per_view=1 (they apply to method='sample')")
+        if self.method == "dfs" and not self.constrain_grid and math.floor(1 / self.dfs_threshold + 1e-9) > 20:
+            raise ValueError(f"DecodeConfig.dfs_threshold {self.dfs_threshold} needs the top "
+                             f"{math.floor(1 / self.dfs_threshold + 1e-9)} log-probabilities per step, more than "
+                             f"vLLM's max_logprobs (20): use dfs_threshold >= 0.05 or constrain_grid=True")
 
     @staticmethod
     def help() -> dict[str, str]:
@@ -192,6 +227,10 @@ class DecodeStats:
     trimmed_prompts: int = 0  # lost demonstrations to fit max_model_len
     skipped_prompts: int = 0  # could not fit max_model_len even with one demonstration
     aborted_prompts: int = 0  # not finished by the deadline
+    dfs_rounds: int = 0  # method="dfs": engine rounds (vLLM: one generate call each)
+    dfs_branches: int = 0  # method="dfs": prefixes decoded (vLLM) or tree nodes expanded (hf)
+    dfs_candidates: dict = field(default_factory=dict)  # method="dfs": task id -> candidates found
+    dfs_truncated: dict = field(default_factory=dict)  # method="dfs": task id -> why a cap or the deadline cut it
 
     @property
     def tokens_per_second(self) -> float:
@@ -257,6 +296,8 @@ class Decoder:
 
             self._engine = HfBackend(self.model_path, config, self.fmt, pad)
         self.backend: str = self._engine.name + (", grid grammar" if config.constrain_grid else "")
+        if config.method == "dfs":
+            self.backend += f", dfs tau={config.dfs_threshold:g}"
 
     @property
     def lora_ids(self) -> dict[str, int]:
@@ -275,6 +316,10 @@ class Decoder:
         A request whose prompt cannot fit ``max_model_len`` or that the ``deadline`` (a ``time.time()`` value,
         checked as requests finish) cut off gets an empty list; both are counted in ``stats``.
         """
+        if self.config.method == "dfs":  # every completion >= tau per request, in rounds (decode_dfs.py)
+            from .decode_dfs import generate_dfs
+
+            return generate_dfs(self, requests, progress, deadline)
         t0 = time.time()
         jobs: list[_Job] = []
         for i, r in enumerate(requests):

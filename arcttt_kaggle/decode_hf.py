@@ -4,6 +4,7 @@ reference the tests compare vLLM against (same requests, same candidate layout, 
 Jobs are grouped by adapter (one loaded at a time, ``PeftSwitch``) and run as left-padded ``generate`` batches.
 Two logits processors keep it equal to vLLM: ``_GridMask`` (the grid grammar of ``constrain_grid``, vLLM's
 regex on token ids) and ``_LogprobRecorder`` (per-token log-probabilities without storing every step's logits).
+``quantization="bitsandbytes"`` loads the base in NF4 4-bit (``engine_base.hf_load_kwargs``), on CUDA or CPU.
 """
 
 from __future__ import annotations
@@ -13,50 +14,53 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .decode import DecodeConfig, _Job, _Sample, resolve_dtype
+from .engine_base import EngineConfig, Job, PeftSwitch, Sample, load_causal_lm, resolve_dtype
 from .format import ArcFormat
 
 
 class HfBackend:
-    """transformers + PEFT ``generate``: jobs grouped by adapter (one loaded at a time), padded batches."""
+    """transformers + PEFT ``generate``: jobs grouped by adapter (one loaded at a time), padded batches.
+    ``calls`` counts the ``generate`` calls made (one per batch), including ones that raised."""
 
-    def __init__(self, model_path: Path, cfg: DecodeConfig, fmt: ArcFormat, pad_id: int):
+    def __init__(self, model_path: Path, cfg: EngineConfig, fmt: ArcFormat, pad_id: int):
         import peft
         import torch
         import transformers
-        from transformers import AutoModelForCausalLM
 
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(cfg.dtype, self.device.type == "cuda")
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, self.dtype))
-        from .score_candidates import PeftSwitch  # transformers+PEFT helpers live with the scorer
-
-        self.adapters = PeftSwitch(self.model.to(self.device).eval())
+        self.model = load_causal_lm(model_path, self.dtype, cfg.quantization, self.device)
+        self.adapters = PeftSwitch(self.model)
         self.fmt, self.eos_id, self.pad_id = fmt, fmt.eos_id, pad_id
+        self.calls = 0
+        quant = ", bitsandbytes 4-bit" if cfg.quantization == "bitsandbytes" else ""
         self.name = (f"transformers {transformers.__version__} + peft {peft.__version__} generate "
-                     f"({self.dtype}, {self.device.type})")
+                     f"({self.dtype}{quant}, {self.device.type})")
 
-    def run(self, jobs: Sequence[_Job], cfg: DecodeConfig, deadline: float | None, progress: bool
-            ) -> tuple[list[list[_Sample] | None], int]:
+    def fatal(self, exc: BaseException) -> bool:
+        """True once a failed first adapter load left the base model modified (``PeftSwitch.broken``)."""
+        return bool(self.adapters.broken)
+
+    def run(self, jobs: Sequence[Job], cfg: EngineConfig, deadline: float | None, progress: bool
+            ) -> list[list[Sample] | None]:
         groups: dict[str, list[int]] = {}
         for k, j in enumerate(jobs):
             groups.setdefault("" if j.adapter is None else str(j.adapter), []).append(k)
-        results: list[list[_Sample] | None] = [None] * len(jobs)
-        calls = 0
+        results: list[list[Sample] | None] = [None] * len(jobs)
         for members in groups.values():
             members.sort(key=lambda k: len(jobs[k].prompt))  # similar lengths per batch: less padding
             with self.adapters.use(jobs[members[0]].adapter):
                 for b in range(0, len(members), cfg.hf_batch_size):
                     if deadline is not None and time.time() >= deadline:
-                        return results, calls
+                        return results
                     batch = members[b:b + cfg.hf_batch_size]
+                    self.calls += 1
                     for k, samples in zip(batch, self._generate([jobs[k] for k in batch], cfg)):
                         results[k] = samples
-                    calls += 1
-        return results, calls
+        return results
 
-    def _generate(self, batch: Sequence[_Job], cfg: DecodeConfig) -> list[list[_Sample]]:
+    def _generate(self, batch: Sequence[Job], cfg: EngineConfig) -> list[list[Sample]]:
         torch = self.torch
         from transformers import LogitsProcessorList
 
@@ -86,12 +90,12 @@ class HfBackend:
         gen = seqs[:, width:]
         lps = recorder.finish(gen).cpu()
         gen = gen.cpu().tolist()
-        out: list[list[_Sample]] = [[] for _ in batch]
+        out: list[list[Sample]] = [[] for _ in batch]
         for row, toks in enumerate(gen):
             job = batch[row // n]
             toks = toks[:job.max_tokens]
             end = toks.index(self.eos_id) + 1 if self.eos_id in toks else len(toks)
-            out[row // n].append(_Sample(toks[:end], float(lps[row, :end].double().sum()),
+            out[row // n].append(Sample(toks[:end], float(lps[row, :end].double().sum()),
                                          "stop" if end and toks[end - 1] == self.eos_id else "length"))
         return out
 

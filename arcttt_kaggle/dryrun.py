@@ -18,6 +18,22 @@ from .candidates import atomic_write_text
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "arc_ttt_submission.ipynb"
 BAD_TASK_ID = "badtask0"
+# Faults that make an engine unimportable for real: a package of that name first on the kernel's PYTHONPATH
+# (inherited by the workers) whose import raises, as a broken or missing install would.
+IMPORT_FAULTS = {"no-vllm": "vllm", "no-unsloth": "unsloth"}
+
+
+def broken_import_shims(faults: set[str], out_dir: Path) -> list[str]:
+    """Folders holding a package that raises ImportError on import, one per import fault in ``faults``."""
+    paths = []
+    for fault, module in IMPORT_FAULTS.items():
+        if fault in faults:
+            pkg = out_dir / "fault-shims" / fault / module
+            pkg.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(pkg / "__init__.py", f"raise ImportError('injected fault {fault}: {module} cannot be "
+                                                   f"imported (a broken install)')\n")
+            paths.append(str(pkg.parent))
+    return paths
 
 
 def inject_bad_task(challenges: Path, out_dir: Path) -> Path:
@@ -32,29 +48,45 @@ def inject_bad_task(challenges: Path, out_dir: Path) -> Path:
 def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | None, budget_seconds: float,
             out_dir: Path, fault: str = "", overrides: dict | None = None, notebook: Path = NOTEBOOK,
             throughput_file: Path | None = None) -> dict:
-    """Run the notebook under a local kernel and return the report it wrote (``out_dir/report.json``)."""
+    """Run the notebook under a local kernel and return the report it wrote (``out_dir/report.json``).
+
+    ``report["dry_run"]`` adds the wall time, the challenges file the run read (a copy for ``bad-task``) and
+    ``failed``: the exception a cell raised (a save run that could only fall back), empty when none did.
+    """
     import nbformat
     from nbclient import NotebookClient
+
+    from nbclient.exceptions import CellExecutionError
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)
-    if fault == "bad-task":
+    faults = set(fault.split(",")) - {""}
+    if "bad-task" in faults:
         challenges = inject_bad_task(challenges, out_dir)
     env = {"ARCTTT_PRESET": preset, "ARCTTT_CHALLENGES": str(Path(challenges).resolve()),
            "ARCTTT_SOLUTIONS": str(Path(solutions).resolve()) if solutions else "",
            "ARCTTT_OUT": str(out_dir), "ARCTTT_BUDGET_SECONDS": str(budget_seconds), "ARCTTT_FAULT": fault,
            "ARCTTT_OVERRIDES": json.dumps(overrides or {}),
-           "ARCTTT_THROUGHPUT": str(Path(throughput_file).resolve()) if throughput_file else ""}
+           "ARCTTT_THROUGHPUT": str(Path(throughput_file).resolve()) if throughput_file else "",
+           "PYTHONPATH": os.pathsep.join(broken_import_shims(faults, out_dir)
+                                         + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     t0 = time.time()
     nb = nbformat.read(str(notebook), as_version=4)
+    failed = ""
     try:
         # The kernel gets the budget plus start-up and teardown slack; the run itself never passes its deadline.
         client = NotebookClient(nb, timeout=int(budget_seconds + 300), kernel_name="python3",
                                 resources={"metadata": {"path": str(REPO)}})
         client.execute()
+    except CellExecutionError as e:
+        # A cell raised, as on Kaggle the notebook version would fail (the preflight policy: a save run that
+        # could only fall back raises after writing the submission). The report, if written, says why.
+        failed = f"{e.ename}: {e.evalue}"
+        if not (out_dir / "report.json").exists():
+            raise
     finally:
         nbformat.write(nb, str(out_dir / "notebook_executed.ipynb"))
         for k, v in saved.items():
@@ -63,6 +95,7 @@ def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | Non
             else:
                 os.environ[k] = v
     report = json.loads((out_dir / "report.json").read_text())
-    report["dry_run"] = {"notebook": str(notebook), "wall_s": round(time.time() - t0, 2), "budget_s": budget_seconds}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    report["dry_run"] = {"notebook": str(notebook), "wall_s": round(time.time() - t0, 2), "budget_s": budget_seconds,
+                         "challenges": str(challenges), "failed": failed}
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1, default=str))
     return report

@@ -21,18 +21,26 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from .budget import Budget, CostModel, Settings, TaskWork, make_plan, task_work, view_tokens
-from .candidates import CandidateSet, merge_candidate_sets, read_candidate_file
+from .budget import Budget, CostModel, make_plan
+from .candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
 from .data import Task, load_challenges
+from .planning import full_settings, task_works
 from .submission import build_submission, count_test_inputs, fallback_attempts, write_submission
 from .worker import WorkerSpec, read_events
+
+# What a run writes into its output folder. A new run removes these first (never reads them): a second run into
+# the same folder must not merge the first one's candidates, adapters or events into its submission.
+RUN_ARTIFACTS = ("work", "events.jsonl", "run.log", "programs.json", "report.json", "report.html",
+                 "measured_throughput.json", "timeline.png", "config.json")
 
 
 class RunLog:
@@ -48,20 +56,6 @@ class RunLog:
             f.write(line + "\n")
 
 
-def task_works(tasks: dict[str, Task], cfg: RunConfig, s: Settings) -> list[TaskWork]:
-    """Token work per task under settings ``s``, from the format's token arithmetic (no tokenizer needed)."""
-    from .ttt_data import build_ttt_examples, estimate_tokens
-
-    works = []
-    for task in tasks.values():
-        examples = build_ttt_examples(task, cfg.ttt) if s.train_steps > 0 else []
-        ex_tokens = (sum(estimate_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
-        prompts, outputs = view_tokens(task)
-        works.append(task_work(task, s, example_tokens=ex_tokens, batch=cfg.train.batch_size * cfg.train.grad_accum,
-                               prompt_tokens_per_view=prompts, output_tokens_per_view=outputs))
-    return works
-
-
 def resolve_model(cfg: RunConfig) -> Path:
     """The base model folder; 'tiny' builds the tiny ARC model into the output folder (well under a second)."""
     if cfg.model != "tiny":
@@ -74,10 +68,49 @@ def resolve_model(cfg: RunConfig) -> Path:
     return ensure_tiny_model(Path(cfg.out_dir) / "tiny-model", cfg.tiny_model)
 
 
-def full_settings(cfg: RunConfig) -> Settings:
-    return Settings(train_steps=cfg.train.steps if cfg.run_ttt else 0, views_per_test=cfg.decode.views_per_test,
-                    score_views=cfg.select.poe_views if cfg.select.method == "poe" else 0,
-                    score_top_c=cfg.select.poe_top_c, extra_view_ratio=cfg.second_pass_ratio)
+def thread_budget(cores: int, workers: int, expert_processes: int, device: str) -> dict[str, int]:
+    """Threads each process may use, so the program expert and the workers never oversubscribe the cores.
+
+    Oversubscribed OpenMP threads spin-wait on each other: with another process busy on this 2-core box a dry
+    run's train and decode phases took ~15x their planned time. The expert's processes get one thread each
+    (numpy on small grids gains nothing from more). On CPU the workers split all cores (the expert is short and
+    its core is shared fairly with passive OpenMP waiting); on GPU they split what the expert leaves, at least one.
+    """
+    cores, workers = max(1, cores), max(1, workers)
+    if device == "cpu":
+        return {"worker": max(1, cores // workers), "expert": 1}
+    return {"worker": max(1, (cores - expert_processes) // workers), "expert": 1}
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that caps a process's BLAS/OpenMP threads (set before it imports numpy or torch)."""
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "NUMEXPR_NUM_THREADS": n,
+            # A thread that finds its core taken sleeps instead of spinning (the 15x slowdown above).
+            "OMP_WAIT_POLICY": "PASSIVE", "ARCTTT_THREADS": n}
+
+
+def clear_previous_run(out: Path) -> list[str]:
+    """Remove what an earlier run left in ``out`` (``RUN_ARTIFACTS``); returns the names removed."""
+    removed = []
+    for name in RUN_ARTIFACTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal a worker's whole process group (it leads its own session): its training child goes with it."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _programs_main(task_dicts: dict, programs_cfg, deadline: float, out_path: str) -> None:
@@ -91,17 +124,20 @@ def _programs_main(task_dicts: dict, programs_cfg, deadline: float, out_path: st
 class Run:
     """State of one run; ``execute`` drives it. Split out of ``run`` so each step reads on its own."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, start: float | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.budget = Budget(cfg.budget)
-        for name in ("run.log", "events.jsonl"):
-            (self.out / name).unlink(missing_ok=True)
+        self.budget = Budget(cfg.budget, start=start)
+        self.cleared = clear_previous_run(self.out)
         self.log = RunLog(self.out / "run.log", self.budget)
         self.workers: list[dict] = []
         self.reasons: dict[str, list[str]] = {}
         self.parent_events: list[dict] = []
+        self.programs_proc = None
+        self.preflight = None
+        self.threads = thread_budget(len(os.sched_getaffinity(0)), cfg.workers,
+                                     cfg.programs.workers if cfg.run_programs else 0, cfg.device)
 
     def event(self, phase: str, status: str, start: float, **info) -> None:
         self.parent_events.append({"worker": -1, "phase": phase, "status": status, "task": info.pop("task", ""),
@@ -114,7 +150,7 @@ class Run:
     def load(self) -> None:
         t0 = time.time()
         cfg = self.cfg
-        cfg.write(self.out / "config.json")
+        atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
         raw = json.loads(Path(cfg.challenges).read_text(encoding="utf-8"))
         loaded = load_challenges(cfg.challenges, strict=False)
         self.all_tasks = loaded.tasks
@@ -143,7 +179,8 @@ class Run:
         self.model_path = resolve_model(cfg)
         self.cost = CostModel(cfg.throughput)
         available = max(0.0, self.budget.work_deadline() - time.time())
-        self.the_plan = make_plan(lambda s: task_works(self.tasks, cfg, s), full_settings(cfg), self.cost,
+        batch = cfg.train.batch_size * cfg.train.grad_accum
+        self.the_plan = make_plan(lambda s: task_works(self.tasks, cfg.ttt, batch, s), full_settings(cfg), self.cost,
                                   cfg.workers, available, scores=cfg.select.method == "poe")
         self.log("plan", f"rung {self.the_plan.settings.rung}: predicted makespan {self.the_plan.makespan:.0f}s "
                          f"of {available:.0f}s available ({'fits' if self.the_plan.fits else 'does not fit'})")
@@ -160,7 +197,17 @@ class Run:
         self.programs_proc = ctx.Process(target=_programs_main, daemon=False,
                                          args=(task_dicts, self.cfg.programs, self.budget.work_deadline(),
                                                str(self.programs_path)))
-        self.programs_proc.start()
+        # Spawned children inherit os.environ at start: cap the expert's threads for its start only.
+        saved = {k: os.environ.get(k) for k in thread_env(1)}
+        os.environ.update(thread_env(self.threads["expert"]))
+        try:
+            self.programs_proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.log("programs", f"program expert started (pid {self.programs_proc.pid})")
 
     def launch(self, worker: int, task_ids: list[str], train_steps: int, views: int, attempt: int = 0) -> None:
@@ -183,15 +230,17 @@ class Run:
                           deadline=work_deadline, fault=cfg.fault, attempt=attempt,
                           extra_view_units=cfg.second_pass_ratio * views * sum(len(self.tasks[t].test) for t in task_ids))
         spec.write(wdir / "spec.json")
-        env = dict(os.environ)
+        env = {**os.environ, **thread_env(self.threads["worker"])}
         if cfg.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = str(worker)  # before the worker imports Unsloth or vLLM
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cfg.decode.cpu_kvcache_gib))))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         logf = open(wdir / "worker.log", "w")
+        # Its own session (process group): the parent can kill the worker with every process it started.
         proc = subprocess.Popen([sys.executable, "-m", "arcttt_kaggle.worker", str(wdir / "spec.json")],
-                                env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=os.getcwd())
+                                env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=os.getcwd(),
+                                start_new_session=True)
         self.workers.append({"worker": worker, "attempt": attempt, "proc": proc, "dir": wdir, "tasks": task_ids,
                              "log": logf, "train_steps": train_steps, "views": views, "seen_mtime": 0.0,
                              "returncode": None, "reason": ""})
@@ -202,6 +251,7 @@ class Run:
     def watch(self) -> None:
         deadline = self.budget.work_deadline()
         while time.time() < deadline:
+            self._inject_programs_kill()
             running = False
             for w in list(self.workers):
                 if w["returncode"] is not None:
@@ -212,6 +262,7 @@ class Run:
                     running = True
                     continue
                 w["returncode"] = rc
+                _kill_group(w["proc"])  # a child it left (training) must not keep holding the GPU
                 done = any(e["phase"] == "worker" and e["status"] == "done" for e in _events(w["dir"]))
                 if rc != 0 or not done:
                     self._on_death(w, rc)
@@ -220,6 +271,14 @@ class Run:
                 break
             time.sleep(0.5)
         self._stop_stragglers()
+
+    def _inject_programs_kill(self) -> None:
+        """Injected fault 'programs-killed': SIGKILL the program expert a second after it started."""
+        p = self.programs_proc
+        if "programs-killed" in self.cfg.fault.split(",") and p is not None and p.is_alive() \
+                and time.time() > self.programs_start + 1.0:
+            p.kill()
+            self.log("fault", "injected fault: program expert killed (SIGKILL)")
 
     def _merge_if_new(self, w: dict) -> None:
         path = w["dir"] / "candidates.json"
@@ -236,12 +295,14 @@ class Run:
         if not lost:
             return
         left = self.budget.work_deadline() - time.time()
+        batch = self.cfg.train.batch_size * self.cfg.train.grad_accum
         need = self.cost.startup_seconds(False, False) + sum(
-            sum(self.cost.task_seconds(x).values()) for x in task_works({t: self.tasks[t] for t in lost}, self.cfg,
-                                                                         replace(self.the_plan.settings, train_steps=0)))
+            sum(self.cost.task_seconds(x).values()) for x in task_works({t: self.tasks[t] for t in lost}, self.cfg.ttt,
+                                                                         batch, replace(self.the_plan.settings, train_steps=0)))
         if w["attempt"] == 0 and left > need:
             for t in lost:
                 self.reason(t, f"{w['reason']}; reassigned to a replacement worker without TTT")
+            self.event("worker", "replaced", time.time(), reason=w["reason"], replaced_worker=w["worker"], tasks=len(lost))
             self.launch(w["worker"], lost, 0, self.the_plan.settings.views_per_test, attempt=1)
         else:
             for t in lost:
@@ -250,15 +311,19 @@ class Run:
     def _stop_stragglers(self) -> None:
         for w in self.workers:
             if w["proc"].poll() is None:
-                w["proc"].terminate()
+                _kill_group(w["proc"], signal.SIGTERM)
         t_end = time.time() + 3
         for w in self.workers:
             if w["proc"].poll() is None:
                 try:
                     w["proc"].wait(timeout=max(0.1, t_end - time.time()))
                 except subprocess.TimeoutExpired:
-                    w["proc"].kill()
-                    w["proc"].wait()
+                    pass
+            _kill_group(w["proc"])  # whatever of the group is left (a hung training child), SIGKILL
+            try:
+                w["proc"].wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.log("worker", f"worker {w['worker']} (pid {w['proc'].pid}) did not exit 5 s after SIGKILL")
             if w["returncode"] is None:
                 w["returncode"] = w["proc"].returncode
                 w["reason"] = "terminated at the work deadline"
@@ -272,7 +337,10 @@ class Run:
                 self.programs_proc.terminate()
                 self.programs_proc.join(2)
             done = self.programs_path.exists()
-            self.event("programs", "ok" if done else "error", self.programs_start)
+            code = self.programs_proc.exitcode
+            self.event("programs", "ok" if done else "error", self.programs_start,
+                       **({} if done else {"reason": f"program expert exited with code {code} before writing "
+                                                     "its answers: no program answers this run"}))
             if done:  # the bar ends when the expert wrote its file, not when the parent joined it
                 self.parent_events[-1]["end"] = self.programs_path.stat().st_mtime
 
@@ -300,23 +368,28 @@ class Run:
 
     def finish(self) -> dict:
         from .report import build_report, write_timeline
+        from .report_html import write_report_html
 
         t0 = time.time()
         self.write_submission(self.answers(final=True))
         self.event("final_write", "ok", t0)
         self.log("final", f"submission written to {self.cfg.submission_file}")
         events = self.parent_events + [e for w in self.workers for e in _events(w["dir"])]
-        with open(self.out / "events.jsonl", "w", encoding="utf-8") as f:
-            for e in events:
-                f.write(json.dumps(e, default=str) + "\n")
+        atomic_write_text(self.out / "events.jsonl", "".join(json.dumps(e, default=str) + "\n" for e in events))
         report = build_report(self, events)
         from .budget import measured_throughput
 
         fitted = measured_throughput(events, self.cfg.throughput)
         report["measured_throughput"] = fitted.__dict__
-        (self.out / "measured_throughput.json").write_text(json.dumps(fitted.__dict__, indent=1))
-        (self.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        report["threads"] = self.threads
+        report["cleared_previous_run"] = self.cleared
+        atomic_write_text(self.out / "measured_throughput.json", json.dumps(fitted.__dict__, indent=1))
+        atomic_write_text(self.out / "report.json", json.dumps(report, indent=1, default=str))
         write_timeline(events, self.budget, self.out / "timeline.png")
+        try:  # last: it embeds timeline.png and reads report.json
+            write_report_html(self.out)
+        except Exception as e:  # noqa: BLE001 - the page a person reads must never sink a run whose files are written
+            self.log("report", f"report.html NOT written: {type(e).__name__}: {e}")
         self.log("report", f"report.json and timeline.png written; wall {time.time() - self.budget.start:.1f}s")
         return report
 
@@ -334,14 +407,26 @@ def _read_candidates(path: Path) -> CandidateSet:
         return {}
 
 
-def run(config: RunConfig) -> dict:
-    """Run the whole pipeline under ``config``; always leaves a valid submission. Returns the report."""
-    r = Run(config)
-    r.log("start", f"preset {config.preset}, {config.workers} worker(s) on {config.device}, fault={config.fault or '-'}")
+class RunFailed(RuntimeError):
+    """Raised by ``run`` AFTER the submission and the report are written, when the run could only fall back and
+    this is not the competition rerun: the notebook version fails, so nobody submits a dud that looked fine."""
+
+
+def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
+    """Run the whole pipeline under ``config``; always leaves a valid submission. Returns the report.
+
+    ``start``: when the budget's clock started (the kernel's start on Kaggle: installs count); default now.
+    ``preflight``: the ``preflight.PreflightResult`` the notebook computed; its fatal findings decide the policy.
+    """
+    r = Run(config, start=start)
+    r.preflight = preflight
+    r.log("start", f"preset {config.preset}, {config.workers} worker(s) on {config.device}, fault={config.fault or '-'}"
+                   + (f"; removed the previous run's {', '.join(r.cleared)}" if r.cleared else ""))
     r.load()
+    # The program expert first: it needs no model and no GPU, so it still answers when the model is missing.
+    r.start_programs()
     try:
         r.plan()
-        r.start_programs()
         for w in r.the_plan.workers:
             if w.task_ids:
                 r.launch(w.worker, w.task_ids, r.the_plan.settings.train_steps, r.the_plan.settings.views_per_test)
@@ -354,13 +439,18 @@ def run(config: RunConfig) -> dict:
         r.watch()
     except Exception as e:  # noqa: BLE001 - the run edge: keep the fallback submission and report why
         r.log("error", f"run failed: {type(e).__name__}: {e}; writing what exists")
+        r.event("run", "error", time.time(), reason=f"{type(e).__name__}: {e}")
         for tid in r.tasks:
             r.reason(tid, f"run failed: {type(e).__name__}: {e}")
-        if not hasattr(r, "the_plan"):
-            r.workers, r.programs_proc = [], None
-        else:
-            r._stop_stragglers()
-    return r.finish()
+        r._stop_stragglers()
+    report = r.finish()
+    from .kaggle import is_competition_rerun
+
+    if report.get("status") == "fallback-only" and not is_competition_rerun():
+        raise RunFailed(f"status fallback-only: {'; '.join(report.get('status_reasons', [])) or 'no answers'}. "
+                        f"The submission ({config.submission_file}) holds only fallback and program answers; fix the "
+                        "above and run again (the competition rerun would not raise, it degrades)")
+    return report
 
 
 def plan_only(config: RunConfig) -> tuple:
@@ -369,6 +459,7 @@ def plan_only(config: RunConfig) -> tuple:
     tasks = dict(list(loaded.tasks.items())[:config.max_tasks] if config.max_tasks else loaded.tasks.items())
     budget = Budget(config.budget)
     available = budget.work_deadline() - budget.start
-    plan = make_plan(lambda s: task_works(tasks, config, s), full_settings(config), CostModel(config.throughput),
+    batch = config.train.batch_size * config.train.grad_accum
+    plan = make_plan(lambda s: task_works(tasks, config.ttt, batch, s), full_settings(config), CostModel(config.throughput),
                      config.workers, available, scores=config.select.method == "poe")
     return plan, tasks, loaded.rejected

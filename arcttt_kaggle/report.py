@@ -98,7 +98,11 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
     }
     if cfg.solutions:
         report["score"] = _score(cfg)
-    return report
+    if getattr(run, "preflight", None) is not None:
+        pre = run.preflight
+        report["preflight"] = pre if isinstance(pre, dict) else pre.to_dict()  # preflight.PreflightResult
+    report["incidents"] = incidents(events, run.budget.start)
+    return with_status(report)
 
 
 def _outcome(attempted: bool, trained: bool, parsed: int, fell_back: list[int], sel) -> str:
@@ -127,6 +131,132 @@ def _score(cfg) -> dict:
     rep = score_submission_files(cfg.submission_file, cfg.solutions)
     return {"score": rep.score, "task_score": rep.task_score, "correct": rep.correct, "total": rep.total,
             "table": rep.format_table()}
+
+
+# -- run status -------------------------------------------------------------------------------------------------
+
+STATUSES = ("ok", "degraded", "fallback-only")
+# Events that make a run degraded, kept in ``report["incidents"]`` so the status can be recomputed from report.json.
+INCIDENT_KINDS = {("engine", "fallback"), ("worker", "replaced"), ("worker", "error"), ("score", "skipped"),
+                  ("score", "error"), ("train", "error"), ("train", "skipped"), ("decode", "error"),
+                  ("decode", "hang"), ("programs", "error"), ("run", "error")}
+
+
+def _short(text: Any, limit: int = 240) -> str:
+    """One line of an event's reason: a traceback's last non-empty line, capped at ``limit`` characters."""
+    lines = [x.strip() for x in str(text or "").splitlines() if x.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def incidents(events: list[dict], t0: float = 0.0) -> list[dict]:
+    """The events that degrade a run (``INCIDENT_KINDS``), in time order, times in seconds since ``t0``."""
+    out = []
+    for e in sorted(events, key=lambda e: e.get("start", 0.0)):
+        if (e.get("phase"), e.get("status")) not in INCIDENT_KINDS:
+            continue
+        rec = {k: v for k, v in e.items() if k not in ("start", "end")}
+        rec["t"] = round(float(e.get("start", t0)) - t0, 2)
+        for k in ("reason", "error"):
+            if k in rec:
+                rec[k] = _short(rec[k], 600)
+        out.append(rec)
+    return out
+
+
+def _ids(ids: list[str], n: int = 8) -> str:
+    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _grouped(items: list[tuple[str, str]], template: str) -> list[str]:
+    """``items`` are (task, reason); one line per distinct reason: ``template`` gets {n}, {ids}, {reason}."""
+    by: dict[str, list[str]] = defaultdict(list)
+    for task, why in items:
+        by[why].append(task)
+    return [template.format(n=len(ts), ids=_ids(sorted(ts)), reason=why or "no reason given") for why, ts in by.items()]
+
+
+def run_status(report: dict) -> tuple[str, list[str]]:
+    """``(status, reasons)`` of a report: ``ok``, ``degraded`` or ``fallback-only``. Pure; reads only ``report``.
+
+    fallback-only: a preflight check was fatal, or no task got a model or program answer (every attempt of every
+    task is the fallback). degraded: anything fell back on the way: an engine rung, a worker (replaced, crashed,
+    terminated), training, decoding, scoring (cut or failed), the program expert, or tasks (all or some test inputs
+    on the fallback answer), or the run ended after its deadline. Missing sections count as nothing happened.
+    """
+    reasons: list[str] = []
+    inc = report.get("incidents") or []
+
+    def of(phase: str, *statuses: str) -> list[dict]:
+        return [e for e in inc if e.get("phase") == phase and e.get("status") in statuses]
+
+    engine: dict[tuple, set] = defaultdict(set)
+    for e in of("engine", "fallback"):
+        engine[(e.get("stage", "?"), e.get("rung", "?"), _short(e.get("error") or e.get("reason")))].add(e.get("worker"))
+    reasons += [f"{stage} engine fell back (rung {rung}) on worker {_ids([str(w) for w in sorted(ws, key=str)])}"
+                + (f": {err}" if err else "") for (stage, rung, err), ws in engine.items()]
+    # Workers: a replacement (event, or a second attempt in report["workers"]) and workers that ended badly.
+    workers = report.get("workers") or []
+    replaced = {w["worker"] for w in workers if w.get("attempt", 0) > 0}
+    first_reason = {w["worker"]: w.get("reason", "") for w in workers if w.get("attempt", 0) == 0}
+    for wid in sorted(replaced):
+        reasons.append(f"worker {wid} was replaced" + (f" ({first_reason[wid]})" if first_reason.get(wid) else ""))
+    for e in of("worker", "replaced"):  # the parent's event names the worker in ``replaced_worker``
+        if e.get("replaced_worker") not in replaced:
+            reasons.append(f"worker {e.get('replaced_worker', '?')} was replaced"
+                           + (f" ({_short(e.get('reason'))})" if e.get("reason") else ""))
+    for w in workers:
+        if w.get("reason") and not (w["worker"] in replaced and w.get("attempt", 0) == 0):
+            reasons.append(f"worker {w['worker']} (attempt {w.get('attempt', 0)}): {w['reason']}")
+    reasons += [f"worker {e.get('worker')} raised: {_short(e.get('reason'))}" for e in of("worker", "error")]
+    train = of("train", "error", "skipped")
+    reasons += [f"training on worker {e.get('worker')} failed: {_short(e.get('reason'))}" for e in train if not e.get("task")]
+    reasons += _grouped([(e["task"], _short(e.get("reason"))) for e in train if e.get("task") and e["status"] == "error"],
+                        "TTT failed for {n} task(s) ({ids}), decoded with the base model: {reason}")
+    reasons += _grouped([(e["task"], _short(e.get("reason"))) for e in train if e.get("task") and e["status"] == "skipped"],
+                        "TTT skipped for {n} task(s) ({ids}), decoded with the base model: {reason}")
+    reasons += [f"decoding on worker {e.get('worker')} {'hung' if e['status'] == 'hang' else 'failed'}: {_short(e.get('reason'))}"
+                for e in of("decode", "error", "hang")]
+    score = of("score", "skipped", "error")
+    reasons += _grouped([(e.get("task") or "all", _short(e.get("reason"))) for e in score if e["status"] == "skipped"],
+                        "scoring cut for {n} task(s) ({ids}): {reason}")
+    reasons += _grouped([(e.get("task") or "all", _short(e.get("reason"))) for e in score if e["status"] == "error"],
+                        "scoring failed for {n} task(s) ({ids}): {reason}")
+    reasons += [f"the program expert did not finish: {_short(e.get('reason')) or 'no programs.json written'}"
+                for e in of("programs", "error")]
+    reasons += [f"the run failed: {_short(e.get('reason'))}" for e in of("run", "error")]
+    per_task = report.get("per_task") or {}
+    fell = report.get("fallback_tasks")
+    fell = sorted(fell) if fell is not None else sorted(t for t, v in per_task.items()
+                                                        if v.get("outcome") in ("fallback", "placeholder"))
+    if fell:
+        reasons.append(f"{len(fell)} of {report.get('tasks', len(per_task))} tasks fell back: {_ids(fell)}")
+    partly = sorted(t for t, v in per_task.items() if t not in fell
+                    and any(s.get("attempts", [None])[0] is None for s in v.get("selection", [])))
+    if partly:
+        reasons.append(f"{len(partly)} task(s) answer some test inputs with the fallback: {_ids(partly)}")
+    if (report.get("budget") or {}).get("finished_before_deadline") is False:
+        reasons.append("the run finished after its deadline")
+    fatal = [str(x) for x in (report.get("preflight") or {}).get("fatal") or []]
+    answered = any(a is not None for v in per_task.values() for s in v.get("selection", []) for a in s.get("attempts", []))
+    if fatal or not answered:
+        lead = [f"preflight: {x}" for x in fatal]
+        if not answered:
+            lead.append("no task got a model or program answer: every attempt is the fallback")
+        return "fallback-only", lead + reasons
+    return ("degraded" if reasons else "ok"), reasons
+
+
+def with_status(report: dict) -> dict:
+    """``report`` with ``status`` and ``status_reasons`` (re)computed by ``run_status`` (the same dict, updated)."""
+    report["status"], report["status_reasons"] = run_status(report)
+    return report
+
+
+def status_line(report: dict) -> str:
+    """``status: degraded (2 reasons)``: the first line the notebook prints."""
+    status, reasons = (report["status"], report.get("status_reasons", [])) if "status" in report else run_status(report)
+    return f"status: {status}" + (f" ({len(reasons)} reason{'s' if len(reasons) != 1 else ''})" if reasons else "")
 
 
 def write_timeline(events: list[dict], budget, path: Path) -> None:
@@ -164,7 +294,9 @@ def write_timeline(events: list[dict], budget, path: Path) -> None:
 
 def format_summary(report: dict) -> str:
     """A short human summary of ``report.json`` (the notebook's last cell prints it)."""
-    lines = [f"preset {report['preset']}  method {report['selection_method']}  fault {report.get('fault') or '-'}",
+    reasons = report["status_reasons"] if "status" in report else run_status(report)[1]
+    lines = [status_line(report)] + [f"  - {r}" for r in reasons]
+    lines += [f"preset {report['preset']}  method {report['selection_method']}  fault {report.get('fault') or '-'}",
              "backends: " + ", ".join(f"{k}={v}" for k, v in report["backends"].items()),
              f"tasks {report['tasks']} (attempted {report['attempted']}, rejected {len(report['rejected'])}); "
              f"wall {report['budget']['wall_s']}s of {report['budget']['limit_s']}s; "

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import gc
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -44,48 +43,14 @@ import numpy as np
 
 from .augment import Augmentation
 from .data import Grid, Task
-from .decode import adapter_key, resolve_dtype
+from .engine_base import PeftSwitch, load_causal_lm, resolve_dtype
 from .format import ArcFormat
 
 if TYPE_CHECKING:  # torch is imported where a Scorer is built, not with the module
     import torch
 
 ScoreFn = Callable[[Task, int, Sequence[Grid], Sequence[Augmentation]], np.ndarray]
-
-
-class PeftSwitch:
-    """One base model, at most one PEFT adapter loaded at a time: ``use(dir)`` loads ``dir`` (dropping the
-    previous adapter, so memory stays one adapter however many tasks pass through) and returns a context in
-    which ``module`` runs with it; ``use(None)`` runs the base (LoRA layers disabled)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.peft = None
-        self.active: tuple[str, int] | None = None
-        self._loaded = 0
-
-    @property
-    def module(self):
-        return self.peft if self.peft is not None else self.model
-
-    def use(self, adapter_dir: Path | None):
-        if adapter_dir is None:
-            return self.peft.disable_adapter() if self.peft is not None else nullcontext()
-        key = adapter_key(adapter_dir)
-        if key != self.active:
-            name, self._loaded = f"a{self._loaded}", self._loaded + 1
-            if self.peft is None:
-                from peft import PeftModel
-
-                self.peft = PeftModel.from_pretrained(self.model, key[0], adapter_name=name).eval()
-            else:
-                old = self.peft.active_adapter
-                self.peft.load_adapter(key[0], adapter_name=name)
-                self.peft.set_adapter(name)
-                self.peft.delete_adapter(old)
-            self.peft.eval()
-            self.active = key
-        return nullcontext()
+__all__ = ["PeftSwitch", "ScoreFn", "ScoreStats", "Scorer"]  # PeftSwitch lives in engine_base, kept importable here
 
 
 @dataclass
@@ -158,14 +123,15 @@ class Scorer:
     HEAD_ROWS = 256  # hidden states per lm_head + log_softmax call: 256 x 152k vocab fp32 = 156 MB for Qwen2.5
 
     def __init__(self, model_path: str | Path, dtype: str = "auto", device: str | None = None,
-                 max_tokens: int = 1024):
+                 max_tokens: int = 1024, quantization: str = "none"):
         """``max_tokens``: trie tokens per forward pass of the shared path. On the CPU test model 384 to 1024
         measured alike (fewer, larger passes, against the dense tree mask's waste: a pass's nodes all meet);
         larger passes mean fewer launches on a GPU. Memory per pass is the mask, max_tokens x (prompt +
         completion + max_tokens) in the model dtype (40 MB at an 8k prompt in fp32), plus the attention
-        kernel's own (the eager one: heads x that)."""
+        kernel's own (the eager one: heads x that). ``quantization="bitsandbytes"``: the base in NF4 4-bit
+        (~0.56 byte/param instead of 2; ``engine_base.hf_load_kwargs``), ``dtype`` the compute dtype."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -175,8 +141,9 @@ class Scorer:
         self.model_path = Path(model_path).resolve()
         tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
         self.fmt = ArcFormat(tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(str(self.model_path), dtype=getattr(torch, self.dtype))
-        self.adapters = PeftSwitch(model.to(self.device).eval())
+        model = load_causal_lm(self.model_path, self.dtype, quantization, self.device)
+        self.quantization = quantization
+        self.adapters = PeftSwitch(model)
         # the tree mask replaces the model's own masks: exact only where every layer attends to all positions
         self.tree_exact = all(t == "full_attention" for t in getattr(model.config, "layer_types", None) or ())
         self.max_tokens = max_tokens

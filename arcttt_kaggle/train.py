@@ -33,18 +33,31 @@ Cost of the knobs (an 8B Llama at 8192 tokens on a 24 GB GPU as the yardstick):
   (8192 * 152k * 4 bytes = 5 GB for Qwen2.5 without Unsloth's chunked loss); examples longer are skipped.
 - ``gradient_checkpointing``: keeps one activation per layer and recomputes the rest in backward, ~30% more
   time for ~5-10x less activation memory (Unsloth's mode also offloads them to host RAM on GPU).
+
+Numerics and failures. A step whose loss or gradient is not finite is skipped and counted (fp16: GradScaler
+skips it and lowers its scale; fp32/bf16: the gradient norm is checked here). A task whose loss or LoRA weights
+(in the dtype they are saved in) are not finite gets ``finite=False`` and no adapter: its caller decodes it with
+the base model. An exception inside a step (a CUDA OOM) is re-raised after ``recover()``: gradients dropped,
+adapter re-initialized, CUDA cache emptied, so the next task starts clean. Adapters are saved in the base's
+compute dtype (fp16/bf16 on GPU: half of fp32's bytes; vLLM casts LoRA weights to its model dtype anyway), into
+a temporary folder renamed into place, so a failed write (a full disk) never leaves a partial adapter.
 """
 
 from __future__ import annotations
 
 import gc
+import math
+import os
+import shutil
 import sys
+import tempfile
 import time
+import traceback
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -52,6 +65,11 @@ from .format import IGNORE_INDEX, ArcFormat, Encoded
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _ADAPTER = "default"  # the PEFT adapter name: one adapter, re-initialized per task
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class AdapterSaveError(RuntimeError):
+    """Writing a task's adapter failed (e.g. ENOSPC); the partial folder was removed, nothing was kept."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +81,8 @@ class TrainConfig:
     load_in_4bit: bool = field(default=True, metadata={
         "help": "NF4 4-bit base via bitsandbytes: ~3.5x less base memory, ~10-30% slower matmuls."})
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = field(default="auto", metadata={
-        "help": "compute dtype; auto = bf16 where supported, fp16 on T4, Unsloth's choice on CPU."})
+        "help": "compute dtype (adapters are saved in it); auto = decode.resolve_dtype's rule on GPU (bf16 from "
+                "compute capability 8, fp16 on T4); on CPU fp32 for peft, Unsloth's own choice for unsloth."})
     lora_rank: int = field(default=32, metadata={
         "help": "LoRA rank r: trainable params and optimizer memory linear in r."})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA scale numerator: the update is alpha/r * B A."})
@@ -126,10 +145,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one ``train_task`` did. ``losses``: the token-weighted mean loss of each optimizer step."""
+    """What one ``train_task`` did. ``losses``: the token-weighted mean loss of each optimizer step.
+
+    ``finite=False``: a loss or a saved LoRA weight was not finite, ``reason`` says which, and no adapter was
+    written (``adapter_dir`` is None): decode this task with the base model."""
 
     task_id: str
-    adapter_dir: Path
+    adapter_dir: Path | None
     steps_done: int
     losses: list[float]
     seconds: float
@@ -137,6 +159,10 @@ class TrainResult:
     stopped_early: bool
     examples_used: int = 0
     examples_skipped: int = 0  # longer than max_seq_len
+    skipped_steps: int = 0  # optimizer steps not applied: non-finite loss or gradient (fp16: GradScaler skips)
+    finite: bool = True
+    reason: str = ""  # why the adapter is not usable; "" when finite
+    adapter_bytes: int = 0  # size of the saved weights file
 
 
 class Trainer:
@@ -166,6 +192,8 @@ class Trainer:
                 p.data = p.data.float()
         self.device = self._lora[0][1].device
         self.compute_dtype = _compute_dtype(self.model)
+        # Saved in the dtype the base computes in: fp16/bf16 on GPU halves the file; fp32 on CPU stays exact.
+        self.save_dtype = self.compute_dtype if self.compute_dtype in (torch.float16, torch.bfloat16) else torch.float32
         self._torch = torch
 
     # -- adapter state --------------------------------------------------------------------------------------
@@ -183,6 +211,25 @@ class Trainer:
         """A CPU copy of the LoRA weights by parameter name (for tests and checks)."""
         return {n: p.detach().float().cpu().clone() for n, p in self._lora}
 
+    def adapter_state(self) -> dict[str, Any]:
+        """The LoRA weights as saved: PEFT's key names (what vLLM reads), in ``save_dtype``, on the CPU."""
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.model, adapter_name=_ADAPTER, save_embedding_layers=False)
+        return {k: v.detach().to(device="cpu", dtype=self.save_dtype).contiguous() for k, v in state.items()}
+
+    def recover(self, seed: int | None = None) -> None:
+        """Clean state after an exception inside a training step (a CUDA OOM): drop every gradient (backward
+        accumulates into ``.grad``, so a stale one would leak into the next task's first step), re-initialize
+        the adapter, and on CUDA hand the failed step's cached blocks back to the driver. ``train_task`` calls
+        it itself before re-raising."""
+        self.model.zero_grad(set_to_none=True)
+        self.reset_adapter(self.config.seed if seed is None else seed)
+        self.model.train()
+        gc.collect()
+        if self.device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
     # -- training -------------------------------------------------------------------------------------------
     def encode(self, examples: Sequence) -> tuple[list[Encoded], int]:
         """Examples (anything with ``.demos`` and ``.query``, or ``Encoded``) to token ids; returns the ones
@@ -193,13 +240,18 @@ class Trainer:
         return kept, len(enc) - len(kept)
 
     def train_task(self, task_id: str, examples: Sequence, out_dir: Path, *, steps: int | None = None,
-                   seed: int | None = None, deadline: float | None = None, progress: bool = False) -> TrainResult:
+                   seed: int | None = None, deadline: float | None = None, progress: bool = False,
+                   step_hook: Callable | None = None, save_hook: Callable | None = None) -> TrainResult:
         """Reset the adapter, train ``steps`` optimizer steps on ``examples``, save to ``out_dir``.
 
         ``deadline`` (a ``time.time()`` value) is checked before every step; when it has passed the loop stops
-        and the adapter trained so far is still saved (``stopped_early``).
+        and the adapter trained so far is still saved (``stopped_early``). A non-finite loss or weight gives
+        ``finite=False`` and saves nothing (see ``TrainResult``). An exception in a step is re-raised after
+        ``recover()``. Fault injection (the worker's fault matrix): ``step_hook(step, loss) -> loss`` gets every
+        micro-batch's loss before its backward and may raise (as an OOM would) or return another loss;
+        ``save_hook(tmp_dir)`` runs mid-write (see ``save_adapter``).
         """
-        torch, cfg = self._torch, self.config
+        cfg = self.config
         t0 = time.time()
         steps = cfg.steps if steps is None else steps
         seed = cfg.seed if seed is None else seed
@@ -210,6 +262,29 @@ class Trainer:
             raise ValueError(f"task {task_id}: no training example fits max_seq_len={cfg.max_seq_len} "
                              f"({skipped} given)")
         self.reset_adapter(seed)
+        self.model.zero_grad(set_to_none=True)
+        try:
+            losses, tokens, stopped, skipped_steps = self._run_steps(task_id, encoded, steps, seed, deadline,
+                                                                     progress, step_hook)
+        except BaseException as e:
+            # The traceback keeps the failed step's frames, and with them its activations, alive: clear them
+            # first so that recover() can really hand the memory back.
+            traceback.clear_frames(e.__traceback__)
+            self.recover(seed)
+            raise
+        state = self.adapter_state()
+        reason = _nonfinite_reason(losses, state, self.save_dtype)
+        adapter_dir, nbytes = None, 0
+        if not reason:
+            adapter_dir = self.save_adapter(Path(out_dir), state=state, task_id=task_id, save_hook=save_hook)
+            nbytes = (adapter_dir / WEIGHTS_FILE).stat().st_size
+        return TrainResult(task_id, adapter_dir, len(losses), losses, time.time() - t0, tokens, stopped,
+                           len(encoded), skipped, skipped_steps, not reason, reason, nbytes)
+
+    def _run_steps(self, task_id: str, encoded: list[Encoded], steps: int, seed: int, deadline: float | None,
+                   progress: bool, step_hook: Callable | None) -> tuple[list[float], int, bool, int]:
+        """The optimizer loop: (losses, tokens seen, stopped early, skipped steps)."""
+        torch, cfg = self._torch, self.config
         params = [p for _, p in self._lora]
         # Fresh optimizer per task: AdamW moments are optimizer state, never carried across tasks. The fused
         # kernel is far faster than the per-tensor loop over LoRA's many small matrices.
@@ -222,54 +297,65 @@ class Trainer:
         rng = np.random.default_rng(seed)
         order: list[int] = []
         losses: list[float] = []
-        tokens = 0
+        tokens = skipped = 0
         stopped = False
         bar = _progress_bar(steps, task_id) if progress else None
         self.model.train()
-        for step in range(steps):
-            if deadline is not None and time.time() >= deadline:
-                stopped = True
-                break
-            micro = []
-            for _ in range(cfg.grad_accum):
-                batch = []
-                for _ in range(cfg.batch_size):
-                    if not order:  # epochs of shuffled examples, so every example is seen once per epoch
-                        order = rng.permutation(len(encoded)).tolist()
-                    batch.append(encoded[order.pop()])
-                micro.append(batch)
-            window = sum(_loss_tokens(e) for b in micro for e in b)  # token-weighted mean over the window
-            step_loss = 0.0
-            for batch in micro:
-                ids, mask, labels = self._collate(batch)
-                with self._autocast():
-                    out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
-                n = int((labels[:, 1:] != IGNORE_INDEX).sum())
-                loss = out.loss.float() * (n / window)
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += float(loss.detach())
-                tokens += int(mask.sum())
-            if scaler:
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(step_loss)
+        try:
+            for step in range(steps):
+                if deadline is not None and time.time() >= deadline:
+                    stopped = True
+                    break
+                micro = []
+                for _ in range(cfg.grad_accum):
+                    batch = []
+                    for _ in range(cfg.batch_size):
+                        if not order:  # epochs of shuffled examples, so every example is seen once per epoch
+                            order = rng.permutation(len(encoded)).tolist()
+                        batch.append(encoded[order.pop()])
+                    micro.append(batch)
+                window = sum(_loss_tokens(e) for b in micro for e in b)  # token-weighted mean over the window
+                step_loss = 0.0
+                for batch in micro:
+                    ids, mask, labels = self._collate(batch)
+                    with self._autocast():
+                        out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
+                    n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+                    loss = out.loss.float() * (n / window)
+                    if step_hook is not None:
+                        loss = step_hook(step, loss)
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    step_loss += float(loss.detach())
+                    tokens += int(mask.sum())
+                skipped += self._optimizer_step(opt, scaler, params, step_loss)
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(step_loss)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss:.3f}")
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.3f}")
-        if bar is not None:
-            bar.close()
-        del opt, sched
-        out_dir = Path(out_dir)
-        self.save_adapter(out_dir)
-        return TrainResult(task_id, out_dir, len(losses), losses, time.time() - t0, tokens, stopped,
-                           len(encoded), skipped)
+                bar.close()
+        return losses, tokens, stopped, skipped
+
+    def _optimizer_step(self, opt, scaler, params, loss: float) -> bool:
+        """Clip and step; True when the step was skipped. fp16: ``scaler.step`` skips a step whose gradients
+        hold inf/NaN and ``update`` then lowers the scale, so a scale drop is a skipped step. Otherwise a
+        non-finite loss or gradient norm skips it here (AdamW would write NaN into every LoRA weight)."""
+        torch = self._torch
+        if scaler is not None:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            return scaler.get_scale() < scale
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if not (math.isfinite(loss) and bool(torch.isfinite(norm))):
+            return True
+        opt.step()
+        return False
 
     def train_all(self, examples_by_task: Mapping[str, Sequence], out_root: Path, *, progress: bool = False,
                   deadline: float | None = None) -> dict[str, TrainResult]:
@@ -283,11 +369,43 @@ class Trainer:
         return {task_id: self.train_task(task_id, exs, out_root / task_id, deadline=deadline, progress=progress)
                 for task_id, exs in examples_by_task.items()}
 
-    def save_adapter(self, out_dir: Path) -> Path:
-        """PEFT format (adapter_config.json + adapter_model.safetensors), LoRA weights only: what vLLM loads."""
+    def save_adapter(self, out_dir: Path, *, state: Mapping[str, Any] | None = None, task_id: str = "",
+                     save_hook: Callable | None = None) -> Path:
+        """PEFT format (adapter_config.json + adapter_model.safetensors), LoRA weights only, in ``save_dtype``:
+        what vLLM loads. Written into a temporary folder next to ``out_dir`` and renamed into place (replacing
+        an older adapter there); on an error the partial folder is removed and ``AdapterSaveError`` names the
+        task. ``save_hook(tmp_dir)`` runs after the config is written and before the weights (fault injection:
+        raising ``OSError(ENOSPC)`` there is a disk that filled up mid-save)."""
+        from safetensors.torch import save_file
+
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
+        state = self.adapter_state() if state is None else state
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the adapter folder is an ordinary one
+            peft_cfg = self.model.peft_config[_ADAPTER]
+            mode, peft_cfg.inference_mode = peft_cfg.inference_mode, True  # as PEFT's save_pretrained writes it
+            try:
+                peft_cfg.save_pretrained(str(tmp))
+            finally:
+                peft_cfg.inference_mode = mode
+            if save_hook is not None:
+                save_hook(tmp)
+            save_file(dict(state), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            for f in tmp.iterdir():
+                _fsync(f)
+            old = tmp.with_name(tmp.name + ".old")
+            if out_dir.exists():
+                os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, Exception):
+                raise AdapterSaveError(f"task {task_id or out_dir.name}: writing its adapter to {out_dir} failed "
+                                       f"(partial folder removed): {type(e).__name__}: {e}") from e
+            raise
         return out_dir
 
     # -- evaluation -----------------------------------------------------------------------------------------
@@ -397,7 +515,7 @@ def _load_unsloth(model_path: Path, cfg: TrainConfig):
     except ImportError as e:
         raise ImportError(f"TrainConfig(backend='unsloth') but unsloth cannot be imported ({e}). Install it "
                           f"(`pip install unsloth`) or use TrainConfig(backend='peft').") from e
-    dtype = _torch_dtype(cfg.dtype)  # None: Unsloth picks (bf16 where supported, else fp16; CPU: bf16 or fp32)
+    dtype = _load_dtype(cfg.dtype, "unsloth")  # None (auto on CPU): Unsloth picks, bf16 where the CPU has it
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(model_path), max_seq_length=cfg.max_seq_len, dtype=dtype, load_in_4bit=cfg.load_in_4bit)
     model = FastLanguageModel.get_peft_model(
@@ -416,9 +534,7 @@ def _load_peft(model_path: Path, cfg: TrainConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cuda = torch.cuda.is_available()
-    dtype = _torch_dtype(cfg.dtype)
-    if dtype is None:  # auto: bf16 on Ampere+ (L4), fp16 on T4, fp32 on CPU (always exact there)
-        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    dtype = _load_dtype(cfg.dtype, "peft")
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": 0} if cuda else "cpu"}
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
@@ -438,10 +554,37 @@ def _load_peft(model_path: Path, cfg: TrainConfig):
     return model, tokenizer, f"peft {peft.__version__} + transformers {transformers.__version__} ({_describe(model)})"
 
 
-def _torch_dtype(name: str):
+def _load_dtype(name: str, backend: str):
+    """The dtype to load the base in. ``auto`` follows ``decode.resolve_dtype`` (bf16 only from compute
+    capability 8: a T4's ``torch.cuda.is_bf16_supported()`` says True, by slow emulation; fp32 on CPU), except
+    Unsloth on CPU, which gets None and picks its own."""
     import torch
 
-    return None if name == "auto" else getattr(torch, name)
+    from .decode import resolve_dtype
+
+    if name == "auto" and backend == "unsloth" and not torch.cuda.is_available():
+        return None
+    return getattr(torch, resolve_dtype(name))
+
+
+def _nonfinite_reason(losses: Sequence[float], state: Mapping[str, Any], dtype) -> str:
+    """Why an adapter must not be used ("" when it may): a non-finite step loss, or a non-finite weight as
+    saved (fp16 overflows above 65504)."""
+    bad_steps = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad_steps:
+        return f"non-finite loss at step(s) {bad_steps[:5]}{' ...' if len(bad_steps) > 5 else ''}"
+    bad = [k for k, v in state.items() if not bool(v.isfinite().all())]
+    if bad:
+        return f"{len(bad)} of {len(state)} LoRA tensors not finite in {str(dtype).replace('torch.', '')} ({bad[0]})"
+    return ""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _compute_dtype(model):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .candidates import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class WorkerSpec:
     attempt: int = 0  # 0 = first launch; a replacement worker has attempt 1 (faults fire on attempt 0 only)
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=1))
+        atomic_write_text(path, json.dumps(self.__dict__, indent=1))
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -73,6 +76,9 @@ class Events:
             f.flush()
 
 
+EXIT_NO_DECODER = 3  # the worker's exit code when no decoding engine rung started: the parent replaces it
+
+
 def run_worker(spec: WorkerSpec) -> int:
     # Imports here, after the parent set CUDA_VISIBLE_DEVICES: Unsloth must be imported before transformers
     # and peft to patch them, so the trainer module is the first engine import of this process.
@@ -80,9 +86,10 @@ def run_worker(spec: WorkerSpec) -> int:
     from .data import load_challenges
 
     cfg = RunConfig.from_dict(spec.config)
+    _limit_threads()
     work = Path(spec.work_dir)
     events = Events(work / "events.jsonl", spec.worker)
-    fault = spec.fault if spec.attempt == 0 else ""
+    faults = set(spec.fault.split(",")) - {""} if spec.attempt == 0 else set()
     events.emit("worker", "start", pid=os.getpid(), tasks=len(spec.task_ids), attempt=spec.attempt,
                 cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     loaded = load_challenges(cfg.challenges, strict=False).tasks
@@ -90,56 +97,118 @@ def run_worker(spec: WorkerSpec) -> int:
 
     adapters: dict[str, str] = {}
     if spec.train_steps > 0 and cfg.run_ttt:
-        adapters = (_train_isolated if cfg.isolate_training else _train_phase)(spec, cfg, tasks, events, fault)
-    candidates = _decode_phase(spec, cfg, tasks, adapters, events, fault)
-    if cfg.select.method == "poe" and candidates and time.time() < spec.deadline:
-        _score_phase(spec, cfg, tasks, adapters, candidates, events)
+        adapters = (_train_isolated if cfg.isolate_training else _train_phase)(spec, cfg, tasks, events, faults)
+        spec, cfg = _apply_replan(spec, cfg, tasks, read_events(events.path))
+    if "corrupt-adapter" in faults and adapters:
+        _corrupt(Path(sorted(adapters.values())[-1]))
+    candidates = _decode_phase(spec, cfg, tasks, adapters, events, faults)
+    if candidates is None:
+        events.emit("worker", "error", reason="no decoding engine started (every rung of the ladder failed)")
+        return EXIT_NO_DECODER
+    if cfg.select.method == "poe" and candidates:
+        if cfg.select.poe_views > 0 and time.time() < spec.deadline:
+            _score_phase(spec, cfg, tasks, adapters, candidates, events)
+        else:
+            for tid in tasks:
+                events.emit("score", "skipped", task=tid, reason="re-plan left no time for scoring" if
+                            cfg.select.poe_views == 0 else "deadline reached before scoring")
+    if not cfg.keep_adapters:
+        # Disk: /kaggle/working holds ~20 GB; a task's adapter is not needed once it is decoded and scored.
+        shutil.rmtree(Path(spec.work_dir) / "adapters", ignore_errors=True)
     events.emit("worker", "done")
     return 0
 
 
-def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str) -> dict[str, str]:
+def _limit_threads() -> None:
+    """torch's intra-op threads to the parent's budget (``ARCTTT_THREADS``; OpenMP/BLAS read their env)."""
+    n = os.environ.get("ARCTTT_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def _start_trainer(spec: WorkerSpec, cfg, events: Events):
+    """The training engine ladder: the configured backend, then PEFT. Each failed rung is an ``engine`` event
+    with its exact error; returns None when no rung starts (every task then decodes with the base model)."""
     from .train import Trainer
+
+    rungs = [cfg.train.backend] + (["peft"] if cfg.train.backend != "peft" else [])
+    for i, backend in enumerate(rungs):
+        t0 = time.time()
+        try:
+            trainer = Trainer(spec.model_path, replace(cfg.train, backend=backend, steps=spec.train_steps))
+        except Exception as e:  # noqa: BLE001 - an engine that fails to start: take the next rung
+            nxt = rungs[i + 1] if i + 1 < len(rungs) else "none (decode with the base model)"
+            events.emit("engine", "fallback", start=t0, stage="train", rung=backend, next=nxt,
+                        error=f"{type(e).__name__}: {e}")
+            continue
+        events.emit("startup_train", "ok", start=t0, backend=trainer.backend)
+        events.emit("engine", "ok", stage="train", rung=backend, backend=trainer.backend)
+        return trainer
+    events.emit("train", "error", reason="no training engine started: every task decodes with the base model")
+    return None
+
+
+def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> dict[str, str]:
+    from .budget import Settings, Throughput
+    from .planning import replan
     from .ttt_data import build_ttt_examples
 
-    t0 = time.time()
-    try:
-        trainer = Trainer(spec.model_path, replace(cfg.train, steps=spec.train_steps))
-    except Exception as e:  # noqa: BLE001 - the engine failed to start: decode every task with the base model
-        events.emit("train", "error", start=t0, reason=f"trainer failed to start: {e!r}")
+    trainer = _start_trainer(spec, cfg, events)
+    if trainer is None:
         return {}
-    events.emit("startup_train", "ok", start=t0, backend=trainer.backend)
     adapters: dict[str, str] = {}
     steps = spec.train_steps
-    measured: list[tuple[int, float]] = []  # (examples' tokens seen, seconds) of trained tasks
+    train_deadline = spec.train_deadline
+    trained, replanned = 0, False
     try:
         # Cheapest tasks first: under a deadline this trains the most adapters.
         order = sorted(tasks.values(), key=lambda t: (t.num_cells, t.id))
         for n, task in enumerate(order):
-            if len(measured) == cfg.budget.calibrate_after_tasks:
-                steps = _calibrated_steps(steps, measured, order[n:], spec.train_deadline)
-                events.emit("calibrate", "ok", steps=steps, tokens_per_s=sum(t for t, _ in measured) / sum(s for _, s in measured))
-            if time.time() >= spec.train_deadline:
-                events.emit("train", "skipped", task=task.id, reason="training phase deadline reached")
+            if trained >= cfg.budget.calibrate_after_tasks and not replanned:
+                # Re-plan what is left from this run's own measurements (the priors may be far off).
+                current = Settings(steps, spec.views_per_test, cfg.select.poe_views if cfg.select.method == "poe" else 0,
+                                   cfg.select.poe_top_c, _extra_ratio(spec, tasks))
+                rp = replan(read_events(events.path), Throughput(**cfg.throughput.__dict__), tasks,
+                            [t.id for t in order[n:]], cfg.ttt, cfg.train.batch_size * cfg.train.grad_accum, current,
+                            time.time(), spec.deadline, cfg.budget.max_train_share)
+                steps, train_deadline = rp.settings.train_steps, rp.train_deadline
+                events.emit("replan", "ok", **rp.to_event(current), train_deadline=rp.train_deadline,
+                            decode_deadline=rp.decode_deadline)
+                replanned = True
+            if steps == 0 or time.time() >= train_deadline:
+                why = "re-plan: no TTT for the remaining tasks" if steps == 0 else "training phase deadline reached"
+                events.emit("train", "skipped", task=task.id, reason=why)
                 continue
-            if fault == "worker-crash" and n == 1:
+            if "worker-crash" in faults and n == 1:
                 os.kill(os.getpid(), signal.SIGKILL)  # a worker killed mid-training
+            if "train-hang" in faults and n == 1:
+                events.emit("train", "hang", task=task.id, reason="injected fault: train-hang")
+                time.sleep(10 ** 6)  # the training child never returns; the worker kills it at its deadline
             ts = time.time()
             try:
-                if fault == "task-exception" and n == 0:
+                if "task-exception" in faults and n == 0:
                     raise RuntimeError("injected fault: task-exception")
                 examples = build_ttt_examples(task, cfg.ttt, count_tokens=trainer.fmt.token_count)
                 if not examples:
                     raise ValueError("no TTT examples fit the token budget")
                 # Per-task cap: twice a fair share of the phase time left, so one large task cannot starve the rest.
-                cap = ts + 2.0 * max(0.0, spec.train_deadline - ts) / (len(order) - n)
+                cap = ts + 2.0 * max(0.0, train_deadline - ts) / (len(order) - n)
                 res = trainer.train_task(task.id, examples, Path(spec.work_dir) / "adapters" / task.id,
-                                         steps=steps, seed=cfg.seed, deadline=min(spec.train_deadline, cap))
-                adapters[task.id] = str(res.adapter_dir)
-                measured.append((res.tokens_seen, time.time() - ts))
-                events.emit("train", "ok", task=task.id, start=ts, steps=res.steps_done, tokens=res.tokens_seen,
+                                         steps=steps, seed=cfg.seed, deadline=min(train_deadline, cap),
+                                         **_train_faults(faults, n))
+                trained += 1
+                info = dict(steps=res.steps_done, tokens=res.tokens_seen, stopped_early=res.stopped_early,
                             loss_first=res.losses[0] if res.losses else None,
-                            loss_last=res.losses[-1] if res.losses else None, stopped_early=res.stopped_early)
+                            loss_last=res.losses[-1] if res.losses else None,
+                            skipped_steps=getattr(res, "skipped_steps", 0))
+                if not getattr(res, "finite", True):
+                    events.emit("train", "error", task=task.id, start=ts, **info,
+                                reason=f"adapter not used: {getattr(res, 'reason', '') or 'non-finite loss or weights'}")
+                    continue
+                adapters[task.id] = str(res.adapter_dir)
+                events.emit("train", "ok", task=task.id, start=ts, **info)
             except Exception as e:  # noqa: BLE001 - per-task edge: this task decodes with the base model
                 events.emit("train", "error", task=task.id, start=ts, reason=f"{type(e).__name__}: {e}")
     finally:
@@ -147,28 +216,92 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str)
     return adapters
 
 
-def _train_child(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str, out: str) -> None:
-    adapters = _train_phase(spec, cfg, tasks, events, fault)
-    Path(out).write_text(json.dumps(adapters))
+def _train_faults(faults: set[str], n: int) -> dict:
+    """Keyword arguments of ``Trainer.train_task`` that inject a training fault, each into its own task ``n`` so
+    several share one run: an exception in a step of task 0, ENOSPC saving task 1, a non-finite loss in task 2."""
+    import errno
+
+    kw: dict[str, Any] = {}
+    if "step-exception" in faults and n == 0:
+        def raise_in_step(step, loss):
+            if step == 1:
+                raise RuntimeError("injected fault: CUDA out of memory in training step 1 (step-exception)")
+            return loss
+        kw["step_hook"] = raise_in_step
+    if "nonfinite-loss" in faults and n == 2:
+        kw["step_hook"] = lambda step, loss: loss * float("nan")
+    if "enospc" in faults and n == 1:
+        def no_space(path):
+            raise OSError(errno.ENOSPC, "injected fault: No space left on device", str(path))
+        kw["save_hook"] = no_space
+    return kw
 
 
-def _train_isolated(spec: WorkerSpec, cfg, tasks: dict, events: Events, fault: str) -> dict[str, str]:
-    """``_train_phase`` in a spawned child: when it exits the GPU is empty for vLLM. If the child dies, the
-    adapters it saved before dying are still used (each is written whole before its event)."""
+def _extra_ratio(spec: WorkerSpec, tasks: dict) -> float:
+    tests = sum(len(t.test) for t in tasks.values())
+    return spec.extra_view_units / max(1, spec.views_per_test * tests)
+
+
+def _apply_replan(spec: WorkerSpec, cfg, tasks: dict, events: list[dict]):
+    """The last in-run re-plan (made in this process or in the training child) applied to what comes next:
+    views, the second pass, scoring, and the decode deadline."""
+    rp = [e for e in events if e["phase"] == "replan" and e["status"] == "ok"]
+    if not rp:
+        return spec, cfg
+    after, tests = rp[-1]["after"], sum(len(t.test) for t in tasks.values())
+    spec = replace(spec, views_per_test=int(after["views_per_test"]),
+                   extra_view_units=float(after["extra_view_ratio"]) * int(after["views_per_test"]) * tests,
+                   decode_deadline=min(spec.deadline, max(time.time(), float(rp[-1]["decode_deadline"]))))
+    if cfg.select.method == "poe":
+        cfg = replace(cfg, select=replace(cfg.select, poe_views=int(after["score_views"]),
+                                          poe_top_c=int(after["score_top_c"])))
+    return spec, cfg
+
+
+def _corrupt(adapter_dir: Path) -> None:
+    """Injected fault 'corrupt-adapter': the weights file of one trained adapter is overwritten with garbage."""
+    for f in adapter_dir.glob("*.safetensors"):
+        f.write_bytes(b"\x00garbage, not safetensors" * 4)
+
+
+def _train_child(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str], out: str) -> None:
+    _die_with_parent()
+    _limit_threads()
+    adapters = _train_phase(spec, cfg, tasks, events, faults)
+    atomic_write_text(Path(out), json.dumps(adapters))
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a SIGKILLed worker leaves no child on the GPU)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's process-group kill still covers it
+
+
+def _train_isolated(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> dict[str, str]:
+    """``_train_phase`` in a spawned child: when it exits the GPU is empty for vLLM. If the child dies or hangs,
+    the adapters it saved before are still used (each is written whole before its event)."""
     import multiprocessing as mp
 
     out = Path(spec.work_dir) / "adapters.json"
-    child = mp.get_context("spawn").Process(target=_train_child, args=(spec, cfg, tasks, events, fault, str(out)))
+    child = mp.get_context("spawn").Process(target=_train_child, args=(spec, cfg, tasks, events, faults, str(out)))
     child.start()
-    child.join(max(1.0, spec.train_deadline - time.time() + 60.0))
-    if child.is_alive():
+    # Grace after the training deadline for the task in flight and the save; never past the decode deadline.
+    grace = min(60.0, max(5.0, 0.25 * (spec.decode_deadline - spec.train_deadline)))
+    child.join(max(1.0, min(spec.train_deadline + grace, spec.decode_deadline) - time.time()))
+    hung = child.is_alive()
+    if hung:
         child.kill()
-        child.join()
-    if out.exists():
+        child.join(10)
+    if out.exists() and not hung:
         return json.loads(out.read_text())
     done = [e["task"] for e in read_events(events.path) if e["phase"] == "train" and e["status"] == "ok"]
-    events.emit("train", "error", reason=f"training process exited with code {child.exitcode}; "
-                                         f"keeping the {len(done)} adapters it saved")
+    why = (f"training process still running {grace:.0f}s after the training deadline: killed"
+           if hung else f"training process exited with code {child.exitcode}")
+    events.emit("train", "error", reason=f"{why}; keeping the {len(done)} adapters it saved")
     return {t: str(Path(spec.work_dir) / "adapters" / t) for t in done}
 
 
@@ -183,42 +316,42 @@ def read_events(path: Path) -> list[dict]:
     return out
 
 
-def _calibrated_steps(steps: int, measured: list[tuple[int, float]], left: list, deadline: float) -> int:
-    """Fewer TTT steps when the measured speed says the remaining tasks would overrun the training deadline.
+def _start_decoder(spec: WorkerSpec, cfg, adapters: dict[str, str], events: Events):
+    """The decoding engine ladder: the configured backend, then transformers. Each failed rung is an ``engine``
+    event with its exact error; None when no rung starts."""
+    from .decode import Decoder
 
-    The remaining tasks are extrapolated at the measured mean seconds per task (tasks are trained cheapest
-    first, so this errs short, and the per-task deadline still stops a long one). Steps never go up (the plan
-    already chose them) nor below 1.
-    """
-    secs = sum(s for _, s in measured)
-    if secs <= 0 or not left:
-        return steps
-    per_task = secs / len(measured)
-    predicted = per_task * len(left)
-    available = max(0.0, deadline - time.time())
-    if predicted <= available:
-        return steps
-    return max(1, int(steps * available / predicted))
+    # Every adapter of this worker (plus the zero adapter base-model requests use on CPU) must fit the CPU
+    # LoRA cache: with fewer slots vLLM evicts and re-reads adapters from disk, 10-25x slower (measured).
+    slots = max(cfg.decode.max_cpu_loras or 0, len(adapters) + 1, cfg.decode.max_loras)
+    rungs = [cfg.decode.backend] + (["hf"] if cfg.decode.backend != "hf" else [])
+    for i, backend in enumerate(rungs):
+        t0 = time.time()
+        try:
+            decoder = Decoder(spec.model_path, replace(cfg.decode, backend=backend, max_cpu_loras=slots))
+        except Exception as e:  # noqa: BLE001 - an engine that fails to start: take the next rung
+            nxt = rungs[i + 1] if i + 1 < len(rungs) else "none (every task keeps its fallback and program answers)"
+            events.emit("engine", "fallback", start=t0, stage="decode", rung=backend, next=nxt,
+                        error=f"{type(e).__name__}: {e}")
+            continue
+        events.emit("startup_decode", "ok", start=t0, backend=decoder.backend)
+        events.emit("engine", "ok", stage="decode", rung=backend, backend=decoder.backend)
+        return decoder
+    return None
 
 
-def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, fault: str):
+def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, faults: set[str]):
+    """Two decoding passes; returns the candidates, or None when no decoding engine started."""
     from .allocate import allocate, allocation_report, estimate_difficulty
     from .candidates import merge_candidate_sets, write_candidate_file
-    from .decode import Decoder, plan_requests
+    from .decode import plan_requests
 
-    t0 = time.time()
-    try:
-        # Every adapter of this worker (plus the zero adapter base-model requests use on CPU) must fit the CPU
-        # LoRA cache: with fewer slots vLLM evicts and re-reads adapters from disk, 10-25x slower (measured).
-        slots = max(cfg.decode.max_cpu_loras or 0, len(adapters) + 1, cfg.decode.max_loras)
-        decoder = Decoder(spec.model_path, replace(cfg.decode, max_cpu_loras=slots))
-    except Exception as e:  # noqa: BLE001 - no decoder: every task keeps its fallback (and program answers)
-        events.emit("decode", "error", start=t0, reason=f"decoder failed to start: {e!r}")
-        return {}
-    events.emit("startup_decode", "ok", start=t0, backend=decoder.backend)
+    decoder = _start_decoder(spec, cfg, adapters, events)
+    if decoder is None:
+        return None
     cands_path = Path(spec.work_dir) / "candidates.json"
     try:
-        if fault == "decode-hang":
+        if "decode-hang" in faults:
             events.emit("decode", "hang", reason="injected fault: decode-hang")
             time.sleep(10 ** 6)  # decoding never returns; the parent terminates this worker at its deadline
         m = spec.views_per_test
@@ -226,8 +359,9 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
                 for r in plan_requests(task, _path(adapters.get(tid)), m, cfg.seed, cfg.decode.keep_background)]
         ts = time.time()
         outs = decoder.generate(reqs, progress=True, deadline=spec.decode_deadline)
-        if fault == "unparsable":
+        if "unparsable" in faults:
             outs = _garbage(decoder, outs, cfg.seed)
+        _failure_events(decoder, events, 1)
         first = _collect(tasks, reqs, outs)
         pass1_s = time.time() - ts
         write_candidate_file(cands_path, first, "ttt", {"worker": spec.worker, "pass": 1, "adapters": adapters})
@@ -241,15 +375,17 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
         affordable = max(0.0, (spec.decode_deadline - time.time()) * 0.8 / per_view_s) if reqs else 0.0
         units = min(spec.extra_view_units, affordable)
         extra = allocate(est, units, cfg.allocation)
-        (Path(spec.work_dir) / "allocation.json").write_text(json.dumps(allocation_report(est, extra, units), default=str))
+        atomic_write_text(Path(spec.work_dir) / "allocation.json",
+                          json.dumps(allocation_report(est, extra, units), default=str))
         reqs2 = [r for tid, n in extra.items() if n > 0
                  for r in plan_requests(tasks[tid], _path(adapters.get(tid)), n, cfg.seed, cfg.decode.keep_background,
                                         skip=m)]
         if reqs2 and time.time() < spec.decode_deadline:
             ts = time.time()
             outs2 = decoder.generate(reqs2, progress=True, deadline=spec.decode_deadline)
-            if fault == "unparsable":
+            if "unparsable" in faults:
                 outs2 = _garbage(decoder, outs2, cfg.seed + 1)
+            _failure_events(decoder, events, 2)
             merged = merge_candidate_sets(first, _collect(tasks, reqs2, outs2))
             write_candidate_file(cands_path, merged, "ttt", {"worker": spec.worker, "pass": 2, "adapters": adapters})
             events.emit("decode", "ok", start=ts, pass_=2, requests=len(reqs2), **_stats(decoder))
@@ -267,7 +403,11 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
     from .select import select_attempts
 
     t0 = time.time()
-    scorer = Scorer(spec.model_path, dtype=cfg.decode.dtype, device="cuda" if cfg.device == "cuda" else "cpu")
+    try:
+        scorer = Scorer(spec.model_path, dtype=cfg.decode.dtype, device="cuda" if cfg.device == "cuda" else "cpu")
+    except Exception as e:  # noqa: BLE001 - no scorer: selection falls back to voting
+        events.emit("score", "error", start=t0, reason=f"scorer failed to start: {type(e).__name__}: {e}")
+        return
     events.emit("startup_score", "ok", start=t0)
     scores: dict[str, list[list[Candidate]]] = {}
     try:
@@ -293,11 +433,22 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
             prompts, outputs = view_tokens(task)
             planned = task_work(task, Settings(0, 1, cfg.select.poe_views, cfg.select.poe_top_c), example_tokens=0,
                                 batch=1, prompt_tokens_per_view=prompts, output_tokens_per_view=outputs)
+            # Written after every task (atomically): the parent's SIGTERM at the deadline loses at most one task.
+            write_candidate_file(Path(spec.work_dir) / "scores.json", scores, "scorer", {"worker": spec.worker})
             events.emit("score", "ok", task=tid, start=ts, scored=sum(len(p) for p in per_test),
                         planned_prompt_tokens=planned.score_tokens, planned_output_tokens=planned.score_output_tokens)
-        write_candidate_file(Path(spec.work_dir) / "scores.json", scores, "scorer", {"worker": spec.worker})
     finally:
         scorer.close()
+
+
+def _failure_events(decoder, events: Events, pass_: int) -> None:
+    """The decoder's isolated failures since the last call (a bad adapter decoded with the base model, a request
+    dropped after bisection), one ``decode`` event each so the report names them."""
+    failures = list(getattr(decoder, "failures", []))
+    for f in failures[getattr(decoder, "failures_reported", 0):]:
+        events.emit("decode", "isolated", task=f.get("task", ""), pass_=pass_,
+                    reason="; ".join(str(f[k]) for k in ("reason", "action") if f.get(k)))
+    decoder.failures_reported = len(failures)
 
 
 def _path(p: str | None) -> Path | None:

@@ -76,25 +76,92 @@ def test_plan_predictions_are_reported_next_to_measurements(main_run):
     assert report["phases_total"]["ratio"] is not None
 
 
-@pytest.mark.parametrize("fault, expect", [
-    ("worker-crash", "exited with code"),
-    ("task-exception", "injected fault: task-exception"),
-    ("decode-hang", "terminated at the deadline"),
-    ("unparsable", "all candidates unparsable"),
-    ("deadline", "deadline"),
-    ("bad-task", "rejected at load"),
-])
-def test_fault_matrix(fault, expect, tmp_path):
-    budget = 240.0
+def _reasons(report: dict) -> list[str]:
+    return [r for t in report["per_task"].values() for r in t.get("fallback_reasons", [])]
+
+
+def _events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+
+
+def _fault_run(tmp_path: Path, fault: str, overrides: dict | None = None, budget: float = 240.0) -> dict:
+    """A fault's dry run: the submission is valid for the file the run read and the run ends before its deadline.
+    The dry run's exit code follows the preflight policy (the CLI's rule): non-zero only for a fallback-only run."""
     report = dry_run(challenges=CHALLENGES, solutions=SOLUTIONS, budget_seconds=budget, out_dir=tmp_path,
-                     fault=fault, overrides=FAST)
-    challenges = tmp_path / "challenges_with_bad_task.json" if fault == "bad-task" else CHALLENGES
-    assert validate_submission_file(tmp_path / "submission.json", challenges) == []
+                     fault=fault, overrides={**FAST, **(overrides or {})})
+    assert validate_submission_file(tmp_path / "submission.json", Path(report["dry_run"]["challenges"])) == []
     assert report["budget"]["finished_before_deadline"], report["budget"]
-    reasons = [r for t in report["per_task"].values() for r in t.get("fallback_reasons", [])]
-    assert any(expect in r for r in reasons), reasons
+    assert bool(report["dry_run"]["failed"]) == (report["status"] == "fallback-only"), report["dry_run"]
+    return report
+
+
+@pytest.mark.parametrize("fault, expect, status", [
+    ("worker-crash", "exited with code", "degraded"),
+    ("task-exception", "injected fault: task-exception", "degraded"),
+    ("decode-hang", "terminated at the deadline", None),
+    ("unparsable", "all candidates unparsable", None),
+    ("deadline", "deadline", "degraded"),
+    ("bad-task", "rejected at load", "degraded"),
+])
+def test_fault_matrix(fault, expect, status, tmp_path):
+    report = _fault_run(tmp_path, fault)
+    assert any(expect in r for r in _reasons(report)), _reasons(report)
+    # decode-hang and unparsable leave only program answers: fallback-only unless the expert solved a task.
+    assert report["status"] == (status or ("degraded" if report["programs"]["tasks_decided"] else "fallback-only"))
+    assert report["status_reasons"]
     if fault == "bad-task":
         assert report["per_task"][BAD_TASK_ID]["outcome"] == "placeholder"
+        assert report["dry_run"]["challenges"].endswith("challenges_with_bad_task.json")
+
+
+def test_engine_ladder_and_a_killed_program_expert(tmp_path):
+    """vLLM and Unsloth really fail to import (a broken package first on the path): the workers train with PEFT
+    and decode with transformers, and the report names each rung and the exact import error. The program
+    expert is SIGKILLed: no program answers, and the report says so."""
+    report = _fault_run(tmp_path, "no-vllm,no-unsloth,programs-killed")
+    assert report["backends"]["train"].startswith("peft") and report["backends"]["decode"].startswith("hf")
+    assert sum(1 for t in report["per_task"].values() if t["adapter"]) >= 1
+    assert all(t["candidates"] > 0 for tid, t in report["per_task"].items() if t["attempted"])
+    assert report["status"] == "degraded"
+    text = "\n".join(report["status_reasons"])
+    assert "train engine fell back (rung unsloth)" in text and "injected fault no-unsloth" in text
+    assert "decode engine fell back (rung vllm)" in text and "injected fault no-vllm" in text
+    assert "program expert" in text
+    assert report["programs"]["tasks_with_verified_program"] == 0
+
+
+def test_training_faults_share_one_run(tmp_path):
+    """An exception inside a training step (as an OOM), a non-finite loss, ENOSPC while saving an adapter and a
+    corrupt adapter file, each on its own task: every task still decodes (with the base model where its
+    adapter is unusable), the worker is not replaced, and each fault is named."""
+    report = _fault_run(tmp_path, "step-exception,enospc,nonfinite-loss,corrupt-adapter")
+    assert report["status"] == "degraded"
+    assert [w["returncode"] for w in report["workers"]] == [0]
+    assert all(t["candidates"] > 0 for t in report["per_task"].values() if t["attempted"])
+    text = "\n".join(report["status_reasons"] + _reasons(report))
+    assert "CUDA out of memory in training step 1" in text
+    assert "No space left on device" in text
+    assert "non-finite" in text.lower()
+    isolated = [e for e in _events(tmp_path) if e["phase"] == "decode" and e["status"] == "isolated"]
+    assert isolated and "base model" in isolated[0]["reason"], isolated
+
+
+def test_a_hung_training_child_is_killed_and_decoding_goes_on(tmp_path):
+    report = _fault_run(tmp_path, "train-hang", {"isolate_training": True})
+    assert [w["returncode"] for w in report["workers"]] == [0]
+    assert any("killed" in e.get("reason", "") for e in _events(tmp_path) if e["phase"] == "train")
+    assert all(t["candidates"] > 0 for t in report["per_task"].values() if t["attempted"])
+
+
+def test_a_second_run_into_the_same_folder_reads_nothing_of_the_first(tmp_path):
+    first = _fault_run(tmp_path, "", {"max_tasks": 2})
+    solved_first = {t for t, v in first["per_task"].items() if v["candidates"]}
+    assert len(solved_first) == 2
+    second = _fault_run(tmp_path, "", {"max_tasks": 1})
+    assert "work" in second["cleared_previous_run"] and "events.jsonl" in second["cleared_previous_run"]
+    assert sum(1 for v in second["per_task"].values() if v.get("candidates")) == 1
+    assert {e.get("attempt", 0) for e in _events(tmp_path) if e["phase"] == "worker"} == {0}
+    assert len([e for e in _events(tmp_path) if e["phase"] == "worker" and e["status"] == "start"]) == 1
 
 
 def test_isolated_training_survives_a_training_crash(tmp_path):

@@ -7,16 +7,20 @@ learning by the held-out NLL of a pair the adapter never trained on, not by "tra
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import sys
 import time
+import weakref
 
 import numpy as np
 import pytest
 
 from arcttt_kaggle.data import Pair, Task
 from arcttt_kaggle.format import Encoded
-from arcttt_kaggle.train import TARGET_MODULES, TrainConfig, Trainer, _lr_factor
+from arcttt_kaggle.train import (TARGET_MODULES, WEIGHTS_FILE, AdapterSaveError, TrainConfig, Trainer, _load_dtype,
+                                 _lr_factor, _nonfinite_reason)
 
 # Tiny-model settings: rank 8 is plenty for hidden 128; lr 3e-3 is ~30x a real model's because the random
 # tiny model needs large updates to move its logits in tens of steps.
@@ -79,8 +83,16 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trainer(model_dir):
-    """The default CPU path: Unsloth, 4-bit, Unsloth's own dtype choice."""
+    """The default CPU path: Unsloth, 4-bit, Unsloth's own dtype choice (bf16 on this CPU)."""
     t = Trainer(model_dir, TrainConfig(backend="unsloth", **TINY))
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def trainer32(model_dir):
+    """The cpu-tiny preset's path (Unsloth, 4-bit, fp32) with 2 micro-batches per step."""
+    t = Trainer(model_dir, TrainConfig(backend="unsloth", grad_accum=2, **FAST))
     yield t
     t.close()
 
@@ -107,6 +119,34 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
     assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert factors[-1] == pytest.approx(1 / 6) and all(a > b for a, b in zip(factors[4:], factors[5:]))
     assert _lr_factor(0, 0, 5) == 1.0
+
+
+def test_auto_dtype_is_decode_resolve_dtype_rule_fp16_on_a_t4(monkeypatch):
+    """A T4 (compute capability 7.5) says ``is_bf16_supported() == True`` (emulated, slow): auto must still
+    load fp16 there, bf16 only from capability 8, as the decoder does."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
+    assert _load_dtype("auto", "peft") is torch.float16 and _load_dtype("auto", "unsloth") is torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 9))  # L4
+    assert _load_dtype("auto", "peft") is torch.bfloat16 and _load_dtype("auto", "unsloth") is torch.bfloat16
+    assert _load_dtype("float32", "peft") is torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _load_dtype("auto", "peft") is torch.float32 and _load_dtype("auto", "unsloth") is None
+
+
+def test_nonfinite_reason_names_the_loss_step_or_the_tensor_that_overflows_its_saved_dtype():
+    import torch
+
+    ok = {"a.lora_A.weight": torch.ones(2, 2, dtype=torch.float16)}
+    assert _nonfinite_reason([1.0, 0.5], ok, torch.float16) == ""
+    assert _nonfinite_reason([1.0, float("nan"), float("inf")], ok, torch.float16) == \
+        "non-finite loss at step(s) [1, 2]"
+    overflow = {"b.lora_B.weight": torch.tensor([7e4]).to(torch.float16)}  # fp16 max is 65504
+    assert _nonfinite_reason([1.0], {**ok, **overflow}, torch.float16) == \
+        "1 of 2 LoRA tensors not finite in float16 (b.lora_B.weight)"
 
 
 def test_missing_unsloth_is_a_clear_error_not_a_silent_fallback(tmp_path, monkeypatch):
@@ -154,8 +194,10 @@ def test_ttt_lowers_held_out_nll_and_touches_only_lora(trainer, tmp_path):
     assert np.mean(r.losses[-10:]) < 0.5 * np.mean(r.losses[:3])
     encoded, _ = trainer.encode(examples)  # leave-one-out views of one task are all the same length
     assert r.tokens_seen == 60 * len(encoded[0].input_ids) and r.examples_used == 5 and r.examples_skipped == 0
-    # The saved adapter, the in-memory adapter and the base are three distinct, reproducible evaluations.
-    assert trainer.nll(evals, current_adapter=True) == pytest.approx(nll_adapted, rel=1e-5)
+    # The saved adapter (weights rounded to bf16, the compute dtype), the in-memory adapter (fp32 master
+    # weights) and the base are three distinct, reproducible evaluations.
+    assert trainer.nll(evals, current_adapter=True) == pytest.approx(nll_adapted, rel=1e-2)
+    assert trainer.nll(evals, r.adapter_dir) == nll_adapted
     assert trainer.nll(evals) == pytest.approx(nll_base, rel=1e-5)
 
     lora = trainer.lora_state()
@@ -168,18 +210,45 @@ def test_ttt_lowers_held_out_nll_and_touches_only_lora(trainer, tmp_path):
 
 @pytest.mark.slow
 def test_adapter_is_peft_format_vllm_can_serve(trainer, model_dir, tmp_path):
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     task = recolor_task("fmt", seed=1)
     r = trainer.train_task(task.id, leave_one_out(task), tmp_path / "fmt", steps=2, progress=True)
     cfg = json.loads((r.adapter_dir / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(model_dir.resolve())
     assert set(cfg["target_modules"]) == set(TARGET_MODULES) and cfg["r"] == 8 and cfg["lora_alpha"] == 16
-    assert not cfg.get("modules_to_save")
-    keys = load_file(r.adapter_dir / "adapter_model.safetensors").keys()
-    assert len(keys) == 2 * 7 * 2  # lora_A + lora_B, 7 projections, 2 layers
-    assert all(".lora_A." in k or ".lora_B." in k for k in keys)
-    assert not any("embed_tokens" in k or "lm_head" in k for k in keys)
+    assert not cfg.get("modules_to_save") and cfg["inference_mode"] is True
+    trainer.model.save_pretrained(str(tmp_path / "peft"))  # PEFT's own writer: the same config, the same keys
+    assert cfg == json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    weights = load_file(r.adapter_dir / WEIGHTS_FILE)
+    assert weights.keys() == load_file(tmp_path / "peft" / WEIGHTS_FILE).keys()
+    assert len(weights) == 2 * 7 * 2  # lora_A + lora_B, 7 projections, 2 layers
+    assert all(".lora_A." in k or ".lora_B." in k for k in weights)
+    assert not any("embed_tokens" in k or "lm_head" in k for k in weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fmt", "peft"]  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_adapter_is_saved_in_the_compute_dtype(trainer, trainer32, tmp_path):
+    """16-bit compute (Unsloth's bf16 here, fp16/bf16 on GPU) saves 16-bit weights: half of fp32's bytes."""
+    import torch
+    from safetensors.torch import load_file
+
+    task = recolor_task("dtype", seed=1)
+    sizes = {}
+    for t in (trainer, trainer32):
+        r = t.train_task(task.id, leave_one_out(task), tmp_path / str(t.compute_dtype), steps=2)
+        weights = load_file(r.adapter_dir / WEIGHTS_FILE)
+        assert {v.dtype for v in weights.values()} == {t.compute_dtype} == {t.save_dtype}
+        assert r.adapter_bytes == (r.adapter_dir / WEIGHTS_FILE).stat().st_size
+        n_params = sum(v.numel() for v in weights.values())
+        sizes[t.compute_dtype] = r.adapter_bytes
+        assert n_params * t.compute_dtype.itemsize < r.adapter_bytes < n_params * t.compute_dtype.itemsize + 8192
+        # the saved adapter is the in-memory one, rounded to the save dtype
+        mem = t.adapter_state()
+        assert all(torch.equal(weights[k], mem[k]) for k in weights)
+    print(f"adapter bytes (tiny model, r=8, {n_params} params): {sizes}")
+    assert trainer.compute_dtype == torch.bfloat16 and sizes[torch.bfloat16] < 0.55 * sizes[torch.float32]
 
 
 @pytest.mark.slow
@@ -241,3 +310,107 @@ def test_shared_adapter_trains_once_on_all_tasks(model_dir, tmp_path):
     assert results["s1"] is results["s2"]
     assert results["s1"].adapter_dir == tmp_path / "shared" and results["s1"].examples_used == 10
     assert [p.name for p in tmp_path.iterdir()] == ["shared"]
+
+
+# -- numerics and failures (slow) ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_nan_loss_skips_its_step_and_the_adapter_is_not_used(trainer32, tmp_path):
+    task = recolor_task("nan", seed=8)
+    out = tmp_path / "nan"
+    r = trainer32.train_task(task.id, leave_one_out(task), out, steps=6,
+                             step_hook=lambda step, loss: loss * float("nan") if step == 2 else loss)
+    assert r.skipped_steps == 1 and r.steps_done == 6
+    assert not r.finite and r.reason == "non-finite loss at step(s) [2]"
+    assert r.adapter_dir is None and r.adapter_bytes == 0
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing written, no temporary folder
+    # the NaN step was not applied: the weights stayed finite and training went on from them
+    assert all(bool(v.isfinite().all()) for v in trainer32.lora_state().values())
+    assert np.isfinite(r.losses[3:]).all() and r.losses[-1] < r.losses[0]
+
+
+@pytest.mark.slow
+def test_nonfinite_weight_is_caught_before_saving(trainer32, tmp_path):
+    """A weight that became inf (the loss of that step is still finite) makes the adapter unusable."""
+    poisoned = trainer32._lora[-1]
+
+    def poison(step, loss):
+        if step == 3:
+            poisoned[1].data[0, 0] = float("inf")  # .data: an in-place fault that autograd does not see
+        return loss
+
+    task = recolor_task("inf", seed=9)
+    r = trainer32.train_task(task.id, leave_one_out(task), tmp_path / "inf", steps=4, step_hook=poison)
+    assert np.isfinite(r.losses).all() and r.skipped_steps == 1  # its gradients were not finite either
+    assert not r.finite and r.reason.startswith("1 of 28 LoRA tensors not finite in float32")
+    assert r.adapter_dir is None and not (tmp_path / "inf").exists()
+
+
+@pytest.mark.slow
+def test_exception_in_a_step_leaves_no_gradient_or_activation_for_the_next_task(trainer32, tmp_path):
+    """An OOM in the 2nd micro-batch of step 3 of task A: the 1st micro-batch's gradients are already in
+    ``.grad``. Task B trained next must be bit-identical to task B trained before A."""
+    b, a = recolor_task("B", seed=10), recolor_task("A", seed=11, color=5)
+    clean = trainer32.train_task("B", leave_one_out(b), tmp_path / "B0", steps=6, seed=3)
+    clean_state = trainer32.lora_state()
+
+    calls, seen = [], []
+
+    def oom(step, loss):
+        calls.append(step)
+        if step == 3 and calls.count(3) == 2:
+            seen.append(weakref.ref(loss))
+            raise RuntimeError("CUDA out of memory (injected)")
+        return loss
+
+    with pytest.raises(RuntimeError, match="injected") as info:
+        trainer32.train_task("A", leave_one_out(a), tmp_path / "A", steps=6, step_hook=oom)
+    assert info.value is not None and not (tmp_path / "A").exists()
+    assert all(p.grad is None for p in trainer32.model.parameters())
+    gc.collect()
+    assert seen[0]() is None, "the failed step's loss (and its graph) is still alive"
+
+    after = trainer32.train_task("B", leave_one_out(b), tmp_path / "B1", steps=6, seed=3)
+    assert after.losses == clean.losses
+    state = trainer32.lora_state()
+    assert all(np.array_equal(state[k].numpy(), clean_state[k].numpy()) for k in state)
+
+
+@pytest.mark.slow
+def test_failed_save_names_the_task_removes_the_partial_folder_and_keeps_the_old_adapter(trainer32, tmp_path):
+    task = recolor_task("disk", seed=12)
+    out = tmp_path / "disk"
+    trainer32.train_task(task.id, leave_one_out(task), out, steps=2)
+    before = (out / WEIGHTS_FILE).read_bytes()
+    partial = []
+
+    def enospc(tmp_dir):
+        partial.append(sorted(p.name for p in tmp_dir.iterdir()))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(AdapterSaveError, match=r"task disk: writing its adapter .* No space left") as info:
+        trainer32.train_task(task.id, leave_one_out(task), out, steps=3, save_hook=enospc)
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert partial == [["adapter_config.json"]]  # the fault hit mid-write
+    assert [p.name for p in tmp_path.iterdir()] == ["disk"] and (out / WEIGHTS_FILE).read_bytes() == before
+    r = trainer32.train_task(task.id, leave_one_out(task), out, steps=3)  # a good save replaces it atomically
+    assert r.finite and (out / WEIGHTS_FILE).read_bytes() != before and [p.name for p in tmp_path.iterdir()] == ["disk"]
+
+
+@pytest.mark.gpu
+def test_fp16_grad_scaler_counts_skipped_steps_on_gpu(model_dir, tmp_path):
+    """fp16 on CUDA (the T4 path): an inf loss makes GradScaler skip the step; the count comes from the
+    scale drop, the task is not usable, and a clean task saves fp16 weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    task = recolor_task("fp16", seed=13)
+    with Trainer(model_dir, TrainConfig(backend="peft", load_in_4bit=False, **dict(TINY, dtype="float16"))) as t:
+        assert t.compute_dtype == torch.float16
+        bad = t.train_task(task.id, leave_one_out(task), tmp_path / "bad", steps=6,
+                           step_hook=lambda step, loss: loss * float("inf") if step == 4 else loss)
+        good = t.train_task(task.id, leave_one_out(task), tmp_path / "good", steps=6)
+    assert bad.skipped_steps >= 1 and not bad.finite and bad.adapter_dir is None
+    assert bad.skipped_steps == good.skipped_steps + 1  # the same run, plus the injected overflow
+    assert good.finite and {v.dtype for v in load_file(good.adapter_dir / WEIGHTS_FILE).values()} == {torch.float16}

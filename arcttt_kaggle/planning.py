@@ -1,0 +1,103 @@
+"""The run's plan from its config, and the in-run re-plan from what the run has measured.
+
+``budget`` holds the arithmetic (token work, the cost model, the degradation ladder); this module applies it
+to a ``RunConfig``: ``task_works`` turns tasks and settings into token work, ``full_settings`` reads the top
+rung from the config. ``replan`` is what a worker calls after its first trained tasks: it fits the throughputs
+to its own events (``budget.measured_throughput``, the same fit a finished run's ``measured_throughput.json``
+comes from), predicts what is left (the untrained tasks' TTT, then decoding, the second pass and scoring of
+all its tasks) and walks the ladder again from the settings in force, so priors that were too optimistic turn
+into fewer steps or views before the deadline, not into a phase that never runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping, Sequence
+
+from .budget import CostModel, Settings, TaskWork, Throughput, make_plan, measured_throughput, task_work, view_tokens
+from .data import Task
+from .ttt_data import TTTDataConfig, build_ttt_examples, estimate_tokens
+
+
+def task_works(tasks: Mapping[str, Task], ttt: TTTDataConfig, batch: int, s: Settings,
+               untrained: Sequence[str] | None = None) -> list[TaskWork]:
+    """Token work per task under settings ``s``, from the format's token arithmetic (no tokenizer needed).
+
+    ``untrained``: only these tasks still have TTT to do (a re-plan after the first tasks); None = all.
+    """
+    works = []
+    for task in tasks.values():
+        trains = s.train_steps > 0 and (untrained is None or task.id in untrained)
+        examples = build_ttt_examples(task, ttt) if trains else []
+        ex_tokens = (sum(estimate_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
+        prompts, outputs = view_tokens(task)
+        settings = s if trains else replace(s, train_steps=0)
+        works.append(task_work(task, settings, example_tokens=ex_tokens, batch=batch,
+                               prompt_tokens_per_view=prompts, output_tokens_per_view=outputs))
+    return works
+
+
+def full_settings(cfg) -> Settings:
+    """The top rung of the ladder: what the config asks for when time is plentiful."""
+    return Settings(train_steps=cfg.train.steps if cfg.run_ttt else 0, views_per_test=cfg.decode.views_per_test,
+                    score_views=cfg.select.poe_views if cfg.select.method == "poe" else 0,
+                    score_top_c=cfg.select.poe_top_c, extra_view_ratio=cfg.second_pass_ratio)
+
+
+@dataclass(frozen=True)
+class Replan:
+    """The outcome of a re-plan: the settings for what is left and the phase deadlines that share the time."""
+
+    settings: Settings
+    train_deadline: float
+    decode_deadline: float
+    predicted: dict  # seconds per phase still to come
+    available_s: float
+    fits: bool
+    throughput: Throughput  # the fitted rates the prediction used
+
+    def to_event(self, before: Settings) -> dict:
+        return {"before": before.to_dict(), "after": self.settings.to_dict(),
+                "predicted_s": {k: round(v, 2) for k, v in self.predicted.items()},
+                "available_s": round(self.available_s, 2), "fits": self.fits,
+                "throughput": {k: round(v, 4) for k, v in asdict(self.throughput).items()}}
+
+
+def _scale_unmeasured(fitted: Throughput, prior: Throughput, events: list[dict]) -> Throughput:
+    """Rates the run has not measured yet (decoding, scoring before the decoder started) scaled by how far the
+    measured training was from its prior: a machine 3x slower than its priors at training is assumed 3x slower at
+    the rest until the rest is measured (clamped to [0.1, 10])."""
+    train = [e for e in events if e["phase"] == "train" and e["status"] == "ok" and e.get("steps")]
+    if not train or any(e["phase"] == "decode" and e["status"] == "ok" for e in events):
+        return fitted
+    predicted = sum(float(e.get("tokens") or 0) / prior.train_tokens_per_s + e["steps"] * prior.train_step_s
+                    + prior.per_task_overhead_s for e in train)
+    slow = min(10.0, max(0.1, sum(e["end"] - e["start"] for e in train) / max(predicted, 1e-6)))
+    return replace(fitted, decode_prompt_tokens_per_s=prior.decode_prompt_tokens_per_s / slow,
+                   decode_output_tokens_per_s=prior.decode_output_tokens_per_s / slow,
+                   score_tokens_per_s=prior.score_tokens_per_s / slow, decode_startup_s=prior.decode_startup_s * slow,
+                   score_startup_s=prior.score_startup_s * slow, decode_call_overhead_s=prior.decode_call_overhead_s * slow)
+
+
+def replan(events: list[dict], prior: Throughput, tasks: Mapping[str, Task], untrained: Sequence[str], ttt: TTTDataConfig,
+           batch: int, current: Settings, now: float, deadline: float, max_train_share: float) -> Replan:
+    """Re-plan a worker's remaining work from its own events (start-ups already paid are not predicted again).
+
+    The ladder starts at ``current`` (a re-plan never raises the effort the first plan chose). The time left is
+    split between the phases in proportion to their predicted seconds, as the parent splits it at launch.
+    """
+    fitted = _scale_unmeasured(measured_throughput(events, prior), prior, events)
+    started = {e["phase"] for e in events if e.get("status") == "ok"}
+    # Start-up costs still ahead: the decoder (and scorer) start after training; training has already started.
+    model = CostModel(replace(fitted, train_startup_s=0.0,
+                              decode_startup_s=0.0 if "startup_decode" in started else fitted.decode_startup_s))
+    available = max(0.0, deadline - now)
+    plan = make_plan(lambda s: task_works(tasks, ttt, batch, s, untrained), current, model, 1, available,
+                     scores=current.score_views > 0)
+    secs = plan.workers[0].seconds if plan.workers else {"startup": 0.0, "train": 0.0, "decode": 0.0, "score": 0.0}
+    total = max(1e-6, sum(secs.values()))
+    train_share = min(max_train_share, secs["train"] / total) if plan.settings.train_steps else 0.0
+    decode_share = train_share + (secs["startup"] + secs["decode"]) / total
+    decode_share = min(1.0 - 0.5 * secs["score"] / total, max(decode_share, train_share))
+    return Replan(plan.settings, now + available * train_share, now + available * decode_share, dict(secs), available,
+                  plan.fits, fitted)
