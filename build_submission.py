@@ -7,7 +7,7 @@
     .venv/bin/python build_submission.py plan --preset t4x2 --challenges ../shared/data/arc-agi-1/arc-agi_evaluation_challenges.json
     .venv/bin/python build_submission.py plan --preset t4x2 --model /kaggle/input/arc-base-model      # memory + disk
     .venv/bin/python build_submission.py programs --challenges F --solutions F --seconds-per-task 10 --out out/programs.json
-    .venv/bin/python build_submission.py bundle --out out/bundle [--no-wheels]
+    .venv/bin/python build_submission.py bundle --out out/bundle --python 3.12 --cuda 12 --accelerator t4x2 [--no-wheels]
 
 A thin caller: every subcommand is a few lines over functions of ``arcttt_kaggle``.
 """
@@ -119,10 +119,17 @@ def cmd_programs(a) -> int:
 
 
 def cmd_bundle(a) -> int:
-    from arcttt_kaggle.bundle import build_bundle
+    from arcttt_kaggle.bundle import BundleConfig, build_bundle, relock
 
-    res = build_bundle(Path(a.out), user=a.kaggle_user, with_wheels=not a.no_wheels, model_dataset=a.model_dataset)
+    if a.relock:
+        print(f"wrote {relock(a.python, a.cuda)}")
+        return 0
+    cfg = BundleConfig(out_dir=Path(a.out), python=a.python, cuda=a.cuda, accelerator=a.accelerator,
+                       user=a.kaggle_user, model_dataset=a.model_dataset, competition=a.competition,
+                       docker_pinning=a.docker_pinning, docker_image=a.docker_image, with_wheels=not a.no_wheels)
+    res = build_bundle(cfg)
     print(json.dumps({k: v if k != "wheels" else f"{len(v)} files" for k, v in res.items()}, indent=1))
+    print("upload:\n  " + "\n  ".join(res["upload"]))
     return 0
 
 
@@ -163,11 +170,24 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--out", default="out/programs.json")
     pr.add_argument("--submission-out")
     pr.set_defaults(fn=cmd_programs)
-    b = sub.add_parser("bundle", help="build the Kaggle upload folder")
+    b = sub.add_parser("bundle", help="build the Kaggle upload folder (dataset: kit + wheelhouse; notebook)")
     b.add_argument("--out", default="out/bundle")
-    b.add_argument("--no-wheels", action="store_true")
+    b.add_argument("--python", choices=["3.12", "3.11"], default="3.12",
+                   help="the kernel's Python (Kaggle's image: 3.12 since 2025-12-12)")
+    b.add_argument("--cuda", type=int, choices=[12, 13], default=12,
+                   help="12: vLLM 0.19.1 + torch 2.10.0 (driver >= 525, what Kaggle's own cu128 torch runs on); "
+                        "13: vLLM 0.32.0 + torch 2.13.0 (driver >= 580)")
+    b.add_argument("--accelerator", choices=["t4x2", "l4x4"], default="t4x2",
+                   help="kernel-metadata machine_shape: t4x2 -> NvidiaTeslaT4, l4x4 -> NvidiaL4")
+    b.add_argument("--no-wheels", action="store_true", help="skip the wheelhouse download (tests)")
     b.add_argument("--kaggle-user", default="your-kaggle-username")
     b.add_argument("--model-dataset", default="your-kaggle-username/arc-base-model")
+    b.add_argument("--competition", default="arc-prize-2026-arc-agi-2")
+    b.add_argument("--docker-pinning", choices=["original", "latest"], default="",
+                   help="kernel-metadata docker_image_pinning_type (original: keep the first run's image)")
+    b.add_argument("--docker-image", default="", help="kernel-metadata docker_image (an image URI)")
+    b.add_argument("--relock", action="store_true",
+                   help="re-resolve locks/kaggle-pyPY-cuCU.txt from requirements.txt with uv, then exit")
     b.set_defaults(fn=cmd_bundle)
     a = p.parse_args(argv)
     return a.fn(a)

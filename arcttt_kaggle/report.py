@@ -4,6 +4,9 @@ The report answers the questions a competitor asks after a run: did it fit (per-
 seconds), which engines actually ran (backends), what happened to every task (trained? decoded? how many
 candidates, how many unparsable, did the program expert decide it, why it fell back), how the second pass spent
 its compute (per task the first-pass difficulty and the extra views given), and the score when solutions exist.
+Its top-level ``status`` (``run_status``) says in one word whether to trust it: ``ok``, ``degraded`` (with the
+reasons: what fell back, from ``incidents``, the degrading events kept in the report) or ``fallback-only``.
+``report_html`` draws the same content as a page of ARC grids.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ def _outcome(attempted: bool, trained: bool, parsed: int, fell_back: list[int], 
     if not attempted:
         return "fallback"
     if fell_back and len(fell_back) == len(sel):
+        return "program" if any(s.decided_by_program for s in sel) else "fallback"
+    if parsed == 0:  # no model candidate at all (no engine, or nothing parsed): the answers are the expert's
         return "program" if any(s.decided_by_program for s in sel) else "fallback"
     return ("ttt" if trained else "base-model") + ("+program" if any(s.decided_by_program for s in sel) else "")
 

@@ -246,7 +246,10 @@ def _candidate_rows(sel, progs: list, sub: tuple[Grid | None, Grid | None]) -> l
     """(grid, votes, poe, score, source, detail) for the top TTT grids and the distinct verified program answers."""
     rows = []
     for rk in sel.ranked[:TOP_CANDIDATES]:
-        rows.append((rk.grid, rk.votes, rk.poe_logprob, rk.score, "ttt", ", ".join(rk.sources)))
+        # Under PoE a grid past the top C keeps its pre-ranking score, not comparable with PoE scores: not shown.
+        score = None if sel.method == "poe" and rk.poe_logprob is None else rk.score
+        rows.append((rk.grid, rk.votes, rk.poe_logprob, score, "ttt",
+                     f"{len(rk.views)} views, {rk.families} families, best log-prob {rk.best_logprob:.2f}"))
     support: dict[bytes, list] = {}
     for c in progs:
         if c.verified and c.grid is not None:

@@ -34,17 +34,14 @@ Cost of the knobs (an 8B Llama at 8192 tokens on a 24 GB GPU as the yardstick):
 - ``gradient_checkpointing``: keeps one activation per layer and recomputes the rest in backward, ~30% more
   time for ~5-10x less activation memory (Unsloth's mode also offloads them to host RAM on GPU).
 
-Numerics and failures. A step whose loss or gradient is not finite is skipped and counted (fp16: GradScaler
-skips it and lowers its scale; fp32/bf16: the gradient norm is checked here). A task whose loss or LoRA weights
-(in the dtype they are saved in) are not finite gets ``finite=False`` and no adapter: its caller decodes it with
-the base model. An exception inside a step (a CUDA OOM) is re-raised after ``recover()``: gradients dropped,
-adapter re-initialized, CUDA cache emptied, so the next task starts clean. Adapters are saved in the base's
-compute dtype (fp16/bf16 on GPU: half of fp32's bytes; vLLM casts LoRA weights to its model dtype anyway), into
-a temporary folder renamed into place, so a failed write (a full disk) never leaves a partial adapter.
+Failures: a non-finite step is skipped and counted; a non-finite loss or saved weight means no adapter (decode
+with the base); an exception in a step is re-raised after ``recover()``. Adapters are saved in the compute dtype
+(16-bit on GPU: half of fp32's bytes) into a temporary folder renamed into place: never a partial adapter.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import os
@@ -145,10 +142,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one ``train_task`` did. ``losses``: the token-weighted mean loss of each optimizer step.
-
-    ``finite=False``: a loss or a saved LoRA weight was not finite, ``reason`` says which, and no adapter was
-    written (``adapter_dir`` is None): decode this task with the base model."""
+    """What one ``train_task`` did. ``losses``: the token-weighted mean loss of each optimizer step. ``finite=False``:
+    a loss or saved weight was not finite (``reason``), no adapter was written (``adapter_dir=None``): use the base."""
 
     task_id: str
     adapter_dir: Path | None
@@ -219,13 +214,11 @@ class Trainer:
         return {k: v.detach().to(device="cpu", dtype=self.save_dtype).contiguous() for k, v in state.items()}
 
     def recover(self, seed: int | None = None) -> None:
-        """Clean state after an exception inside a training step (a CUDA OOM): drop every gradient (backward
-        accumulates into ``.grad``, so a stale one would leak into the next task's first step), re-initialize
-        the adapter, and on CUDA hand the failed step's cached blocks back to the driver. ``train_task`` calls
-        it itself before re-raising."""
+        """After an exception in a training step (an OOM; ``train_task`` calls it before re-raising): drop every
+        gradient (backward accumulates into ``.grad``: a stale one would leak into the next task's first step),
+        re-initialize the adapter, and on CUDA hand the failed step's cached blocks back to the driver."""
         self.model.zero_grad(set_to_none=True)
         self.reset_adapter(self.config.seed if seed is None else seed)
-        self.model.train()
         gc.collect()
         if self.device.type == "cuda":
             self._torch.cuda.empty_cache()
@@ -245,12 +238,10 @@ class Trainer:
         """Reset the adapter, train ``steps`` optimizer steps on ``examples``, save to ``out_dir``.
 
         ``deadline`` (a ``time.time()`` value) is checked before every step; when it has passed the loop stops
-        and the adapter trained so far is still saved (``stopped_early``). A non-finite loss or weight gives
-        ``finite=False`` and saves nothing (see ``TrainResult``). An exception in a step is re-raised after
-        ``recover()``. Fault injection (the worker's fault matrix): ``step_hook(step, loss) -> loss`` gets every
-        micro-batch's loss before its backward and may raise (as an OOM would) or return another loss;
-        ``save_hook(tmp_dir)`` runs mid-write (see ``save_adapter``).
-        """
+        and the adapter trained so far is still saved (``stopped_early``). A non-finite loss or weight saves
+        nothing (``finite=False``); an exception in a step is re-raised after ``recover()``. Fault injection:
+        ``step_hook(step, loss) -> loss`` gets every micro-batch's loss before its backward and may raise (as an
+        OOM would) or return another loss; ``save_hook(tmp_dir)`` runs mid-write (see ``save_adapter``)."""
         cfg = self.config
         t0 = time.time()
         steps = cfg.steps if steps is None else steps
@@ -267,8 +258,7 @@ class Trainer:
             losses, tokens, stopped, skipped_steps = self._run_steps(task_id, encoded, steps, seed, deadline,
                                                                      progress, step_hook)
         except BaseException as e:
-            # The traceback keeps the failed step's frames, and with them its activations, alive: clear them
-            # first so that recover() can really hand the memory back.
+            # The traceback keeps the failed step's frames (its activations) alive: clear them so memory is freed.
             traceback.clear_frames(e.__traceback__)
             self.recover(seed)
             raise
@@ -284,6 +274,8 @@ class Trainer:
     def _run_steps(self, task_id: str, encoded: list[Encoded], steps: int, seed: int, deadline: float | None,
                    progress: bool, step_hook: Callable | None) -> tuple[list[float], int, bool, int]:
         """The optimizer loop: (losses, tokens seen, stopped early, skipped steps)."""
+        from tqdm.auto import tqdm
+
         torch, cfg = self._torch, self.config
         params = [p for _, p in self._lora]
         # Fresh optimizer per task: AdamW moments are optimizer state, never carried across tasks. The fused
@@ -299,21 +291,19 @@ class Trainer:
         losses: list[float] = []
         tokens = skipped = 0
         stopped = False
-        bar = _progress_bar(steps, task_id) if progress else None
+        bar = tqdm(total=steps, desc=f"TTT {task_id}", leave=False) if progress else None
         self.model.train()
         try:
             for step in range(steps):
                 if deadline is not None and time.time() >= deadline:
                     stopped = True
                     break
-                micro = []
-                for _ in range(cfg.grad_accum):
-                    batch = []
-                    for _ in range(cfg.batch_size):
-                        if not order:  # epochs of shuffled examples, so every example is seen once per epoch
-                            order = rng.permutation(len(encoded)).tolist()
-                        batch.append(encoded[order.pop()])
-                    micro.append(batch)
+                picks = []
+                for _ in range(cfg.grad_accum * cfg.batch_size):
+                    if not order:  # epochs of shuffled examples, so every example is seen once per epoch
+                        order = rng.permutation(len(encoded)).tolist()
+                    picks.append(encoded[order.pop()])
+                micro = [picks[i:i + cfg.batch_size] for i in range(0, len(picks), cfg.batch_size)]
                 window = sum(_loss_tokens(e) for b in micro for e in b)  # token-weighted mean over the window
                 step_loss = 0.0
                 for batch in micro:
@@ -340,9 +330,8 @@ class Trainer:
         return losses, tokens, stopped, skipped
 
     def _optimizer_step(self, opt, scaler, params, loss: float) -> bool:
-        """Clip and step; True when the step was skipped. fp16: ``scaler.step`` skips a step whose gradients
-        hold inf/NaN and ``update`` then lowers the scale, so a scale drop is a skipped step. Otherwise a
-        non-finite loss or gradient norm skips it here (AdamW would write NaN into every LoRA weight)."""
+        """Clip and step; True when skipped. fp16: ``scaler.step`` skips on inf/NaN gradients and ``update`` then
+        lowers the scale (a drop = a skip); else a non-finite loss or gradient norm skips it (AdamW would write NaN)."""
         torch = self._torch
         if scaler is not None:
             scaler.unscale_(opt)
@@ -372,10 +361,9 @@ class Trainer:
     def save_adapter(self, out_dir: Path, *, state: Mapping[str, Any] | None = None, task_id: str = "",
                      save_hook: Callable | None = None) -> Path:
         """PEFT format (adapter_config.json + adapter_model.safetensors), LoRA weights only, in ``save_dtype``:
-        what vLLM loads. Written into a temporary folder next to ``out_dir`` and renamed into place (replacing
-        an older adapter there); on an error the partial folder is removed and ``AdapterSaveError`` names the
-        task. ``save_hook(tmp_dir)`` runs after the config is written and before the weights (fault injection:
-        raising ``OSError(ENOSPC)`` there is a disk that filled up mid-save)."""
+        what vLLM loads. Written into a temporary folder next to ``out_dir``, renamed into place (replacing an
+        older adapter); on an error the partial folder is removed and ``AdapterSaveError`` names the task.
+        ``save_hook(tmp_dir)`` runs between config and weights (fault injection: an ENOSPC mid-save)."""
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
@@ -384,12 +372,9 @@ class Trainer:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
         try:
             os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the adapter folder is an ordinary one
-            peft_cfg = self.model.peft_config[_ADAPTER]
-            mode, peft_cfg.inference_mode = peft_cfg.inference_mode, True  # as PEFT's save_pretrained writes it
-            try:
-                peft_cfg.save_pretrained(str(tmp))
-            finally:
-                peft_cfg.inference_mode = mode
+            peft_cfg = copy.copy(self.model.peft_config[_ADAPTER])
+            peft_cfg.inference_mode = True  # as PEFT's save_pretrained writes it
+            peft_cfg.save_pretrained(str(tmp))
             if save_hook is not None:
                 save_hook(tmp)
             save_file(dict(state), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -410,11 +395,9 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def nll(self, examples: Sequence, adapter_dir: Path | None = None, *, current_adapter: bool = False) -> float:
-        """Mean per-token negative log-likelihood (nats) of the loss tokens of ``examples``.
-
-        ``adapter_dir=None``: the base model (LoRA disabled); a path: that saved adapter (swapped in, then the
-        in-memory adapter is restored); ``current_adapter=True``: the adapter in memory now.
-        """
+        """Mean per-token negative log-likelihood (nats) of the loss tokens of ``examples``. ``adapter_dir=None``:
+        the base model (LoRA disabled); a path: that saved adapter (swapped in, then the in-memory adapter is
+        restored); ``current_adapter=True``: the adapter in memory now."""
         torch = self._torch
         encoded, _ = self.encode(examples)
         if not encoded:
@@ -533,9 +516,8 @@ def _load_peft(model_path: Path, cfg: TrainConfig):
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cuda = torch.cuda.is_available()
     dtype = _load_dtype(cfg.dtype, "peft")
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": 0} if cuda else "cpu"}
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": 0} if torch.cuda.is_available() else "cpu"}
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -555,9 +537,8 @@ def _load_peft(model_path: Path, cfg: TrainConfig):
 
 
 def _load_dtype(name: str, backend: str):
-    """The dtype to load the base in. ``auto`` follows ``decode.resolve_dtype`` (bf16 only from compute
-    capability 8: a T4's ``torch.cuda.is_bf16_supported()`` says True, by slow emulation; fp32 on CPU), except
-    Unsloth on CPU, which gets None and picks its own."""
+    """The base's dtype. ``auto``: ``decode.resolve_dtype`` (bf16 only from compute capability 8: a T4's
+    ``is_bf16_supported()`` says True, by emulation; fp32 on CPU), but None for Unsloth on CPU (it picks)."""
     import torch
 
     from .decode import resolve_dtype
@@ -568,8 +549,7 @@ def _load_dtype(name: str, backend: str):
 
 
 def _nonfinite_reason(losses: Sequence[float], state: Mapping[str, Any], dtype) -> str:
-    """Why an adapter must not be used ("" when it may): a non-finite step loss, or a non-finite weight as
-    saved (fp16 overflows above 65504)."""
+    """Why an adapter must not be used, "" if it may: a non-finite loss, or weight as saved (fp16 max: 65504)."""
     bad_steps = [i for i, v in enumerate(losses) if not math.isfinite(v)]
     if bad_steps:
         return f"non-finite loss at step(s) {bad_steps[:5]}{' ...' if len(bad_steps) > 5 else ''}"
@@ -618,8 +598,3 @@ def _loss_tokens(e: Encoded) -> int:
     """Loss tokens after the causal shift (the first position is never predicted)."""
     return sum(1 for v in e.labels[1:] if v != IGNORE_INDEX)
 
-
-def _progress_bar(total: int, task_id: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"TTT {task_id}", leave=False)

@@ -151,18 +151,20 @@ def family_torch(name: str, version: str) -> str | None:
 
 
 def _build_info(zf: zipfile.ZipFile) -> tuple[str | None, int | None, str]:
-    """torch/CUDA build from a torch-extension build-info file (xformers' ``cpp_lib.json``)."""
+    """torch/CUDA build from a torch-extension build-info file: xformers' ``cpp_lib.json``, e.g.
+    ``{"version": {"cuda": 1208, "torch": "2.10.0+cu128", ...}, "env": {...}}`` (CUDA as major*100+minor)."""
     for info in zf.infolist():
         if info.filename.endswith("/cpp_lib.json"):
-            text = zf.read(info).decode("utf-8", "replace")
-            torch_v = re.search(r'"torch_version"\s*:\s*"([^"]+)"', text)
-            cuda_v = re.search(r'"cuda_version"\s*:\s*"?(\d+)', text)
-            cuda = None
-            if cuda_v:
-                raw = int(cuda_v.group(1))  # xformers writes e.g. 1208 (12.8) or 12080 (CUDA_VERSION style)
-                cuda = raw // 1000 if raw >= 10000 else raw // 100 if raw >= 100 else raw
+            try:
+                data = json.loads(zf.read(info))
+            except ValueError:
+                continue
+            ver = data.get("version", {}) if isinstance(data, dict) else {}
+            torch_v = ver.get("torch") if isinstance(ver, dict) else None
+            cuda_raw = ver.get("cuda") if isinstance(ver, dict) else None
+            cuda = int(cuda_raw) // 100 if isinstance(cuda_raw, int) and cuda_raw >= 100 else None
             if torch_v or cuda:
-                return (torch_v.group(1) if torch_v else None), cuda, f"{info.filename}"
+                return (str(torch_v) if torch_v else None), cuda, info.filename
     return None, None, ""
 
 
@@ -221,9 +223,11 @@ def cpu_wheels(filenames: list[str]) -> list[str]:
 def abi_problems(scans: list[WheelScan], *, cuda: int, torch_version: str) -> dict[str, str]:
     """Wheels that would not load beside ``torch_version`` on CUDA major ``cuda``: name → reason.
 
-    A torch extension must state the torch it was built for (see the module docstring) and match its
-    major.minor; a wheel whose binaries link CUDA libraries must link the target's major among them; build
-    metadata or a ``+cuNNN`` local version naming another CUDA major is a mismatch.
+    A torch extension whose build is stated (see the module docstring) must match torch's major.minor; a wheel
+    whose binaries link CUDA libraries must link the target's major among them; build metadata or a ``+cuNNN``
+    local version naming another CUDA major is a mismatch. Only proven mismatches are named here: a torch
+    extension that states no build is reported by ``unverified`` instead (some ship one library per torch
+    version and pick at run time, e.g. torch-c-dlpack-ext; leaving them out would break their importers).
     """
     problems = {}
     for s in scans:
@@ -234,14 +238,18 @@ def abi_problems(scans: list[WheelScan], *, cuda: int, torch_version: str) -> di
             problems[s.name] = f"{s.filename} links CUDA {majors} libraries (libcudart/cublas/nvrtc.so.N); target CUDA {cuda}"
         elif s.cuda_build is not None and s.cuda_build != cuda:
             problems[s.name] = f"{s.filename} was built for CUDA {s.cuda_build} ({s.evidence or 'local version'}); target CUDA {cuda}"
-        elif s.torch_linked and s.name != "torch":
-            if s.torch_build is None:
-                problems[s.name] = (f"{s.filename} is a torch extension ({s.evidence}) that states no torch build "
-                                    "(no torch== pin, no build-info file, no known release family)")
-            elif _minor(s.torch_build) != _minor(torch_version):
-                problems[s.name] = (f"{s.filename} was built for torch {s.torch_build} ({s.evidence}); "
-                                    f"the wheelhouse has torch {torch_version}")
+        elif s.torch_linked and s.name != "torch" and s.torch_build is not None \
+                and _minor(s.torch_build) != _minor(torch_version):
+            problems[s.name] = (f"{s.filename} was built for torch {s.torch_build} ({s.evidence}); "
+                                f"the wheelhouse has torch {torch_version}")
     return problems
+
+
+def unverified(scans: list[WheelScan], problems: dict[str, str]) -> dict[str, str]:
+    """Torch extensions (other than torch) that state no torch build and are not already a problem: kept in
+    the wheelhouse, named in the manifest so a load failure on Kaggle points at them."""
+    return {s.name: f"{s.filename}: torch extension ({s.evidence}) with no stated torch build"
+            for s in scans if s.torch_linked and s.name != "torch" and s.torch_build is None and s.name not in problems}
 
 
 def scans_to_json(scans: list[WheelScan]) -> str:

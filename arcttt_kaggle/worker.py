@@ -442,13 +442,12 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
 
 
 def _failure_events(decoder, events: Events, pass_: int) -> None:
-    """The decoder's isolated failures since the last call (a bad adapter decoded with the base model, a request
-    dropped after bisection), one ``decode`` event each so the report names them."""
-    failures = list(getattr(decoder, "failures", []))
-    for f in failures[getattr(decoder, "failures_reported", 0):]:
-        events.emit("decode", "isolated", task=f.get("task", ""), pass_=pass_,
-                    reason="; ".join(str(f[k]) for k in ("reason", "action") if f.get(k)))
-    decoder.failures_reported = len(failures)
+    """The last call's isolated failures (``decode.Decoder.last_failures``: a bad adapter's requests decoded with
+    the base model, a request dropped after bisection), one ``decode``/``isolated`` event each for the report."""
+    for f in getattr(decoder, "last_failures", []):
+        what = "decoded with the base model" if f.action == "base" else "dropped (no candidates)"
+        events.emit("decode", "isolated", task=f.task, pass_=pass_, test_index=f.test_index, requests=f.requests,
+                    reason=f"{f.reason}; {what}")
 
 
 def _path(p: str | None) -> Path | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -67,8 +69,57 @@ def test_kaggle_public_run_is_short_and_rerun_is_full(monkeypatch):
     monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
     public = notebook_config(default_preset="t4x2")
     assert public.max_tasks == SHORT_MODE_TASKS and public.budget.limit_seconds < 3600
-    assert public.challenges == "/kaggle/input/arc-prize-2025/arc-agi_test_challenges.json"
+    assert public.challenges == "/kaggle/input/arc-prize-2026-arc-agi-2/arc-agi_test_challenges.json"
     assert public.out_dir == "/kaggle/working"
     monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "True")
     rerun = notebook_config(default_preset="t4x2")
     assert rerun.max_tasks == 0 and rerun.budget.limit_seconds == 12 * 3600
+
+
+def _kaggle_input(root, layout: str, slug: str = "arc-prize-2026-arc-agi-2"):
+    comp = root / ("competitions" if layout == "competitions" else "") / slug
+    comp.mkdir(parents=True)
+    (comp / "arc-agi_test_challenges.json").write_text("{}")
+    model = root / "datasets" / "me" / "qwen-arc" if layout == "competitions" else root / "qwen-arc"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    bundle = root / "arcttt-kaggle-bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"kit": "arcttt-kaggle", "model_dataset": "me/qwen-arc"}))
+    return comp / "arc-agi_test_challenges.json", model
+
+
+@pytest.mark.parametrize("layout", ["flat", "competitions"])
+def test_notebook_setup_finds_inputs_in_both_kaggle_layouts(layout, tmp_path, monkeypatch):
+    """2024/2025 mount /kaggle/input/<slug>/, the 2026 track /kaggle/input/competitions/<slug>/; the model is the
+    folder the bundle's manifest names. No GPU here: the preset is the CPU one and the preflight says why."""
+    from arcttt_kaggle.kaggle import notebook_setup
+
+    for k in ("ARCTTT_PRESET", "ARCTTT_CHALLENGES", "ARCTTT_MODEL", "ARCTTT_BUDGET_SECONDS", "ARCTTT_OVERRIDES"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("ARCTTT_OUT", str(tmp_path / "out"))
+    challenges, model = _kaggle_input(tmp_path / "input", layout)
+    cfg, pre = notebook_setup(input_root=tmp_path / "input")
+    assert cfg.challenges == str(challenges) and pre.challenges == str(challenges)
+    assert cfg.preset == "cpu-tiny" and pre.preset.reason == "no GPU found"
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["VLLM_NO_USAGE_STATS"] == "1"
+    assert pre.kernel_start <= time.time()
+    from arcttt_kaggle.kaggle import find_model
+
+    assert find_model(tmp_path / "input", "me/qwen-arc") == model
+
+
+def test_a_preset_the_hardware_cannot_run_is_refused_on_a_save_run(tmp_path, monkeypatch):
+    from arcttt_kaggle.kaggle import notebook_setup
+    from arcttt_kaggle.preflight import PreflightError
+
+    monkeypatch.setenv("ARCTTT_PRESET", "t4x2")
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    _kaggle_input(tmp_path / "input", "flat")
+    with pytest.raises(PreflightError, match="needs 2 GPU"):
+        notebook_setup(input_root=tmp_path / "input")
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")  # the rerun degrades instead of raising
+    monkeypatch.setenv("ARCTTT_OUT", str(tmp_path / "out"))
+    cfg, pre = notebook_setup(input_root=tmp_path / "input")
+    assert cfg.preset == "cpu-tiny" and "needs 2 GPU" in pre.preset.refused

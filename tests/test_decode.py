@@ -74,12 +74,27 @@ def models(tmp_path_factory, sample_tasks):
     return const, adapters
 
 
+class GenerateSpy:
+    """Counts real ``LLM.generate`` calls (each goes through to the engine). ``fault(prompts, loras)`` returning
+    True raises instead of calling: an injected engine error, the one stand-in these tests use."""
+
+    def __init__(self, llm):
+        self.real, self.calls, self.fault = llm.generate, 0, None
+
+    def __call__(self, prompts, params, **kw):
+        self.calls += 1
+        if self.fault is not None and self.fault(prompts, kw.get("lora_request")):
+            raise RuntimeError("injected fault")
+        return self.real(prompts, params, **kw)
+
+
 @pytest.fixture(scope="module")
 def decoder(vllm_env, models):
     from arcttt_kaggle.decode import Decoder
 
     d = Decoder(models[0], DecodeConfig(backend="vllm", dtype="float32", max_loras=4, max_lora_rank=8,
                                         max_model_len=2048, enforce_eager=True, views_per_test=2))
+    d.spy = d._engine.llm.generate = GenerateSpy(d._engine.llm)
     yield d
     d.close()
 
@@ -91,8 +106,9 @@ def first_run(decoder, models, sample_tasks):
     t1, t2 = (sample_tasks[t] for t in SMALL_TASKS)
     requests = plan_requests(t1, a1, 2, 0) + plan_requests(t2, a2, 2, 0) + plan_requests(t1, None, 2, 0) \
         + plan_requests(t2, None, 2, 0)
-    calls_before = decoder.stats.engine_calls
+    calls_before, spied = decoder.stats.engine_calls, decoder.spy.calls
     out = decoder.generate(requests)
+    assert decoder.spy.calls - spied == decoder.stats.engine_calls - calls_before, "stats count real calls"
     return requests, out, decoder.stats.engine_calls - calls_before, [list(x) for x in decoder.last_token_ids]
 
 
@@ -236,9 +252,9 @@ def test_sampling_gives_n_candidates_per_view_and_deadline_skips(models, decoder
     finally:
         decoder.config = cfg
     assert [len(c) for c in out] == [3, 3] and [c.extra["sample"] for c in out[0]] == [0, 1, 2]
-    before = decoder.stats.engine_calls
+    before, spied = decoder.stats.engine_calls, decoder.spy.calls
     assert decoder.generate(reqs, deadline=time.time() - 1) == [[], []]
-    assert decoder.stats.engine_calls == before and decoder.stats.aborted_prompts >= 2
+    assert decoder.stats.engine_calls == before and decoder.spy.calls == spied and decoder.stats.aborted_prompts >= 2
 
 
 @pytest.mark.slow
@@ -258,10 +274,369 @@ def test_deadline_during_generation_aborts_the_rest_and_the_engine_stays_usable(
     prompt tokens) and a deadline 1 s away: it passes inside the one generate call, which returns what finished."""
     _, adapters = models
     reqs = [r for t in sample_tasks.values() for a in (*adapters[:2], None) for r in plan_requests(t, a, 4, 1)]
-    aborted, calls = decoder.stats.aborted_prompts, decoder.stats.engine_calls
+    aborted, calls, spied = decoder.stats.aborted_prompts, decoder.stats.engine_calls, decoder.spy.calls
     t0 = time.time()
     out = decoder.generate(reqs, deadline=t0 + 1.0)  # checked as requests finish
-    assert decoder.stats.engine_calls == calls + 1, "the engine was called: the deadline passed during the call"
+    assert decoder.stats.engine_calls == calls + 1 == calls + decoder.spy.calls - spied, \
+        "the engine was called once: the deadline passed during the call"
     assert len(out) == len(reqs) and all(len(c) in (0, 1) for c in out)
     assert decoder.stats.aborted_prompts - aborted == sum(1 for c in out if not c) >= 1
     assert [len(c) for c in decoder.generate(reqs[:2])] == [1, 1]
+
+
+# -- robustness: adapter checks, failure isolation, real call counts, quantization -----------------------------
+def corrupt_copy(good: Path, out: Path, how: str) -> Path:
+    """A copy of adapter ``good`` whose weights file is truncated to half or overwritten with garbage bytes."""
+    import shutil
+
+    shutil.copytree(good, out)
+    weights = out / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2] if how == "truncate" else np.random.default_rng(0).bytes(len(data)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check")
+    return random_adapter(ensure_tiny_model(root / "tiny"), root / "good", seed=1)
+
+
+def test_check_adapter_accepts_a_peft_adapter_and_names_what_is_wrong_with_a_broken_one(tiny_adapter, tmp_path):
+    import json
+    import shutil
+
+    from arcttt_kaggle.engine_base import AdapterError, check_adapter
+
+    check_adapter(tiny_adapter)  # a real PEFT adapter passes
+    cases = {"truncate": "truncated or overwritten", "garbage": "header length"}
+    for how, reason in cases.items():
+        with pytest.raises(AdapterError, match=reason) as e:
+            check_adapter(corrupt_copy(tiny_adapter, tmp_path / how, how))
+        assert e.value.adapter == tmp_path / how
+    with pytest.raises(AdapterError, match="folder missing"):
+        check_adapter(tmp_path / "nowhere")
+    shutil.copytree(tiny_adapter, tmp_path / "badcfg")
+    (tmp_path / "badcfg" / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterError, match="adapter_config.json unreadable"):
+        check_adapter(tmp_path / "badcfg")
+    (tmp_path / "badcfg" / "adapter_config.json").write_text(json.dumps({"r": 0, "target_modules": ["q_proj"]}))
+    with pytest.raises(AdapterError, match="rank"):
+        check_adapter(tmp_path / "badcfg")
+    shutil.copytree(tiny_adapter, tmp_path / "noweights")
+    (tmp_path / "noweights" / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError, match="no adapter_model"):
+        check_adapter(tmp_path / "noweights")
+
+
+def _jobs(n: int, adapters: dict[int, Path] | None = None):
+    from arcttt_kaggle.engine_base import Job
+
+    adapters = adapters or {}
+    return [Job(i, [i], 4, adapters.get(i), 0, (1, 1)) for i in range(n)]
+
+
+class FaultyEngine:
+    """Fault injection for ``run_isolated``: a stand-in engine call that raises whenever the batch holds a
+    poisoned (job index, adapter) pair, else answers each job with one sample holding its index."""
+
+    def __init__(self, poisoned: set, fatal: bool = False):
+        from arcttt_kaggle.engine_base import Sample
+
+        self.poisoned, self.calls, self.Sample, self.is_fatal = poisoned, [], Sample, fatal
+
+    def __call__(self, batch):
+        self.calls.append([(j.index, j.adapter) for j in batch])
+        if any((j.index, j.adapter) in self.poisoned for j in batch):
+            raise RuntimeError("injected fault")
+        return [[self.Sample([j.index], -1.0, "stop")] for j in batch]
+
+
+def test_bisection_isolates_one_failing_base_request_and_keeps_every_other_result():
+    from arcttt_kaggle.decode_isolate import run_isolated
+
+    jobs = _jobs(16)
+    engine = FaultyEngine({(11, None)})
+    iso = run_isolated(engine, jobs, deadline=None, retry_calls=24, fatal=lambda e: False)
+    assert {i: r[0].token_ids for i, r in iso.results.items() if r} == {i: [i] for i in range(16) if i != 11}
+    assert iso.dropped == {11: "RuntimeError: injected fault"} and iso.results[11] is None and not iso.rerouted
+    assert iso.failed_calls == 5  # the full call, then the halves holding job 11: 8, 4, 2, 1
+    assert len(engine.calls) == 1 + 2 * 4  # each failing call's two halves are retried
+    ok_calls = [c for c in engine.calls if (11, None) not in c]
+    assert sorted(i for c in ok_calls for i, _ in c) == [i for i in range(16) if i != 11]  # each ran once, fine
+
+
+def test_a_failing_adapter_is_found_and_its_requests_decoded_with_the_base_model(tmp_path):
+    from arcttt_kaggle.decode_isolate import failure_records, run_isolated
+
+    bad = tmp_path / "bad"
+    jobs = _jobs(8, {2: bad, 5: bad, 6: tmp_path / "good"})
+    engine = FaultyEngine({(2, bad), (5, bad)})  # the adapter fails wherever it runs; the base model does not
+    iso = run_isolated(engine, jobs, deadline=None, retry_calls=24, fatal=lambda e: False)
+    assert all(iso.results[i] is not None for i in range(8)) and not iso.dropped
+    assert set(iso.rerouted) == {2, 5} and all(a == str(bad.resolve()) for a, _ in iso.rerouted.values())
+    assert all((i, bad) not in engine.calls[-1] for i in (2, 5))
+    recs = failure_records(iso, jobs, lambda i: (f"task{i % 2}", 0))
+    assert [(r.task, r.adapter, r.action, r.requests) for r in recs] == [("task0", str(bad.resolve()), "base", 1),
+                                                                        ("task1", str(bad.resolve()), "base", 1)]
+    assert all("injected fault" in r.reason for r in recs)
+
+
+def test_an_error_naming_an_adapter_reroutes_it_without_bisecting(tmp_path):
+    from arcttt_kaggle.decode_isolate import run_isolated
+    from arcttt_kaggle.engine_base import AdapterError
+
+    bad = tmp_path / "bad"
+    jobs = _jobs(8, {3: bad, 4: tmp_path / "good"})
+    calls = []
+
+    def run(batch):
+        calls.append(batch)
+        if any(j.adapter == bad for j in batch):
+            raise AdapterError(bad, "weights unreadable")
+        return [[] for _ in batch]
+
+    iso = run_isolated(run, jobs, deadline=None, retry_calls=24, fatal=lambda e: False)
+    assert len(calls) == 2 and len(calls[1]) == 8 and set(iso.rerouted) == {3} and not iso.dropped
+
+
+def test_retries_are_bounded_by_the_budget_the_deadline_and_a_fatal_error():
+    from arcttt_kaggle.decode_isolate import run_isolated
+
+    poisoned = {(i, None) for i in range(0, 64, 2)}  # every other request fails: bisection cannot finish cheaply
+    engine = FaultyEngine(poisoned)
+    iso = run_isolated(engine, _jobs(64), deadline=None, retry_calls=10, fatal=lambda e: False)
+    assert len(engine.calls) == 11 and len(iso.results) == 64
+    assert sum("retry budget spent (10 calls" in why for why in iso.dropped.values()) >= 32
+    engine = FaultyEngine({(3, None)})  # the deadline (1.0) passes during the first call (the clock reads 5.0)
+    iso = run_isolated(engine, _jobs(8), deadline=1.0, retry_calls=10, fatal=lambda e: False, clock=lambda: 5.0)
+    assert len(engine.calls) == 1 and set(iso.dropped) == set(range(8))
+    assert all("deadline passed before its retry" in why for why in iso.dropped.values())
+    engine = FaultyEngine({(3, None)})
+    iso = run_isolated(engine, _jobs(8), deadline=None, retry_calls=10, fatal=lambda e: True)
+    assert len(engine.calls) == 1 and all("engine unusable" in why for why in iso.dropped.values())
+
+
+def test_vllm_engine_kwargs_pass_quantization_only_where_the_installed_vllm_and_device_can_run_it():
+    from dataclasses import replace
+
+    from arcttt_kaggle.decode_vllm import vllm_engine_kwargs, vllm_quantizations
+
+    cfg = DecodeConfig(max_loras=3, max_lora_rank=16, dtype="auto", max_model_len=4096)
+    cpu = vllm_engine_kwargs(cfg, Path("/m"), False, vllm_quantizations())
+    assert cpu["dtype"] == "float32" and "quantization" not in cpu and "gpu_memory_utilization" not in cpu
+    assert (cpu["enable_lora"], cpu["max_loras"], cpu["max_lora_rank"], cpu["max_model_len"]) == (True, 3, 16, 4096)
+    gpu = vllm_engine_kwargs(replace(cfg, dtype="float16"), Path("/m"), True, vllm_quantizations())
+    assert gpu["gpu_memory_utilization"] == 0.9 and gpu["dtype"] == "float16"
+    bnb = replace(cfg, dtype="float16", quantization="bitsandbytes")
+    assert "bitsandbytes" not in vllm_quantizations()  # vLLM 0.32 dropped it: the engine must refuse, not ignore
+    with pytest.raises(ValueError, match="no bitsandbytes method.*backend='hf'"):
+        vllm_engine_kwargs(bnb, Path("/m"), True, vllm_quantizations())
+    assert vllm_engine_kwargs(bnb, Path("/m"), True, ["awq", "bitsandbytes"])["quantization"] == "bitsandbytes"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        vllm_engine_kwargs(bnb, Path("/m"), False, ["bitsandbytes"])
+
+
+def test_hf_load_kwargs_build_an_nf4_config_for_bitsandbytes():
+    import torch
+
+    from arcttt_kaggle.engine_base import hf_load_kwargs
+
+    assert hf_load_kwargs("float32", "none", "cpu") == {"dtype": torch.float32}
+    kw = hf_load_kwargs("auto", "bitsandbytes", "cpu")
+    q = kw["quantization_config"]
+    assert kw["dtype"] == torch.float32 and kw["device_map"] == "cpu"
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
+    assert q.bnb_4bit_compute_dtype == torch.float32 and q.llm_int8_skip_modules == ["lm_head"]
+    assert hf_load_kwargs("float16", "bitsandbytes", "cuda")["device_map"] == {"": 0}
+    with pytest.raises(ValueError, match="quantization"):
+        hf_load_kwargs("float32", "gptq", "cpu")
+
+
+def test_decode_config_validates_quantization_and_retry_calls():
+    with pytest.raises(ValueError, match="quantization"):
+        DecodeConfig(quantization="int4")
+    with pytest.raises(ValueError, match="retry_calls"):
+        DecodeConfig(retry_calls=-1)
+    assert DecodeConfig(quantization="bitsandbytes", backend="hf").quantization == "bitsandbytes"
+
+
+def test_engine_modules_import_one_way():
+    """No module below ``decode`` imports it (top level, inside functions, or for type checking): the shared
+    types live in ``engine_base``."""
+    import ast
+
+    import arcttt_kaggle
+
+    pkg = Path(arcttt_kaggle.__file__).parent
+    below = ("engine_base", "decode_isolate", "decode_vllm", "decode_hf", "score_candidates")
+    for name in below:
+        tree = ast.parse((pkg / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+        assert not imported & {"decode", "score_candidates", "decode_dfs"} - {name}, (name, imported)
+    assert not {n.module for n in ast.walk(ast.parse((pkg / "engine_base.py").read_text()))
+                if isinstance(n, ast.ImportFrom) and n.level == 1}
+
+
+def _same_outputs(a_cands, a_toks, b_cands, b_toks):
+    """Same token ids, grids and log-probabilities (1e-4: the batch around a request differs)."""
+    assert a_toks == b_toks
+    for ca, cb in zip(a_cands, b_cands):
+        assert [c.key for c in ca] == [c.key for c in cb]
+        assert [c.logprob for c in ca] == pytest.approx([c.logprob for c in cb], abs=1e-4)
+
+
+def _corrupt_adapter_pass(decoder, models, sample_tasks, tmp_path):
+    """Two tasks with good adapters and a third whose adapter file is truncated, in one generate call, against
+    the good tasks alone and the third task on the base model. Returns (calls of the mixed pass, bad dir)."""
+    from dataclasses import replace
+
+    from arcttt_kaggle.decode_isolate import DecodeFailure
+
+    _, adapters = models
+    t1, t2 = (sample_tasks[t] for t in SMALL_TASKS)
+    t3 = Task("badtask", t1.train, t1.test)
+    bad = corrupt_copy(adapters[2], tmp_path / "bad", "truncate")
+    good = plan_requests(t1, adapters[0], 2, 0) + plan_requests(t2, adapters[1], 2, 0)
+    third = plan_requests(t3, bad, 2, 0)
+    clean = decoder.generate(good), [list(t) for t in decoder.last_token_ids]
+    base = decoder.generate([replace(r, adapter_dir=None) for r in third]), [list(t) for t in decoder.last_token_ids]
+    s0 = replace(decoder.stats)
+    mixed = decoder.generate(good + third)
+    toks = [list(t) for t in decoder.last_token_ids]
+    _same_outputs(mixed[:4], toks[:4], *clean)
+    _same_outputs(mixed[4:], toks[4:], *base)  # the bad task: decoded with the base model
+    assert all(c.extra["adapter"] == "base" and c.extra["adapter_failed"] == "bad" for cs in mixed[4:] for c in cs)
+    assert all(len(c) == 1 for c in mixed)
+    (f,) = decoder.last_failures
+    assert f == DecodeFailure("badtask", 0, str(bad.resolve()), f.reason, "base", 2)
+    assert "truncated" in f.reason and decoder.failures[-1] == f
+    assert decoder.stats.base_fallback_prompts - s0.base_fallback_prompts == 2
+    assert decoder.stats.failed_calls == s0.failed_calls  # found by the check before the call: no call failed
+    return decoder.stats.engine_calls - s0.engine_calls
+
+
+@pytest.mark.slow
+def test_vllm_a_corrupt_adapter_among_good_ones_decodes_its_task_with_the_base_model(decoder, models,
+                                                                                     sample_tasks, tmp_path):
+    spied = decoder.spy.calls
+    assert _corrupt_adapter_pass(decoder, models, sample_tasks, tmp_path) == 1
+    assert decoder.spy.calls - spied == 3  # clean, base, mixed: one LLM.generate each
+    assert str((tmp_path / "bad").resolve()) not in decoder.lora_ids  # never handed to the engine
+
+
+@pytest.mark.slow
+def test_vllm_a_request_that_fails_the_call_is_bisected_out_the_others_keep_their_outputs(decoder, first_run):
+    """An engine error (injected for one prompt) fails the whole LLM.generate call: the decoder retries in
+    halves until the one request is isolated, drops it, and every other request gets what the clean run gave.
+    Every retry is a real engine call, and stats count them."""
+    requests, clean, _, clean_toks = first_run
+    fmt = decoder.fmt
+    r = requests[5]  # task 1, view 2, base model
+    vt = r.view.apply_task(r.task)
+    poison = fmt.prompt_ids(vt.train, vt.test[0].input)
+    s0, spied = decoder.stats.engine_calls, decoder.spy.calls
+    failed0 = decoder.stats.failed_calls
+    decoder.spy.fault = lambda prompts, loras: any(list(p["prompt_token_ids"]) == poison for p in prompts)
+    try:
+        out = decoder.generate(requests)
+    finally:
+        decoder.spy.fault = None
+    toks = [list(t) for t in decoder.last_token_ids]
+    keep = [i for i in range(len(requests)) if i != 5]
+    _same_outputs([out[i] for i in keep], [toks[i] for i in keep], [clean[i] for i in keep],
+                  [clean_toks[i] for i in keep])
+    assert out[5] == []
+    assert [(f.task, f.test_index, f.adapter, f.reason, f.action, f.requests) for f in decoder.last_failures] == [
+        (r.task.id, 0, None, "RuntimeError: injected fault", "dropped", 1)]
+    calls = decoder.stats.engine_calls - s0
+    assert calls == decoder.spy.calls - spied == 1 + 2 * 3  # 8 requests: the full call, then 3 levels of halves
+    assert decoder.stats.failed_calls - failed0 == 4
+
+
+@pytest.mark.slow
+def test_vllm_an_adapter_that_fails_only_when_loaded_is_found_by_bisection_and_replaced_by_base(
+        decoder, models, first_run):
+    """The injected error fires whenever adapter 1 runs (what a load error that names no adapter looks like):
+    bisection isolates a request, its retry on the base model succeeds, so the adapter is blamed and all its
+    requests are decoded with the base model; the rest keep their outputs."""
+    requests, clean, _, clean_toks = first_run
+    a1 = models[1][0]
+    name = a1.resolve().name
+    decoder.spy.fault = lambda prompts, loras: any(lr is not None and lr.lora_name.startswith(name + "-")
+                                                   for lr in loras)
+    s0, spied = decoder.stats.engine_calls, decoder.spy.calls
+    try:
+        out = decoder.generate(requests)
+    finally:
+        decoder.spy.fault = None
+    toks = [list(t) for t in decoder.last_token_ids]
+    _same_outputs(out[2:], toks[2:], clean[2:], clean_toks[2:])
+    base_t1 = [i for i, r in enumerate(requests) if r.adapter_dir is None and r.task.id == requests[0].task.id]
+    assert [toks[i] for i in (0, 1)] == [clean_toks[i] for i in base_t1]  # same views, base model
+    assert all(c.extra["adapter_failed"] == name for i in (0, 1) for c in out[i])
+    (f,) = decoder.last_failures
+    assert (f.task, f.adapter, f.action, f.requests) == (requests[0].task.id, str(a1.resolve()), "base", 2)
+    assert decoder.stats.engine_calls - s0 == decoder.spy.calls - spied > 1
+
+
+# -- the hf backend -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hf_decoder(models):
+    from arcttt_kaggle.decode import Decoder
+
+    d = Decoder(models[0], DecodeConfig(backend="hf", dtype="float32", max_model_len=2048, views_per_test=2))
+    yield d
+    d.close()
+
+
+@pytest.mark.slow
+def test_hf_a_corrupt_adapter_among_good_ones_decodes_its_task_with_the_base_model(hf_decoder, models,
+                                                                                   sample_tasks, tmp_path):
+    calls = hf_decoder._engine.calls
+    assert _corrupt_adapter_pass(hf_decoder, models, sample_tasks, tmp_path) == 3  # one batch per adapter group
+    assert hf_decoder._engine.calls - calls == 1 + 1 + 3
+
+
+@pytest.mark.slow
+def test_hf_a_failing_batch_is_bisected_and_the_others_keep_their_outputs(hf_decoder, models, sample_tasks,
+                                                                          monkeypatch):
+    _, adapters = models
+    t1, t2 = (sample_tasks[t] for t in SMALL_TASKS)
+    requests = plan_requests(t1, adapters[0], 2, 0) + plan_requests(t2, None, 2, 0)
+    clean = hf_decoder.generate(requests), [list(t) for t in hf_decoder.last_token_ids]
+    engine = hf_decoder._engine
+    real = engine._generate
+    vt = requests[3].view.apply_task(t2)
+    poison = hf_decoder.fmt.prompt_ids(vt.train, vt.test[0].input)
+
+    def faulty(batch, cfg):  # injected fault: a batch holding the poisoned prompt raises
+        if any(j.prompt == poison for j in batch):
+            raise RuntimeError("injected fault")
+        return real(batch, cfg)
+
+    monkeypatch.setattr(engine, "_generate", faulty)
+    s0 = hf_decoder.stats.engine_calls
+    out = hf_decoder.generate(requests)
+    toks = [list(t) for t in hf_decoder.last_token_ids]
+    _same_outputs(out[:3], toks[:3], clean[0][:3], clean[1][:3])
+    assert out[3] == [] and [f.action for f in hf_decoder.last_failures] == ["dropped"]
+    assert hf_decoder.stats.engine_calls - s0 > 2
+
+
+@pytest.mark.slow
+def test_hf_backend_decodes_on_a_bitsandbytes_4bit_base(models, sample_tasks):
+    """quantization="bitsandbytes": the base loads as NF4 Linear4bit layers (weights ~1/4 of fp32 on the layers
+    it quantizes) and decodes every request, adapters included, on CPU."""
+    from arcttt_kaggle.decode import Decoder
+
+    const, adapters = models
+    task = sample_tasks[SMALL_TASKS[0]]
+    with Decoder(const, DecodeConfig(backend="hf", dtype="float32", max_model_len=2048,
+                                     quantization="bitsandbytes")) as d:
+        assert "bitsandbytes 4-bit" in d.backend
+        layers = [type(m).__name__ for m in d._engine.model.modules()]
+        assert layers.count("Linear4bit") == 7 * d._engine.model.config.num_hidden_layers  # lm_head kept 16/32-bit
+        out = d.generate(plan_requests(task, adapters[0], 2, 0) + plan_requests(task, None, 2, 0))
+    assert [len(c) for c in out] == [1, 1, 1, 1] and all(np.isfinite(c[0].logprob) for c in out)
+    assert [c[0].extra["adapter"] for c in out] == [adapters[0].name] * 2 + ["base"] * 2

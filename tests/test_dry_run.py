@@ -7,12 +7,14 @@ Slow (minutes on 2 cores): marked ``slow``; CI runs them.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from arcttt_kaggle.data import package_sample_dir
-from arcttt_kaggle.dryrun import BAD_TASK_ID, dry_run
+from arcttt_kaggle.dryrun import BAD_TASK_ID, REPO, dry_run
 from arcttt_kaggle.submission import validate_submission_file
 
 pytestmark = pytest.mark.slow
@@ -173,3 +175,28 @@ def test_isolated_training_survives_a_training_crash(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert any(e["phase"] == "train" and "training process exited with code" in e.get("reason", "") for e in events)
     assert sum(t["adapter"] for t in report["per_task"].values()) == 1  # the adapter saved before the kill is used
+
+
+@pytest.mark.parametrize("rerun", [False, True])
+def test_a_missing_model_fails_the_save_run_after_writing_the_program_answers(rerun, tmp_path, monkeypatch):
+    """The preflight finds no model: the program expert (started before anything needs the model) still answers,
+    the submission is valid and holds its answers; the save run (and the dry run, like it) exits non-zero so
+    nobody submits it, the competition rerun exits 0 and degrades."""
+    if rerun:
+        monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    else:
+        monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "build_submission.py"), "dry-run", "--out", str(out), "--budget-seconds", "120",
+           "--overrides", json.dumps({"model": str(tmp_path / "no-model"), "programs.seconds_per_task": 1.0})]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == (0 if rerun else 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "fallback-only"
+    assert any("model" in f and "does not exist" in f for f in report["preflight"]["fatal"])
+    assert validate_submission_file(out / "submission.json", CHALLENGES) == []
+    assert report["score"]["correct"] >= 1  # the program expert's answers are in it
+    assert any(t.get("outcome") == "program" for t in report["per_task"].values()), report["per_task"]
+    assert report["workers"] == []  # no worker was started without a model
+    if not rerun:
+        assert "status fallback-only" in proc.stdout + proc.stderr

