@@ -123,7 +123,8 @@ def pip_isolated_env(env: dict | None = None) -> dict:
 
 
 def download_command(python: str, lock: Path, dest: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "--isolated", "download", "--index-url", PYPI, "--only-binary=:all:",
+    cmd = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "download", "--index-url", PYPI,
+           "--only-binary=:all:",
            "--no-deps", "--python-version", python, "--implementation", "cp", "-q"]
     for tag in platform_tags():
         cmd += ["--platform", tag]
@@ -171,6 +172,7 @@ def relock(python: str, cuda: int) -> Path:
 def build_kit_wheel(dest: Path) -> Path:
     """Build the kit's wheel from a copy of the sources in a temporary folder: no build/ or *.egg-info in the
     repository."""
+    dest = Path(dest).resolve()  # pip runs in the temporary folder: a relative dest would land there
     with tempfile.TemporaryDirectory(prefix="arcttt-kit-") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
@@ -244,13 +246,27 @@ def build_bundle(cfg: BundleConfig) -> dict:
         raise FileNotFoundError(f"no lock for Python {cfg.python} / CUDA {cfg.cuda}: {cfg.lock} "
                                 f"(create it with: build_submission.py bundle --relock --python {cfg.python} "
                                 f"--cuda {cfg.cuda})")
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(cfg.out_dir).resolve()
     ds, nbdir = out_dir / "dataset", out_dir / "notebook"
     wheels = ds / "wheels"
-    for d in (ds, nbdir):
-        shutil.rmtree(d, ignore_errors=True)
-    wheels.mkdir(parents=True)
+    target = json.dumps({"lock": cfg.lock.name, "lock_text": cfg.lock.read_text()})
+    marker = out_dir / ".wheels-target.json"
+    # Rebuilding the same target keeps the wheels already downloaded (pip download skips files present in the
+    # destination); any other target starts from an empty folder.
+    keep = cfg.with_wheels and marker.exists() and marker.read_text() == target and wheels.is_dir()
+    if keep:
+        for w in wheels.glob("arcttt_kaggle-*.whl"):
+            w.unlink()
+        for p in ds.iterdir():
+            if p != wheels:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    else:
+        shutil.rmtree(ds, ignore_errors=True)
+    shutil.rmtree(nbdir, ignore_errors=True)
+    wheels.mkdir(parents=True, exist_ok=True)
     nbdir.mkdir(parents=True)
+    if cfg.with_wheels:
+        atomic_write_text(marker, target)
     lock_text = cfg.lock.read_text()
     pins = lock_pins(lock_text)
     left_out: dict[str, str] = {}
@@ -258,6 +274,10 @@ def build_bundle(cfg: BundleConfig) -> dict:
     if cfg.with_wheels:
         download_wheels(cfg, wheels)
         names = sorted(p.name for p in wheels.glob("*.whl"))
+        stale = [n for n in names if pins.get(parse_wheel_filename(n)[0]) != parse_wheel_filename(n)[1]]
+        for n in stale:  # kept from an earlier build of this target but no longer locked
+            (wheels / n).unlink()
+        names = [n for n in names if n not in stale]
         cpu = cpu_wheels(names)
         if cpu:
             raise RuntimeError(f"the download brought CPU builds {cpu}: a +cpu wheel must never ship to a GPU run")

@@ -211,7 +211,14 @@ def preset_from_dials(name: str, dl: Dials, **paths: Any) -> RunConfig:
                             enforce_eager=cpu, gpu_memory_utilization=0.9,
                             # The tiny model has random weights: unconstrained, nearly every sample is
                             # unparsable and voting/PoE/allocation see nothing. Real models keep the plain path.
-                            constrain_grid=cpu),
+                            constrain_grid=cpu,
+                            # GPUs: DFS at tau = 0.1, the ARChitects' 2024 setting (the right answer among the
+                            # candidates 80% vs 75% greedy); NVARC's 0.2 keeps fewer. At most 10 candidates per
+                            # view; the token cap (16 greedy decodes of a 30x30 grid per view) bounds a
+                            # pathological wide tree and is reported when it cuts. The tiny random model has no
+                            # completion above 0.1, so cpu-tiny keeps greedy sampling.
+                            method="sample" if cpu else "dfs", dfs_threshold=0.1,
+                            dfs_max_tokens=0 if cpu else 16 * dl.views * 931),
         select=SelectConfig(method="poe", poe_top_c=4 if cpu else 8, poe_views=2 if cpu else 8),
         programs=ProgramsConfig(seconds_per_task=2.0 if cpu else 10.0, workers=1 if cpu else 2),
         budget=BudgetConfig(limit_seconds=dl.limit_seconds, safety_margin_seconds=dl.margin_seconds,

@@ -134,6 +134,11 @@ class DecodeConfig:
         "help": "DFS cap per task in seconds (NVARC: 1200). vLLM runs all tasks together, so it counts from the "
                 "call's start; the hf backend counts from the task's first view. Reported as truncation "
                 "(0 = no cap; the run's deadline always applies)."})
+    dfs_chunk_tokens: int = field(default=16, metadata={
+        "help": "DFS (vLLM): a branch's first round decodes at most this many tokens, doubling each round its path "
+                "stays >= tau: a branch that falls below tau wastes at most its chunk (vLLM cannot stop on a "
+                "probability), a confident path costs log2(length / chunk) extra rounds of engine overhead "
+                "(0 = decode every branch to eos or the bound in one round)."})
 
     def __post_init__(self):
         if self.backend not in ("vllm", "hf"):
@@ -168,9 +173,9 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.method must be 'sample' or 'dfs', got {self.method!r}")
         if not 0 < self.dfs_threshold < 1:
             raise ValueError(f"DecodeConfig.dfs_threshold must be in (0, 1), got {self.dfs_threshold}")
-        if self.dfs_max_candidates < 0 or self.dfs_max_tokens < 0 or self.dfs_max_seconds < 0:
-            raise ValueError("DecodeConfig.dfs_max_candidates, dfs_max_tokens and dfs_max_seconds must be >= 0 "
-                             "(0 = no cap)")
+        if min(self.dfs_max_candidates, self.dfs_max_tokens, self.dfs_max_seconds, self.dfs_chunk_tokens) < 0:
+            raise ValueError("DecodeConfig.dfs_max_candidates, dfs_max_tokens, dfs_max_seconds and dfs_chunk_tokens "
+                             "must be >= 0 (0 = no cap)")
         if self.method == "dfs" and (self.temperature != 0 or self.samples_per_view != 1):
             raise ValueError("DecodeConfig.method='dfs' enumerates the model's own distribution: set temperature=0 "
                              "and samples_per_view=1 (they apply to method='sample')")

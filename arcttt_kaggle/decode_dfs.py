@@ -35,9 +35,10 @@ that step was already opened. Without the grammar the distribution is the model'
 vocabulary: top-k raw log-probabilities, k = floor(1/tau) (vLLM's ``max_logprobs`` default of 20 bounds tau
 >= 0.05 there; the config refuses smaller tau without the grammar).
 
-Cost. Every branch's greedy continuation runs to eos or the bound even when its probability has fallen below
-tau (vLLM cannot stop a request on a probability); for a trained model most branches are real candidates, so
-little is wasted. Open branches at once <= floor(1/tau) per view (their subtrees are disjoint, each >= tau).
+Cost. vLLM cannot stop a request when its path probability falls below tau, so a branch's continuation is
+decoded in chunks (``dfs_chunk_tokens``, doubling each round the path stays above tau): a branch that dies
+early wastes at most its chunk, a confident path needs log2(length / chunk) extra rounds (prefix caching makes
+each resubmission pay only for the new tokens). Open branches at once <= floor(1/tau) per view (their subtrees are disjoint, each >= tau).
 
 ``depth_first`` is the reference algorithm (the winners' way: one sequence, a KV cache, greedy child first);
 ``decode_dfs_hf`` runs it with transformers + PEFT and is the fallback backend. The tests compare both with a
@@ -103,6 +104,7 @@ class Branch:
     tokens: tuple[int, ...]
     logprob: float
     state: GridState | None  # the grammar state after ``tokens``; None without the grammar
+    chunk: int = 0  # tokens to decode in its next round (0 = to eos or the bound)
 
 
 @dataclass(frozen=True)
@@ -151,14 +153,15 @@ def _advanced(state: GridState | None, token: int) -> GridState | None:
 
 
 def walk(branch: Branch, generated: Sequence[int], reported: Sequence[Mapping[int, float]], max_tokens: int,
-         log_tau: float, eos: int) -> tuple[list[Found], list[Branch]]:
+         log_tau: float, eos: int, chunk: int = 0) -> tuple[list[Found], list[Branch]]:
     """Follow one greedy continuation of ``branch``: the completions it ends and the branches it opens.
 
     ``reported[j]`` is the engine's log-probabilities at step j (grid tokens, or the top-k); every token the
     grammar allows there (all reported ones without it) other than ``generated[j]`` whose path stays >= tau
     ends a completion (eos, or ``max_tokens`` reached) or opens a branch. The walk stops where the path drops
     below tau, where the grammar forbids the generated token, or at the end of ``generated``; a path that ran
-    out of generated tokens before eos or the bound is opened again (the engine stopped it early).
+    out of generated tokens before eos or the bound is opened again (the engine stopped it at its chunk) with
+    twice the chunk (a path still above tau is likely to go on); opened alternatives get ``chunk``.
     """
     if not generated:
         raise RuntimeError(f"the engine generated no token for a branch of root {branch.root} "
@@ -176,7 +179,7 @@ def walk(branch: Branch, generated: Sequence[int], reported: Sequence[Mapping[in
             if t == eos or len(path) >= max_tokens:
                 found.append(Found(branch.root, path, lp + l, "stop" if t == eos else "length"))
             else:
-                opened.append(Branch(branch.root, path, lp + l, _advanced(state, t)))
+                opened.append(Branch(branch.root, path, lp + l, _advanced(state, t), chunk))
         if g not in probs or lp + probs[g] < log_tau:
             return found, opened  # forbidden by the grammar, or below tau: this path ends here
         lp += probs[g]
@@ -185,7 +188,7 @@ def walk(branch: Branch, generated: Sequence[int], reported: Sequence[Mapping[in
             found.append(Found(branch.root, tuple(toks), lp, "stop" if g == eos else "length"))
             return found, opened
         state = _advanced(state, g)
-    opened.append(Branch(branch.root, tuple(toks), lp, state))
+    opened.append(Branch(branch.root, tuple(toks), lp, state, 2 * branch.chunk))
     return found, opened
 
 
@@ -193,11 +196,14 @@ Decode = Callable[[list[Branch], float | None], list[tuple[list[int], list[Mappi
 
 
 def enumerate_rounds(roots: Sequence[Root], decode: Decode, limits: DfsLimits, eos: int,
-                     deadline: float | None = None, clock: Callable[[], float] = time.time) -> DfsResult:
+                     deadline: float | None = None, clock: Callable[[], float] = time.time,
+                     chunk: int = 0) -> DfsResult:
     """The round-based enumeration: ``decode(branches, round_deadline)`` continues every branch greedily (one
     engine call) and returns, per branch, (generated ids, reported log-probabilities per step), or None where the
     round deadline cut it. Caps apply per ``Root.group``; tokens and candidates are checked between rounds,
-    seconds (from this call's start: all groups run together) also inside a round via the round deadline."""
+    seconds (from this call's start: all groups run together) also inside a round via the round deadline.
+    ``chunk`` > 0: a branch's first round decodes at most that many tokens, doubling each round it survives, so
+    a branch that falls below tau early wastes at most its chunk (``decode`` must honour ``Branch.chunk``)."""
     t0 = clock()
     cutoff = deadline
     if limits.max_seconds > 0:
@@ -205,7 +211,7 @@ def enumerate_rounds(roots: Sequence[Root], decode: Decode, limits: DfsLimits, e
     res = DfsResult([[] for _ in roots])
     counts: dict[str, int] = {}
     tokens: dict[str, int] = {}
-    open_: list[Branch] = [Branch(i, (), 0.0, r.grammar) for i, r in enumerate(roots)]
+    open_: list[Branch] = [Branch(i, (), 0.0, r.grammar, chunk) for i, r in enumerate(roots)]
     while open_:
         now = clock()
         if cutoff is not None and now >= cutoff:
@@ -225,7 +231,7 @@ def enumerate_rounds(roots: Sequence[Root], decode: Decode, limits: DfsLimits, e
             gen, rep = out
             tokens[g] = tokens.get(g, 0) + len(gen)
             res.tokens += len(gen)
-            found, opened = walk(b, gen, rep, roots[b.root].max_tokens, limits.log_tau, eos)
+            found, opened = walk(b, gen, rep, roots[b.root].max_tokens, limits.log_tau, eos, chunk)
             for f in found:
                 res.found[f.root].append(f)
                 counts[g] = counts.get(g, 0) + 1
@@ -349,7 +355,7 @@ def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progre
         return out
     if cfg.backend == "vllm":
         res = enumerate_rounds(roots, _VllmRounds(decoder._engine, jobs, limits, cfg.constrain_grid, progress),
-                               limits, fmt.eos_id, deadline)
+                               limits, fmt.eos_id, deadline, chunk=cfg.dfs_chunk_tokens)
         stats.engine_calls += res.rounds
     else:
         from .decode_dfs_hf import hf_depth_first
@@ -416,7 +422,8 @@ class _VllmRounds:
         params, prompts, loras = [], [], []
         for b in branches:
             job = self.jobs[b.root]
-            params.append(SamplingParams(n=1, temperature=0.0, max_tokens=job.max_tokens - len(b.tokens),
+            left = job.max_tokens - len(b.tokens)
+            params.append(SamplingParams(n=1, temperature=0.0, max_tokens=min(left, b.chunk) if b.chunk else left,
                                          stop_token_ids=[eng.eos_id], detokenize=False, **extra))
             prompts.append(TokensPrompt(prompt_token_ids=list(job.prompt) + list(b.tokens)))
             loras.append(eng._lora(job.adapter))

@@ -5,7 +5,8 @@ to a ``RunConfig``: ``task_works`` turns tasks and settings into token work, ``f
 rung from the config. ``replan`` is what a worker calls after its first trained tasks: it fits the throughputs
 to its own events (``budget.measured_throughput``, the same fit a finished run's ``measured_throughput.json``
 comes from), predicts what is left (the untrained tasks' TTT, then decoding, the second pass and scoring of
-all its tasks) and walks the ladder again from the settings in force, so priors that were too optimistic turn
+all its tasks) and walks the ladder again from the settings in force (a worker re-plans once its trainer has
+started, from the start-up's measured slowness, and again after its first trained tasks), so priors that were too optimistic turn
 into fewer steps or views before the deadline, not into a phase that never runs.
 """
 
@@ -19,17 +20,26 @@ from .data import Task
 from .ttt_data import TTTDataConfig, build_ttt_examples, estimate_tokens
 
 
+def example_tokens(task: Task, ttt: TTTDataConfig) -> float:
+    """Mean tokens of one TTT example of ``task`` (0 when none fits)."""
+    examples = build_ttt_examples(task, ttt)
+    return (sum(estimate_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
+
+
 def task_works(tasks: Mapping[str, Task], ttt: TTTDataConfig, batch: int, s: Settings,
-               untrained: Sequence[str] | None = None) -> list[TaskWork]:
+               untrained: Sequence[str] | None = None, cache: dict[str, float] | None = None) -> list[TaskWork]:
     """Token work per task under settings ``s``, from the format's token arithmetic (no tokenizer needed).
 
     ``untrained``: only these tasks still have TTT to do (a re-plan after the first tasks); None = all.
+    ``cache``: task id -> mean example tokens, filled on first use (the ladder asks for every rung).
     """
     works = []
+    cache = {} if cache is None else cache
     for task in tasks.values():
         trains = s.train_steps > 0 and (untrained is None or task.id in untrained)
-        examples = build_ttt_examples(task, ttt) if trains else []
-        ex_tokens = (sum(estimate_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
+        if trains and task.id not in cache:
+            cache[task.id] = example_tokens(task, ttt)
+        ex_tokens = cache[task.id] if trains else 0.0
         prompts, outputs = view_tokens(task)
         settings = s if trains else replace(s, train_steps=0)
         works.append(task_work(task, settings, example_tokens=ex_tokens, batch=batch,
@@ -67,12 +77,20 @@ def _scale_unmeasured(fitted: Throughput, prior: Throughput, events: list[dict])
     """Rates the run has not measured yet (decoding, scoring before the decoder started) scaled by how far the
     measured training was from its prior: a machine 3x slower than its priors at training is assumed 3x slower at
     the rest until the rest is measured (clamped to [0.1, 10])."""
-    train = [e for e in events if e["phase"] == "train" and e["status"] == "ok" and e.get("steps")]
-    if not train or any(e["phase"] == "decode" and e["status"] == "ok" for e in events):
+    if any(e["phase"] == "decode" and e["status"] == "ok" for e in events):
         return fitted
-    predicted = sum(float(e.get("tokens") or 0) / prior.train_tokens_per_s + e["steps"] * prior.train_step_s
-                    + prior.per_task_overhead_s for e in train)
-    slow = min(10.0, max(0.1, sum(e["end"] - e["start"] for e in train) / max(predicted, 1e-6)))
+    train = [e for e in events if e["phase"] == "train" and e["status"] == "ok" and e.get("steps")]
+    startup = [e for e in events if e["phase"] == "startup_train" and e["status"] == "ok"]
+    if train:
+        predicted = sum(float(e.get("tokens") or 0) / prior.train_tokens_per_s + e["steps"] * prior.train_step_s
+                        + prior.per_task_overhead_s for e in train)
+        slow = min(10.0, max(0.1, sum(e["end"] - e["start"] for e in train) / max(predicted, 1e-6)))
+    elif startup and prior.train_startup_s > 0:
+        # Before any task: the trainer's start-up is the only measurement; it only ever slows the forecast
+        # (a warm import cache makes a start-up faster without making the engines faster).
+        slow = min(10.0, max(1.0, (startup[-1]["end"] - startup[-1]["start"]) / prior.train_startup_s))
+    else:
+        return fitted
     return replace(fitted, decode_prompt_tokens_per_s=prior.decode_prompt_tokens_per_s / slow,
                    decode_output_tokens_per_s=prior.decode_output_tokens_per_s / slow,
                    score_tokens_per_s=prior.score_tokens_per_s / slow, decode_startup_s=prior.decode_startup_s * slow,
@@ -92,7 +110,8 @@ def replan(events: list[dict], prior: Throughput, tasks: Mapping[str, Task], unt
     model = CostModel(replace(fitted, train_startup_s=0.0,
                               decode_startup_s=0.0 if "startup_decode" in started else fitted.decode_startup_s))
     available = max(0.0, deadline - now)
-    plan = make_plan(lambda s: task_works(tasks, ttt, batch, s, untrained), current, model, 1, available,
+    cache: dict[str, float] = {}
+    plan = make_plan(lambda s: task_works(tasks, ttt, batch, s, untrained, cache), current, model, 1, available,
                      scores=current.score_views > 0)
     secs = plan.workers[0].seconds if plan.workers else {"startup": 0.0, "train": 0.0, "decode": 0.0, "score": 0.0}
     total = max(1e-6, sum(secs.values()))

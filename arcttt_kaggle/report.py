@@ -144,7 +144,7 @@ STATUSES = ("ok", "degraded", "fallback-only")
 # Events that make a run degraded, kept in ``report["incidents"]`` so the status can be recomputed from report.json.
 INCIDENT_KINDS = {("engine", "fallback"), ("worker", "replaced"), ("worker", "error"), ("score", "skipped"),
                   ("score", "error"), ("train", "error"), ("train", "skipped"), ("decode", "error"),
-                  ("decode", "hang"), ("programs", "error"), ("run", "error")}
+                  ("decode", "hang"), ("decode", "isolated"), ("programs", "error"), ("run", "error")}
 
 
 def _short(text: Any, limit: int = 240) -> str:
@@ -222,6 +222,8 @@ def run_status(report: dict) -> tuple[str, list[str]]:
                         "TTT skipped for {n} task(s) ({ids}), decoded with the base model: {reason}")
     reasons += [f"decoding on worker {e.get('worker')} {'hung' if e['status'] == 'hang' else 'failed'}: {_short(e.get('reason'))}"
                 for e in of("decode", "error", "hang")]
+    reasons += _grouped([(e.get("task") or "?", _short(e.get("reason"))) for e in of("decode", "isolated")],
+                        "decoding isolated a failure for {n} task(s) ({ids}): {reason}")
     score = of("score", "skipped", "error")
     reasons += _grouped([(e.get("task") or "all", _short(e.get("reason"))) for e in score if e["status"] == "skipped"],
                         "scoring cut for {n} task(s) ({ids}): {reason}")

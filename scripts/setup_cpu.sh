@@ -7,8 +7,9 @@
 # Why uv and a lock: pip spends ~3 min resolving this 210-package stack on every run (its cache stays empty
 # with this registry, so CI would pay it each time); `uv pip install --no-deps -r requirements-cpu.lock`
 # takes ~18 s cold and ~1.3 s warm, and the lock keeps every machine identical.
-# torch==2.13.0+cpu is taken from a local wheel folder (TORCH_WHEELS, default /opt/wheels); elsewhere point
-# TORCH_WHEELS at a folder or index page holding the CPU wheel.
+# torch==2.13.0+cpu is taken from a local wheel folder (TORCH_WHEELS, default /opt/wheels) when it holds the
+# wheel; otherwise from PyTorch's own CPU wheel index (https://download.pytorch.org/whl/cpu), and the script
+# says which. TORCH_WHEELS may also name another folder or index page holding the CPU wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_WHEELS="${TORCH_WHEELS:-/opt/wheels}"
@@ -17,7 +18,18 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"
 UV=(.venv/bin/uv pip)
-FIND=(--find-links "$TORCH_WHEELS")
+TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
+TORCH_PIN="$(grep -E '^torch==' requirements-cpu.lock | head -1 | cut -d= -f3)"
+if [ -d "$TORCH_WHEELS" ] && ! ls "$TORCH_WHEELS"/torch-"$TORCH_PIN"-*.whl >/dev/null 2>&1; then
+  # The local folder lacks torch $TORCH_PIN: take it from PyTorch's CPU index (uv: only torch* from there).
+  echo "setup_cpu.sh: no torch-$TORCH_PIN wheel in $TORCH_WHEELS: using $TORCH_CPU_INDEX"
+  FIND=(--index "pytorch-cpu=$TORCH_CPU_INDEX" --index-strategy unsafe-best-match)
+elif [ ! -e "$TORCH_WHEELS" ] && [[ "$TORCH_WHEELS" != *://* ]]; then
+  echo "setup_cpu.sh: no $TORCH_WHEELS: taking torch $TORCH_PIN from $TORCH_CPU_INDEX"
+  FIND=(--index "pytorch-cpu=$TORCH_CPU_INDEX" --index-strategy unsafe-best-match)
+else
+  FIND=(--find-links "$TORCH_WHEELS")
+fi
 
 if [ "${1:-}" = "--relock" ]; then
   "${UV[@]}" install --python .venv/bin/python "${FIND[@]}" -r requirements-cpu.in

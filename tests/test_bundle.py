@@ -222,7 +222,9 @@ def _tree_state(paths):
 def test_bundle_without_wheels_writes_manifest_install_script_and_leaves_the_repo_clean(tmp_path):
     watched = [REPO / "build", *REPO.glob("*.egg-info"), REPO / "dist"]
     before = _tree_state(watched)
-    res = B.build_bundle(B.BundleConfig(out_dir=tmp_path, python="3.11", cuda=13, with_wheels=False, user="bob"))
+    os.chdir(tmp_path)  # a relative out_dir (as the CLI passes it) must land here, not in a temporary folder
+    res = B.build_bundle(B.BundleConfig(out_dir=Path("rel-out"), python="3.11", cuda=13, with_wheels=False, user="bob"))
+    tmp_path = tmp_path / "rel-out"
     assert _tree_state([REPO / "build", *REPO.glob("*.egg-info"), REPO / "dist"]) == before
     ds = tmp_path / "dataset"
     man = json.loads((ds / "manifest.json").read_text())

@@ -85,7 +85,7 @@ def test_bundle_without_wheels(tmp_path):
     for needed in ("arcttt_kaggle/pipeline.py", "arcttt_kaggle/programs/expert.py",
                    "arcttt_kaggle/sample_data/arc-agi_test_challenges.json", "arcttt_kaggle/sample_data/LICENSE"):
         assert needed in names
-    assert (ds / "requirements-kaggle.lock").read_text().count("vllm==0.32.0") == 1
+    assert (ds / "requirements.lock").read_text().count("vllm==0.19.1") == 1  # default target: Python 3.12, CUDA 12
 
 
 def test_programs_cli_writes_candidates_submission_and_accuracy(tmp_path):

@@ -317,6 +317,8 @@ def test_a_folder_without_report_json_is_refused_by_name(tmp_path):
 
 @pytest.mark.slow
 def test_the_notebook_shows_the_page_with_the_status_printed_first(tmp_path):
+    import nbformat
+
     from arcttt_kaggle.dryrun import dry_run
 
     report = dry_run(challenges=SAMPLE / "arc-agi_test_challenges.json", solutions=SAMPLE / "arc-agi_test_solutions.json",
@@ -326,8 +328,8 @@ def test_the_notebook_shows_the_page_with_the_status_printed_first(tmp_path):
     assert report["status"] in ("ok", "degraded") and (tmp_path / "report.html").is_file()
     page = Page((tmp_path / "report.html").read_text(encoding="utf-8"))
     assert len([a for t, a in page.tags if t == "section"]) == 10  # 2 attempted, 8 on the fallback (max_tasks)
-    nb = json.loads((tmp_path / "notebook_executed.ipynb").read_text())
-    outputs = nb["cells"][-1]["outputs"]
+    nb = nbformat.read(str(tmp_path / "notebook_executed.ipynb"), as_version=4)  # joins multi-line strings
+    outputs = nb.cells[-1].outputs
     printed = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
     assert printed.splitlines()[0] == status_line(report) and status_line(report).startswith("status: ")
     shown = [o["data"]["text/html"] for o in outputs if o["output_type"] == "display_data"]

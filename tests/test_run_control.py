@@ -100,23 +100,23 @@ def test_a_training_child_dies_with_its_sigkilled_worker(tmp_path):
     code = (
         "import multiprocessing as mp, pathlib, time\n"
         "from arcttt_kaggle.worker import _die_with_parent\n"
+        "import os\n"
         "def child():\n"
         "    _die_with_parent()\n"
+        f"    pathlib.Path({str(pidfile)!r}).write_text(str(os.getpid()))  # ready: the death signal is armed\n"
         "    time.sleep(600)\n"
         "if __name__ == '__main__':\n"
         "    p = mp.get_context('spawn').Process(target=child)\n"
         "    p.start()\n"
-        f"    pathlib.Path({str(pidfile)!r}).write_text(str(p.pid))\n"
         "    time.sleep(600)\n")
     script = tmp_path / "w.py"
     script.write_text(code)
     proc = subprocess.Popen([sys.executable, str(script)])
-    for _ in range(400):
+    for _ in range(1200):
         if pidfile.exists() and pidfile.read_text():
             break
         time.sleep(0.05)
     child = int(pidfile.read_text())
-    time.sleep(1.0)  # the child has run _die_with_parent
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     for _ in range(100):
@@ -188,3 +188,16 @@ def test_a_replan_event_applies_to_views_the_second_pass_scoring_and_the_decode_
     assert _apply_replan(spec, cfg, tasks, []) == (spec, cfg)
     late = [{"phase": "replan", "status": "ok", "after": after, "decode_deadline": now + 999}]
     assert _apply_replan(spec, cfg, tasks, late)[0].decode_deadline == spec.deadline  # never past the worker's end
+
+
+def test_a_slow_trainer_start_alone_already_slows_the_forecast():
+    """Before any task: a trainer start-up 3x the prior is taken as a 3x slower machine for what is not measured
+    (decoding, scoring); a faster start-up never makes the forecast more optimistic."""
+    cfg = preset("cpu-tiny")
+    p = CPU_TINY_THROUGHPUT
+    for factor, want in ((3.0, 3.0), (0.5, 1.0)):
+        ev = [{"worker": 0, "phase": "startup_train", "status": "ok", "task": "", "start": 0.0,
+               "end": p.train_startup_s * factor}]
+        rp = replan(ev, p, TASKS, sorted(TASKS), cfg.ttt, 1, Settings(24, 4, 2, 4, 1.0), 100.0, 700.0, 0.6)
+        assert rp.throughput.decode_output_tokens_per_s == pytest.approx(p.decode_output_tokens_per_s / want)
+        assert rp.throughput.decode_startup_s == pytest.approx(p.decode_startup_s * want)

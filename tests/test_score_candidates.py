@@ -250,3 +250,46 @@ def test_empty_inputs_give_empty_matrices(scorer, case):
     assert scorer.score(task, 0, grids, [], None).shape == (5, 0)
     with pytest.raises(IndexError):
         scorer.score(task, 3, grids, views, None)
+
+
+def test_a_corrupt_adapter_is_refused_before_the_model_is_touched_and_scoring_goes_on(scorer, models, case,
+                                                                                      tmp_path):
+    import shutil
+
+    from arcttt_kaggle.engine_base import AdapterError
+
+    task, grids, views = case
+    before = scorer.score(task, 0, grids[:2], views[:1], models[1][0])
+    bad = tmp_path / "bad"
+    shutil.copytree(models[1][1], bad)
+    weights = bad / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterError, match="bad"):
+        scorer.score(task, 0, grids[:2], views[:1], bad)
+    assert not scorer.adapters.broken
+    np.testing.assert_allclose(scorer.score(task, 0, grids[:2], views[:1], models[1][0]), before, atol=1e-9)
+    np.testing.assert_allclose(scorer.score(task, 0, grids[:2], views[:1], None),
+                               reference(models[0], None, scorer.fmt, task, grids[:2], views[:1]), atol=1e-4)
+
+
+def test_scorer_on_a_bitsandbytes_4bit_base(models, case):
+    """quantization="bitsandbytes": NF4 Linear4bit layers (lm_head kept), a smaller footprint than fp32, and
+    shared-prefix scores that still equal the naive path on the same 4-bit model."""
+    from arcttt_kaggle.score_candidates import Scorer
+
+    task, grids, views = case
+    with Scorer(models[0], dtype="float32", device="cpu", quantization="bitsandbytes") as q:
+        model = q.adapters.model
+        assert sum(type(m).__name__ == "Linear4bit" for m in model.modules()) == 7 * model.config.num_hidden_layers
+        assert type(model.get_output_embeddings()).__name__ == "Linear"
+        footprint = model.get_memory_footprint()
+        shared = q.score(task, 0, grids, views[:2], models[1][0])
+        naive = q.score(task, 0, grids, views[:2], models[1][0], shared_prefix=False)
+    with Scorer(models[0], dtype="float32", device="cpu") as full:
+        full_footprint = full.adapters.model.get_memory_footprint()
+        exact = full.score(task, 0, grids, views[:2], models[1][0])
+    assert footprint < full_footprint
+    assert np.all(np.isfinite(shared)) and np.all(shared < 0)
+    np.testing.assert_allclose(shared, naive, rtol=0, atol=1e-3)
+    assert not np.allclose(shared, exact, atol=1e-4)  # really quantized: not the fp32 model's scores
+    print(f"nf4 vs fp32: max |diff| {np.abs(shared - exact).max():.3f} nats, footprint {footprint / full_footprint:.2f}x")

@@ -330,12 +330,13 @@ def test_nan_loss_skips_its_step_and_the_adapter_is_not_used(trainer32, tmp_path
 
 @pytest.mark.slow
 def test_nonfinite_weight_is_caught_before_saving(trainer32, tmp_path):
-    """A weight that became inf (the loss of that step is still finite) makes the adapter unusable."""
-    poisoned = trainer32._lora[-1]
+    """A weight that became inf (every loss still finite) makes the adapter unusable."""
+    poisoned, calls = trainer32._lora[-1][1], []
 
     def poison(step, loss):
-        if step == 3:
-            poisoned[1].data[0, 0] = float("inf")  # .data: an in-place fault that autograd does not see
+        calls.append(step)
+        if calls.count(3) == 2:  # after the last forward of the last step: no later loss sees it
+            poisoned.data[0, 0] = float("inf")  # .data: an in-place fault that autograd does not see
         return loss
 
     task = recolor_task("inf", seed=9)
