@@ -7,7 +7,7 @@
     .venv/bin/python build_submission.py plan --preset t4x2 --challenges ../shared/data/arc-agi-1/arc-agi_evaluation_challenges.json
     .venv/bin/python build_submission.py plan --preset t4x2 --model /kaggle/input/arc-base-model      # memory + disk
     .venv/bin/python build_submission.py programs --challenges F --solutions F --seconds-per-task 10 --out out/programs.json
-    .venv/bin/python build_submission.py bundle --out out/bundle --python 3.12 --cuda 12 --accelerator t4x2 [--no-wheels]
+    .venv/bin/python build_submission.py bundle --out out/bundle --python 3.12 --cuda 13 --accelerator l4x4 [--no-wheels]
 
 A thin caller: every subcommand is a few lines over functions of ``arcttt_kaggle``.
 """
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="out/bundle")
     b.add_argument("--python", choices=["3.12", "3.11"], default="3.12",
                    help="the kernel's Python (Kaggle's image: 3.12 since 2025-12-12)")
-    b.add_argument("--cuda", type=int, choices=[12, 13], default=12,
-                   help="12: vLLM 0.19.1 + torch 2.10.0 (driver >= 525, what Kaggle's own cu128 torch runs on); "
-                        "13: vLLM 0.32.0 + torch 2.13.0 (driver >= 580)")
-    b.add_argument("--accelerator", choices=["t4x2", "l4x4"], default="t4x2",
+    b.add_argument("--cuda", type=int, choices=[12, 13], default=13,
+                   help="13: vLLM 0.32.0 + torch 2.13.0 (driver >= 580; the engines CI tests); 12: vLLM 0.19.1 + "
+                        "torch 2.10.0 (driver >= 525, what Kaggle's own cu128 torch runs on; not tested by CI)")
+    b.add_argument("--accelerator", choices=["t4x2", "l4x4"], default="l4x4",
                    help="kernel-metadata machine_shape: t4x2 -> NvidiaTeslaT4, l4x4 -> NvidiaL4")
     b.add_argument("--no-wheels", action="store_true", help="skip the wheelhouse download (tests)")
     b.add_argument("--kaggle-user", default="your-kaggle-username")

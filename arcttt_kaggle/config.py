@@ -20,6 +20,7 @@ from typing import Any, Literal
 from .allocate import AllocationConfig
 from .budget import BudgetConfig, Throughput
 from .decode import DecodeConfig
+from .format import FormatConfig
 from .programs.expert import ProgramsConfig
 from .select import SelectConfig
 from .tinymodel import TinyModelConfig
@@ -67,6 +68,7 @@ class RunConfig:
     keep_adapters: bool = field(default=False, metadata={"help": "keep each task's adapter after it is decoded and "
                                 "scored (default: delete it; /kaggle/working holds ~20 GB)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    format: FormatConfig = field(default_factory=FormatConfig, metadata={"help": "prompt layout (profile) and base model preparation: reduced vocabulary, bnb 4-bit (format.py, model_prep.py)"})
     ttt: TTTDataConfig = field(default_factory=TTTDataConfig, metadata={"help": "TTT data"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "LoRA training"})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})

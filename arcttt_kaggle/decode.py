@@ -275,7 +275,7 @@ class Decoder:
         self.config = config
         self.model_path = Path(model_path).resolve()
         tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
-        self.fmt = ArcFormat(tokenizer)
+        self.fmt = ArcFormat.for_model(tokenizer, self.model_path)  # the folder's profile (model_prep)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fmt.eos_id
         self.stats = DecodeStats()
         self.last_token_ids: list[list[list[int]]] = []  # raw outputs (augmented frame) of the last generate

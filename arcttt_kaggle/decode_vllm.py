@@ -159,7 +159,7 @@ class VllmBackend:
         if distinct > cached:
             warnings.warn(f"{distinct} LoRAs in one generate call > max_cpu_loras ({cached}): adapters are evicted "
                           f"and re-read from disk as the scheduler rotates them (measured up to ~10x slower on "
-                          f"CPU); raise max_cpu_loras if host RAM allows", stacklevel=4)
+                          f"CPU); raise max_cpu_loras if host RAM allows", stacklevel=6)  # Decoder.generate's caller
         sampled = cfg.temperature > 0
         # Sampling seeds follow the job's request index, not its place in this call: a job retried in a smaller
         # call after a failure samples the same as it would have in the full one.

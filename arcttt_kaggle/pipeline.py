@@ -225,7 +225,13 @@ class Run:
     # -- 2. plan ---------------------------------------------------------------------------------------------
     def plan(self) -> None:
         cfg = self.cfg
-        self.model_path = resolve_model(cfg)
+        from .model_prep import prepare_model
+
+        t_prep = time.time()  # once per run, cached in OUT_DIR/prepared-model; its time is spent before the plan
+        self.prepared = prepare_model(resolve_model(cfg), cfg.format, Path(cfg.out_dir) / "prepared-model",
+                                      dtype="float16" if cfg.train.dtype == "float16" else "bfloat16")
+        self.model_path = Path(self.prepared.path)
+        self.event("prepare_model", "ok", t_prep, **self.prepared.card())
         self.cost = CostModel(cfg.throughput)
         available = max(0.0, self.budget.work_deadline() - time.time())
         batch = cfg.train.batch_size * cfg.train.grad_accum

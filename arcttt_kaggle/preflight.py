@@ -289,7 +289,7 @@ _TOKENIZER_CHECK = """
 import json, sys
 from transformers import AutoTokenizer
 from arcttt_kaggle.format import ArcFormat
-fmt = ArcFormat(AutoTokenizer.from_pretrained(sys.argv[1]))
+fmt = ArcFormat.for_model(AutoTokenizer.from_pretrained(sys.argv[1]), sys.argv[1])
 print(json.dumps({"digits": fmt.digit_ids, "eos": fmt.eos_id}))
 """
 

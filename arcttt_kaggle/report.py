@@ -104,6 +104,8 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
     if getattr(run, "preflight", None) is not None:
         pre = run.preflight
         report["preflight"] = pre if isinstance(pre, dict) else pre.to_dict()  # preflight.PreflightResult
+    if getattr(run, "prepared", None) is not None:  # model_prep.PreparedModel
+        report["model_card"] = run.prepared.card()
     report["incidents"] = incidents(events, run.budget.start)
     return with_status(report)
 

@@ -206,6 +206,12 @@ def _summary(r: dict) -> str:
                                f"{(r.get('programs') or {}).get('tasks_decided', 0)} decided")]
     if score:
         rows.append(("score", f"{score['score']:.3f} ({score['correct']}/{score['total']} test outputs)"))
+    card = r.get("model_card")
+    if card:  # model_prep.PreparedModel.card()
+        rows.append(("model", f"profile {card.get('profile')} ({card.get('profile_from')}), vocabulary "
+                              f"{card.get('vocab_size')} of {card.get('source_vocab_size')}, quantization "
+                              f"{card.get('quantization')}, folder {card.get('path')}, prepared in "
+                              f"{card.get('seconds', 0):.1f} s{' (cached)' if card.get('cached') else ''}"))
     return "<table class=\"summary\">" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 

@@ -140,7 +140,7 @@ class Scorer:
         self.dtype = resolve_dtype(dtype, self.device.type == "cuda")
         self.model_path = Path(model_path).resolve()
         tokenizer = AutoTokenizer.from_pretrained(str(self.model_path))
-        self.fmt = ArcFormat(tokenizer)
+        self.fmt = ArcFormat.for_model(tokenizer, self.model_path)  # the folder's profile (model_prep)
         model = load_causal_lm(self.model_path, self.dtype, quantization, self.device)
         self.quantization = quantization
         self.adapters = PeftSwitch(model)

@@ -170,7 +170,7 @@ class Trainer:
         self.model_path = Path(model_path).resolve()
         load = _load_unsloth if config.backend == "unsloth" else _load_peft
         self.model, tokenizer, self.backend = load(self.model_path, config)
-        self.fmt = ArcFormat(tokenizer)
+        self.fmt = ArcFormat.for_model(tokenizer, self.model_path)  # the folder's profile (model_prep)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.fmt.eos_id
         # vLLM resolves the base of a LoRARequest from this path; make it absolute, not the caller's spelling.
         self.model.peft_config[_ADAPTER].base_model_name_or_path = str(self.model_path)

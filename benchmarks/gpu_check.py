@@ -86,12 +86,13 @@ class Meter:
         self.seconds = time.perf_counter() - self.t0
 
 
-def row(name: str, m: Meter, tokens: int, finite: bool | None = None, fell: bool | None = None, note: str = "",
-        ok: bool = True) -> dict:
+def row(name: str, m: Meter, tokens: int | None, finite: bool | None = None, fell: bool | None = None,
+        note: str = "", ok: bool = True) -> dict:
+    """One table row; ``tokens`` None where a count means nothing (the whole run); a counted row needs > 0."""
     return {"name": name, "seconds": round(m.seconds, 2), "tokens": tokens,
-            "tokens_per_s": round(tokens / m.seconds, 1) if m.seconds > 0 else 0.0, "peak_gib": round(m.peak_gib, 2),
-            "finite": finite, "nll_fell": fell, "note": note, "ok": bool(ok and tokens > 0 and finite is not False
-                                                                          and fell is not False)}
+            "tokens_per_s": round(tokens / m.seconds, 1) if tokens is not None and m.seconds > 0 else None,
+            "peak_gib": round(m.peak_gib, 2), "finite": finite, "nll_fell": fell, "note": note,
+            "ok": bool(ok and (tokens is None or tokens > 0) and finite is not False and fell is not False)}
 
 
 def train_rows(model: Path, task, dtypes: list[str], steps: int, torch, cuda: bool, work: Path) -> tuple[list, Path]:
@@ -106,6 +107,7 @@ def train_rows(model: Path, task, dtypes: list[str], steps: int, torch, cuda: bo
                           learning_rate=1e-3, warmup_steps=2, max_seq_len=2048, gradient_checkpointing=cuda)
         with Meter(torch, cuda) as m:
             trainer = Trainer(model, cfg)
+            backend = trainer.backend
             try:
                 before = trainer.nll(examples)
                 result = trainer.train_task(task.id, examples, work / f"adapter-{dtype}")
@@ -114,7 +116,7 @@ def train_rows(model: Path, task, dtypes: list[str], steps: int, torch, cuda: bo
                 trainer.close()
         finite = all(math.isfinite(v) for v in result.losses) and math.isfinite(before) and math.isfinite(after)
         rows.append(row(f"train {dtype}", m, result.tokens_seen, finite, after < before,
-                        f"{result.steps_done} steps, NLL {before:.3f} -> {after:.3f}"))
+                        f"{backend}; {result.steps_done} steps, NLL {before:.4f} -> {after:.4f}"))
         adapter = result.adapter_dir
     return rows, adapter
 
@@ -183,7 +185,7 @@ def run_row(model: Path, torch, cuda: bool, steps: int, work: Path) -> dict:
     sub = json.loads(cfg.submission_file.read_text())
     problems = validate_submission(sub, json.loads(Path(paths["challenges"]).read_text()))
     backends = report.get("backends", {})
-    return row("run() peft+hf", m, int(sum(1 for _ in sub)), note=f"submission {'valid' if not problems else problems}"
+    return row("run() peft+hf", m, None, note=f"submission {'valid' if not problems else problems}"
                f"; backends {backends}", ok=not problems)
 
 
@@ -226,7 +228,8 @@ def main() -> int:
     print(f"\n{'check':<16} {'seconds':>8} {'tokens':>8} {'tok/s':>9} {'peak GiB':>9} {'finite':>7} {'NLL fell':>9} "
           f"{'ok':>4}  note")
     for r in rows:
-        print(f"{r['name']:<16} {r['seconds']:>8.2f} {r['tokens']:>8} {r['tokens_per_s']:>9.1f} {r['peak_gib']:>9.2f} "
+        tokens, rate = ("-", "-") if r["tokens"] is None else (r["tokens"], f"{r['tokens_per_s']:.1f}")
+        print(f"{r['name']:<16} {r['seconds']:>8.2f} {tokens:>8} {rate:>9} {r['peak_gib']:>9.2f} "
               f"{'-' if r['finite'] is None else str(r['finite']):>7} "
               f"{'-' if r['nll_fell'] is None else str(r['nll_fell']):>9} {'yes' if r['ok'] else 'NO':>4}  {r['note']}")
     print("peak GiB: CUDA max allocated per check" if cuda else "peak GiB: the process's max RSS so far (CPU)")

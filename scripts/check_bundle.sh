@@ -2,7 +2,8 @@
 # Build the real Kaggle wheelhouses and install one exactly as the notebook does. NOT CI: it downloads ~4 GB
 # per target from PyPI and takes tens of minutes.
 #
-#   bash scripts/check_bundle.sh [CUDA]        # CUDA 12 (default) or 13; work folder ${CHECK_OUT:-out/check-bundle}
+#   bash scripts/check_bundle.sh [CUDA]        # CUDA 13 (default, the engines CI tests) or 12; work folder ${CHECK_OUT:-out/check-bundle}
+#   PYTHON311=/path/python3.11 PYTHON312=/path/python3.12 bash scripts/check_bundle.sh   # interpreters to use
 #
 # 1. `build_submission.py bundle --python 3.11` and `--python 3.12` for that CUDA (isolated from this machine's
 #    pip configuration; +cpu wheels refused; ABI mismatches left out and named in manifest.json);
@@ -15,12 +16,13 @@
 #    `import vllm`, `import unsloth`, `import arcttt_kaggle` one by one, each result printed: CUDA builds may
 #    refuse to import on a machine without a GPU, and the check reports that as it is;
 # 5. for 3.12: `pip install --dry-run --no-index --only-binary=:all: --python-version 3.12` of the bundle's lock
-#    from its wheelhouse resolves (pip's resolver, dependencies included).
+#    from its wheelhouse resolves (pip's resolver, dependencies included), run by a Python 3.12 (PYTHON312).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CUDA="${1:-12}"
+CUDA="${1:-13}"
 OUT="${CHECK_OUT:-out/check-bundle}"
 PY311="${PYTHON311:-python3.11}"
+PY312="${PYTHON312:-python3.12}"   # step 5: pip checks Requires-Python against the interpreter it runs in
 mkdir -p "$OUT"
 ISO=(env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null)
 
@@ -61,12 +63,27 @@ for mod in arcttt_kaggle vllm unsloth; do
   fi
 done
 
-# 5. Python 3.12: pip's resolver finds every requirement of the lock in the wheelhouse alone.
+# 5. Python 3.12: every pinned wheel installs on 3.12 (--no-deps, the install path), and pip's resolver finds
+#    every requirement in the wheelhouse except the wheels the bundle left out (named in manifest.json).
 ds="$OUT/py3.12/dataset"
 TAGS=$(.venv/bin/python -c 'from arcttt_kaggle.bundle import platform_tags; print(" ".join("--platform " + t for t in platform_tags()))')
+LEFT312=$(.venv/bin/python -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["left_out"]))' "$ds/manifest.json")
+DRY=("${ISO[@]}" "$PY312" -m pip --isolated install --dry-run --ignore-installed --no-index --only-binary=:all:
+     --python-version 3.12 --implementation cp --target "$OUT/dry312" --find-links "$ds/wheels" -r "$ds/requirements.lock")
 # shellcheck disable=SC2086
-"${ISO[@]}" .venv/bin/python -m pip --isolated install --dry-run --ignore-installed --no-index --only-binary=:all: \
-  --python-version 3.12 --implementation cp $TAGS --target "$OUT/dry312" --find-links "$ds/wheels" \
-  -r "$ds/requirements.lock" > "$OUT/dry312.txt" 2>&1 && echo "check_bundle: py3.12 dry-run resolve: OK ($(grep -o 'Would install.*' "$OUT/dry312.txt" | wc -w) words in 'Would install')" \
-  || { echo "check_bundle: py3.12 dry-run resolve FAILED:"; tail -5 "$OUT/dry312.txt"; exit 1; }
+"${DRY[@]}" $TAGS --no-deps > "$OUT/dry312-nodeps.txt" 2>&1 \
+  || { echo "check_bundle: py3.12 --no-deps dry-run FAILED:"; tail -5 "$OUT/dry312-nodeps.txt"; exit 1; }
+echo "check_bundle: py3.12 dry-run --no-deps: OK, would install $(grep -o 'Would install.*' "$OUT/dry312-nodeps.txt" | wc -w | awk '{print $1-2}') packages"
+# shellcheck disable=SC2086
+if "${DRY[@]}" $TAGS > "$OUT/dry312.txt" 2>&1; then
+  echo "check_bundle: py3.12 dry-run resolve (dependencies included): OK"
+else
+  miss=$(grep -o 'No matching distribution found for [A-Za-z0-9_.-]*' "$OUT/dry312.txt" | awk '{print $NF}' | sort -u)
+  echo "check_bundle: py3.12 dry-run resolve (dependencies included): unresolved: ${miss:-?} (left out: ${LEFT312:-none})"
+  for m in $miss; do
+    [[ " $LEFT312 " == *" $m "* ]] || { echo "check_bundle: FAIL: $m is missing and was not left out" >&2; tail -3 "$OUT/dry312.txt"; exit 1; }
+  done
+  [ -n "$miss" ] || { echo "check_bundle: FAIL: resolve failed:"; tail -3 "$OUT/dry312.txt"; exit 1; }
+  echo "check_bundle:   only left-out wheels are unresolved (installed with --no-deps, tolerated by install.sh)"
+fi
 echo "check_bundle: done"

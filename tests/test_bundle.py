@@ -204,7 +204,7 @@ def test_kernel_metadata_names_accelerator_competition_datasets_and_image_pin():
     assert m["competition_sources"] == ["arc-prize-2026-arc-agi-2"]
     assert m["dataset_sources"] == ["alice/arcttt-kaggle-bundle", "alice/qwen-arc"]
     assert m["docker_image_pinning_type"] == "original" and "docker_image" not in m
-    t4 = B.kernel_metadata(B.BundleConfig(competition="arc-prize-2025"))
+    t4 = B.kernel_metadata(B.BundleConfig(competition="arc-prize-2025", accelerator="t4x2"))
     assert t4["machine_shape"] == "NvidiaTeslaT4" and t4["competition_sources"] == ["arc-prize-2025"]
     assert "docker_image_pinning_type" not in t4
 

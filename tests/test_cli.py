@@ -60,11 +60,11 @@ def test_plan_prints_per_worker_phases():
 def test_notebook_is_thin():
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    assert any("run(config)" in c for c in code) and any("notebook_config" in c for c in code)
+    assert any("run(config" in c for c in code) and any("notebook_setup()" in c for c in code)
     for src in code:
         assert "def " not in src and "class " not in src, "no functions or classes in notebook cells"
         assert "%%writefile" not in src and "sed " not in src, "no library code written from cells, no sed patches"
-    assert all(len(c.splitlines()) <= 12 for c in code)
+    assert all(len(c.splitlines()) <= 16 for c in code)  # the install cell: find the bundle, run its install.sh
 
 
 def test_bundle_without_wheels(tmp_path):
@@ -85,7 +85,7 @@ def test_bundle_without_wheels(tmp_path):
     for needed in ("arcttt_kaggle/pipeline.py", "arcttt_kaggle/programs/expert.py",
                    "arcttt_kaggle/sample_data/arc-agi_test_challenges.json", "arcttt_kaggle/sample_data/LICENSE"):
         assert needed in names
-    assert (ds / "requirements.lock").read_text().count("vllm==0.19.1") == 1  # default target: Python 3.12, CUDA 12
+    assert (ds / "requirements.lock").read_text().count("vllm==0.32.0") == 1  # default target: Python 3.12, CUDA 13
 
 
 def test_programs_cli_writes_candidates_submission_and_accuracy(tmp_path):

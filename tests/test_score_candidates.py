@@ -290,6 +290,9 @@ def test_scorer_on_a_bitsandbytes_4bit_base(models, case):
         exact = full.score(task, 0, grids, views[:2], models[1][0])
     assert footprint < full_footprint
     assert np.all(np.isfinite(shared)) and np.all(shared < 0)
-    np.testing.assert_allclose(shared, naive, rtol=0, atol=1e-3)
+    # bitsandbytes' CPU 4-bit matmul sums in a different order for a tree pass than for one sequence: measured
+    # up to 0.009 nats on scores of ~-400 (2e-5 relative), against 1e-4 absolute in fp32
+    np.testing.assert_allclose(shared, naive, rtol=1e-4, atol=1e-3)
     assert not np.allclose(shared, exact, atol=1e-4)  # really quantized: not the fp32 model's scores
-    print(f"nf4 vs fp32: max |diff| {np.abs(shared - exact).max():.3f} nats, footprint {footprint / full_footprint:.2f}x")
+    print(f"nf4 vs fp32: max |diff| {np.abs(shared - exact).max():.3f} nats, "
+          f"footprint {footprint / full_footprint:.2f}x")
