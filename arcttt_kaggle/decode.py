@@ -49,7 +49,7 @@ from .data import Pair, Task
 from .decode_hf import HfBackend
 from .decode_isolate import DecodeFailure, Isolated, bad_adapters, failure_records, run_isolated
 from .decode_vllm import VllmBackend, _bar_factory  # noqa: F401 - _bar_factory: decode_dfs imports it from here
-from .engine_base import DTYPES, QUANTIZATIONS, Job, Sample, adapter_key, resolve_dtype  # noqa: F401 - re-exported
+from .engine_base import DTYPES, QUANTIZATIONS, Job, Sample, adapter_key, fit_prompt, resolve_dtype  # noqa: F401 - re-exported
 from .format import ArcFormat
 
 _Job, _Sample = Job, Sample  # the names decode_dfs imports from here
@@ -246,26 +246,6 @@ class DecodeStats:
         return self.tokens_generated / self.seconds if self.seconds > 0 else 0.0
 
 
-def fit_prompt(fmt: ArcFormat, demos: Sequence[Pair], query_input, max_model_len: int
-               ) -> tuple[list[int], int, int, tuple[int, int]] | None:
-    """(prompt ids, max new tokens, demonstrations dropped, output bound (h, w)) such that prompt + max new
-    tokens fits ``max_model_len``, dropping the largest demonstrations first (a shorter prompt that still shows
-    the rule beats no answer); None when even one demonstration does not fit."""
-    demos = list(demos)
-    dropped = 0
-    while True:
-        prompt = fmt.prompt_ids(demos, query_input)
-        hw = fmt.output_bound(demos, query_input)
-        bound = fmt.max_output_tokens(*hw)
-        if len(prompt) + bound <= max_model_len:
-            return prompt, bound, dropped, hw
-        if len(demos) <= 1:
-            return None
-        largest = max(range(len(demos)), key=lambda i: demos[i].input.size + demos[i].output.size)
-        demos.pop(largest)
-        dropped += 1
-
-
 class Decoder:
     """One engine per process, many adapters: ``generate`` turns requests into candidates (original frame)."""
 
@@ -312,7 +292,11 @@ class Decoder:
         if self.config.method == "dfs":  # every completion >= tau per request, in rounds (decode_dfs.py)
             from .decode_dfs import generate_dfs
 
-            return generate_dfs(self, requests, progress, deadline)
+            if self.config.backend == "vllm":
+                return generate_dfs(self, requests, progress, deadline)
+            from .decode_dfs_hf import hf_depth_first  # the transformers KV-cache DFS: reference and fallback
+
+            return generate_dfs(self, requests, progress, deadline, hf_search=hf_depth_first)
         t0 = time.time()
         jobs: list[Job] = []
         for i, r in enumerate(requests):

@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from .candidates import Candidate
 from .format import GridState
 
-if TYPE_CHECKING:
-    from .decode import Decoder, DecodeRequest, _Job
+if TYPE_CHECKING:  # "Decoder"/"DecodeRequest" below are decode's; not imported, so decode -> decode_dfs stays one way
+    from .engine_base import Job as _Job
 
 
 @dataclass(frozen=True)
@@ -311,10 +311,12 @@ def depth_first(root: int, expand: Expand, max_tokens: int, grammar: GridState |
 
 # -- the decoder's entry point --------------------------------------------------------------------------------------
 def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progress: bool = False,
-                 deadline: float | None = None) -> list[list[Candidate]]:
+                 deadline: float | None = None, hf_search: Callable | None = None) -> list[list[Candidate]]:
     """``Decoder.generate`` for ``method="dfs"``: per request, every completion with probability >= tau (most
-    probable first), as candidates in the original frame with ``extra["dfs"]`` and ``extra["truncated"]``."""
-    from .decode import _Job, fit_prompt
+    probable first), as candidates in the original frame with ``extra["dfs"]`` and ``extra["truncated"]``.
+    ``hf_search``: the transformers search (``decode_dfs_hf.hf_depth_first``) for a non-vLLM backend, passed in
+    by ``decode`` so this module never imports the one that imports it."""
+    from .engine_base import Job as _Job, fit_prompt
 
     cfg, fmt, stats = decoder.config, decoder.fmt, decoder.stats
     t0 = time.time()
@@ -353,14 +355,12 @@ def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progre
             stats.dfs_truncated.setdefault(root.group, "deadline")
         stats.seconds += time.time() - t0
         return out
-    if cfg.backend == "vllm":
+    if hf_search is None:
         res = enumerate_rounds(roots, _VllmRounds(decoder._engine, jobs, limits, cfg.constrain_grid, progress),
                                limits, fmt.eos_id, deadline, chunk=cfg.dfs_chunk_tokens)
         stats.engine_calls += res.rounds
     else:
-        from .decode_dfs_hf import hf_depth_first
-
-        res = hf_depth_first(decoder._engine, jobs, roots, limits, deadline)
+        res = hf_search(decoder._engine, jobs, roots, limits, deadline)
         stats.engine_calls += res.branches
     stats.dfs_rounds += res.rounds
     stats.dfs_branches += res.branches
@@ -414,7 +414,7 @@ class _VllmRounds:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from .decode import _bar_factory
+        from .decode_vllm import _bar_factory
 
         eng = self.engine
         extra = dict(logprob_token_ids=self.grid, allowed_token_ids=self.grid) if self.grammar else \

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 from .decode_dfs import DfsLimits, DfsResult, Root, depth_first, keep_best
 
 if TYPE_CHECKING:
-    from .decode import _Job
+    from .engine_base import Job as _Job
     from .decode_hf import HfBackend
     from .format import GridState
 

@@ -17,7 +17,7 @@ import struct
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 QUANTIZATIONS = ("none", "bitsandbytes")
@@ -255,3 +255,23 @@ class PeftSwitch:
             if any(hasattr(m, "lora_A") for m in self.model.modules()):
                 self.broken = f"the first adapter load ({path}) failed after injecting LoRA layers: {e!r}"
             raise
+
+
+def fit_prompt(fmt, demos: Sequence, query_input, max_model_len: int
+               ) -> tuple[list[int], int, int, tuple[int, int]] | None:
+    """``fmt`` an ``ArcFormat``, ``demos`` its demonstration pairs: (prompt ids, max new tokens, demonstrations dropped, output bound (h, w)) such that prompt + max new
+    tokens fits ``max_model_len``, dropping the largest demonstrations first (a shorter prompt that still shows
+    the rule beats no answer); None when even one demonstration does not fit."""
+    demos = list(demos)
+    dropped = 0
+    while True:
+        prompt = fmt.prompt_ids(demos, query_input)
+        hw = fmt.output_bound(demos, query_input)
+        bound = fmt.max_output_tokens(*hw)
+        if len(prompt) + bound <= max_model_len:
+            return prompt, bound, dropped, hw
+        if len(demos) <= 1:
+            return None
+        largest = max(range(len(demos)), key=lambda i: demos[i].input.size + demos[i].output.size)
+        demos.pop(largest)
+        dropped += 1

@@ -52,6 +52,7 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
     trained = {e["task"] for e in events if e["phase"] == "train" and e["status"] == "ok"}
     train_err = {e["task"]: e.get("reason", "") for e in events if e["phase"] == "train" and e["status"] in ("error", "skipped") and e["task"]}
     allocation = _allocation(run)
+    dfs = dfs_summary(events)
     per_task = {}
     for tid, task in run.all_tasks.items():
         sel = sels.get(tid, [])
@@ -72,6 +73,9 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
             "selection": [s.to_dict() for s in sel], "fallback_reasons": reasons,
             "allocation": allocation.get("tasks", {}).get(tid),
         }
+        if tid in dfs["candidates"] or tid in dfs["truncated"]:
+            per_task[tid]["dfs_candidates"] = dfs["candidates"].get(tid, 0)
+            per_task[tid]["dfs_truncated"] = dfs["truncated"].get(tid, "")
     for r in run.rejected:
         per_task[r.task_id] = {"attempted": False, "outcome": "placeholder", "fallback_reasons": run.reasons.get(r.task_id, [])}
     measured = measured_phase_seconds(events)
@@ -96,6 +100,7 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
         "programs": {"tasks_with_verified_program": sum(1 for t in progs.values() if any(any(c.verified for c in x) for x in t)),
                      "tasks_decided": sum(1 for t in per_task.values() if t.get("decided_by_program"))},
         "allocation": allocation,
+        "dfs": dfs if dfs["candidates"] or dfs["truncated"] else None,
         "fallback_tasks": sorted(t for t, v in per_task.items() if v.get("outcome") in ("fallback", "placeholder")),
         "per_task": per_task,
     }
@@ -108,6 +113,21 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
         report["model_card"] = run.prepared.card()
     report["incidents"] = incidents(events, run.budget.start)
     return with_status(report)
+
+
+def dfs_summary(events: list[dict]) -> dict:
+    """DFS decoding per task over every decode call: candidates found and why a cap cut the search (a task
+    decoded under several adapters is keyed ``task/adapter`` by the decoder; summed here per task)."""
+    cands: dict[str, int] = defaultdict(int)
+    cut: dict[str, str] = {}
+    for e in events:
+        if e["phase"] != "decode" or e.get("status") != "ok":
+            continue
+        for key, n in (e.get("dfs_candidates") or {}).items():
+            cands[key.split("/")[0]] += int(n)
+        for key, why in (e.get("dfs_truncated") or {}).items():
+            cut.setdefault(key.split("/")[0], why)
+    return {"candidates": dict(cands), "truncated": cut}
 
 
 def _outcome(attempted: bool, trained: bool, parsed: int, fell_back: list[int], sel) -> str:

@@ -405,7 +405,8 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
 
     t0 = time.time()
     try:
-        scorer = Scorer(spec.model_path, dtype=cfg.decode.dtype, device="cuda" if cfg.device == "cuda" else "cpu")
+        scorer = Scorer(spec.model_path, dtype=cfg.decode.dtype, device="cuda" if cfg.device == "cuda" else "cpu",
+                        quantization=cfg.decode.quantization)
     except Exception as e:  # noqa: BLE001 - no scorer: selection falls back to voting
         events.emit("score", "error", start=t0, reason=f"scorer failed to start: {type(e).__name__}: {e}")
         return

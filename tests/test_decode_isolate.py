@@ -182,18 +182,40 @@ def test_decode_config_validates_quantization_and_retry_calls():
     assert DecodeConfig(quantization="bitsandbytes", backend="hf").quantization == "bitsandbytes"
 
 
-def test_engine_modules_import_one_way():
-    """No module below ``decode`` imports it (top level, inside functions, or for type checking): the shared
-    types live in ``engine_base``."""
+def test_the_package_has_no_import_cycle():
+    """Imports flow one way through the whole package, counting imports inside functions and for type checking:
+    shared engine types live in ``engine_base``; ``decode`` hands the transformers DFS to ``decode_dfs``."""
     import ast
 
     import arcttt_kaggle
 
     pkg = Path(arcttt_kaggle.__file__).parent
-    below = ("engine_base", "decode_isolate", "decode_vllm", "decode_hf", "score_candidates")
-    for name in below:
-        tree = ast.parse((pkg / f"{name}.py").read_text())
-        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
-        assert not imported & {"decode", "score_candidates", "decode_dfs"} - {name}, (name, imported)
-    assert not {n.module for n in ast.walk(ast.parse((pkg / "engine_base.py").read_text()))
-                if isinstance(n, ast.ImportFrom) and n.level == 1}
+    graph: dict[str, set[str]] = {}
+    for path in pkg.rglob("*.py"):
+        mod = ".".join(path.relative_to(pkg).with_suffix("").parts)
+        parent = mod.split(".")[:-1]
+        deps = set()
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.level:
+                base = parent[:len(parent) - (n.level - 1)]
+                target = ".".join(base + ([n.module] if n.module else []))
+                names = [f"{target}.{a.name}" if target else a.name for a in n.names]
+                deps |= {x for x in [target, *names] if x and (pkg / (x.replace(".", "/") + ".py")).exists()}
+        graph[mod] = deps - {mod}
+    state: dict[str, int] = {}
+
+    def visit(m: str, trail: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            assert state.get(d) != 1, f"import cycle: {' -> '.join(trail + [m, d])}"
+            if d not in state:
+                visit(d, trail + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert {"decode", "decode_dfs", "decode_dfs_hf", "engine_base"} <= set(graph)
+    assert not {x for x in graph["engine_base"]}, "engine_base imports nothing of the package"
+
+

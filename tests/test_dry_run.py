@@ -200,3 +200,14 @@ def test_a_missing_model_fails_the_save_run_after_writing_the_program_answers(re
     assert report["workers"] == []  # no worker was started without a model
     if not rerun:
         assert "status fallback-only" in proc.stdout + proc.stderr
+
+
+def test_a_dfs_dry_run_counts_candidates_per_task_and_truncation(tmp_path):
+    """decode.method=dfs through the notebook: valid, in budget, and the report counts DFS candidates per task;
+    a token cap small enough to cut the search is named per task, never silent."""
+    report = _fault_run(tmp_path, "", {"decode.method": "dfs", "decode.dfs_threshold": 0.02,
+                                       "decode.dfs_max_tokens": 60})
+    assert report["dfs"] is not None
+    attempted = [t for t, v in report["per_task"].items() if v["attempted"]]
+    assert all("dfs_candidates" in report["per_task"][t] for t in attempted)
+    assert report["dfs"]["truncated"] and all("max_tokens" in why for why in report["dfs"]["truncated"].values())

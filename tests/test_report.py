@@ -334,3 +334,15 @@ def test_the_notebook_shows_the_page_with_the_status_printed_first(tmp_path):
     assert printed.splitlines()[0] == status_line(report) and status_line(report).startswith("status: ")
     shown = [o["data"]["text/html"] for o in outputs if o["output_type"] == "display_data"]
     assert len(shown) == 1 and 'class="banner"' in "".join(shown)
+
+
+def test_dfs_summary_counts_candidates_per_task_and_names_truncation():
+    from arcttt_kaggle.report import dfs_summary
+
+    ev = [{"phase": "decode", "status": "ok", "dfs_candidates": {"t1": 2, "t1/adapter-b": 1, "t2": 0},
+           "dfs_truncated": {"t2": "max_tokens 40 reached with branches open"}},
+          {"phase": "decode", "status": "ok", "dfs_candidates": {"t1": 4}},
+          {"phase": "train", "status": "ok", "dfs_candidates": {"t9": 9}}]
+    assert dfs_summary(ev) == {"candidates": {"t1": 7, "t2": 0},
+                               "truncated": {"t2": "max_tokens 40 reached with branches open"}}
+    assert dfs_summary([]) == {"candidates": {}, "truncated": {}}
