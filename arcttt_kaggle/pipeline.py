@@ -108,7 +108,7 @@ def clear_previous_run(out: Path) -> list[str]:
 def _memory_overrides(memory, cfg: RunConfig) -> dict:
     """The config changes the memory plan chose (``memory.MemoryPlan.settings``) that differ from ``cfg``: shorter
     sequences, fewer LoRA slots, 4-bit decoding, no TTT, no product-of-experts scoring."""
-    if memory.changes == () or not memory.changes:
+    if not memory.changes:
         return {}
     d, out = cfg.to_dict(), {}
     for key, value in memory.settings().items():

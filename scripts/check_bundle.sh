@@ -23,6 +23,10 @@ CUDA="${1:-13}"
 OUT="${CHECK_OUT:-out/check-bundle}"
 PY311="${PYTHON311:-python3.11}"
 PY312="${PYTHON312:-python3.12}"   # step 5: pip checks Requires-Python against the interpreter it runs in
+# A pyenv shim without that version selected answers "command exists in these versions": take the installed one.
+if ! "$PY312" -V >/dev/null 2>&1 && command -v pyenv >/dev/null; then
+  PY312="$(ls -d "$(pyenv root)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)"
+fi
 mkdir -p "$OUT"
 ISO=(env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null)
 

@@ -150,3 +150,40 @@ def test_vllm_kwargs_for_a_bnb_folder(tmp_path):
     assert bnb_4bit(tmp_path) and vllm_quantization_kwargs(tmp_path) == {"quantization": "bitsandbytes"}
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert not bnb_4bit(tmp_path) and vllm_quantization_kwargs(tmp_path) == {}
+
+
+@pytest.mark.slow
+def test_a_bnb_4bit_checkpoint_is_dequantized_once_for_the_16bit_engines(tmp_path):
+    """CPU path: a tiny model quantized to NF4 with bitsandbytes (CPU backend) and saved as a pre-quantized
+    checkpoint (config.json quantization_config, the ARChitects' form) is recognised; preparation with
+    dequantize='always' writes a plain fp32 folder whose logits equal the 4-bit model's own (dequantized) ones."""
+    _needs("bitsandbytes")
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from arcttt_kaggle.tinymodel import ensure_tiny_model
+
+    tiny = ensure_tiny_model(tmp_path / "tiny")
+    q = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32, device_map="cpu",
+                                             quantization_config=BitsAndBytesConfig(
+                                                 load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                 bnb_4bit_compute_dtype=torch.float32))
+    bnb_dir = tmp_path / "tiny-bnb-4bit"
+    q.save_pretrained(str(bnb_dir))
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(tiny)).save_pretrained(str(bnb_dir))
+    assert bnb_4bit(bnb_dir) and not bnb_4bit(tiny)
+    ids = torch.tensor([[1, 15, 5, 6, 14, 16, 7, 14, 2]])
+    with torch.no_grad():
+        want = q(ids).logits
+    prep = prepare_model(bnb_dir, FormatConfig(dequantize="always"), tmp_path / "cache", dtype="float32")
+    assert prep.quantization["vllm"] == prep.quantization["scorer"] == "dequantized 16-bit"
+    assert prep.quantization["train"].startswith("bnb-4bit") and prep.path != str(bnb_dir.resolve())
+    assert not bnb_4bit(prep.path)
+    deq = AutoModelForCausalLM.from_pretrained(prep.path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = deq(ids).logits
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    keep = prepare_model(bnb_dir, FormatConfig(), tmp_path / "cache2")  # auto, memory unknown: stays 4-bit
+    assert keep.path == str(bnb_dir.resolve()) and keep.quantization["vllm"] == "bnb-4bit"
