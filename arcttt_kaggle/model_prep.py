@@ -267,18 +267,22 @@ def dequantize_folder(src: str | Path, dst: str | Path, dtype: str = "bfloat16")
     src, dst = Path(src), Path(dst)
     if not bnb_4bit(src):
         raise ValueError(f"{src} is not a bitsandbytes 4-bit checkpoint (config.json quantization_config)")
+    from safetensors.torch import save_model
+
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=getattr(torch, dtype), device_map="cpu")
-    model = model.dequantize()
-    model = model.to(getattr(torch, dtype))
-    model.config.quantization_config = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(str(dst), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dst))
-    cfg = json.loads((dst / "config.json").read_text())
+    model = model.dequantize().to(getattr(torch, dtype))
+    # transformers 5's save_pretrained re-applies the loader's bnb conversion in reverse, which has none
+    # (Bnb4bitDeserialize.reverse_op raises): the dequantized tensors are written with safetensors directly
+    # (shared tied tensors once), and the config without its quantization_config.
+    dst.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg["torch_dtype"] = dtype
-    atomic_write_text(dst / "config.json", json.dumps(cfg, indent=1))
+    atomic_write_text(dst / "config.json", json.dumps(cfg, indent=1, default=str))
+    if model.generation_config is not None:
+        atomic_write_text(dst / "generation_config.json", model.generation_config.to_json_string())
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dst))
     if (src / PROFILE_FILE).exists():
         shutil.copy2(src / PROFILE_FILE, dst / PROFILE_FILE)
 

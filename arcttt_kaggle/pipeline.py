@@ -225,6 +225,16 @@ class Run:
             self.log("preflight", line)
         self.event("preflight", "error" if self.preflight.fatal else "ok", t0, fatal=list(self.preflight.fatal))
 
+    def _sixteen_bit_fits(self) -> bool | None:
+        """The memory planner's answer for a 4-bit checkpoint: does its 16-bit (dequantized) copy fit vLLM and the
+        scorer? None when there is no plan (CPU presets, no preflight): the checkpoint then stays 4-bit."""
+        from .memory import NOT_PLANNED
+
+        mem = getattr(getattr(self.preflight, "model", None), "memory", None)
+        if mem is None or mem.verdict == NOT_PLANNED:
+            return None
+        return self.cfg.decode.quantization == "none"  # the plan's choice, applied by check_model_and_engines
+
     # -- 2. plan ---------------------------------------------------------------------------------------------
     def plan(self) -> None:
         cfg = self.cfg
@@ -232,6 +242,7 @@ class Run:
 
         t_prep = time.time()  # once per run, cached in OUT_DIR/prepared-model; its time is spent before the plan
         self.prepared = prepare_model(resolve_model(cfg), cfg.format, Path(cfg.out_dir) / "prepared-model",
+                                      dequantized_fits=self._sixteen_bit_fits(),
                                       dtype="float16" if cfg.train.dtype == "float16" else "bfloat16")
         self.model_path = Path(self.prepared.path)
         self.event("prepare_model", "ok", t_prep, **self.prepared.card())

@@ -211,3 +211,18 @@ def test_a_dfs_dry_run_counts_candidates_per_task_and_truncation(tmp_path):
     attempted = [t for t, v in report["per_task"].items() if v["attempted"]]
     assert all("dfs_candidates" in report["per_task"][t] for t in attempted)
     assert report["dfs"]["truncated"] and all("max_tokens" in why for why in report["dfs"]["truncated"].values())
+
+
+def test_a_dry_run_with_an_architects_model_shows_its_model_card(tmp_path):
+    """A random-weight model with the ARChitects' reduced vocabulary (the form their checkpoints arrive in) and
+    format.profile=architects: trained, decoded and scored through the notebook, in budget, and the report's
+    model card names the profile and the vocabulary."""
+    pytest.importorskip("mistral_common", reason="the Mistral NeMo tokenizer comes from the mistral-common package")
+    from arcttt_kaggle import realshape
+
+    model = realshape.ensure_profile_model("architects", tmp_path / "models")
+    report = _fault_run(tmp_path / "run", "", {"model": str(model), "format.profile": "architects"})
+    card = report["model_card"]
+    assert card["profile"] == "architects" and card["vocab_size"] < 100
+    assert report["backends"]["train"].startswith("unsloth") and report["backends"]["decode"].startswith("vllm")
+    assert all(t["candidates"] > 0 for t in report["per_task"].values() if t["attempted"])
