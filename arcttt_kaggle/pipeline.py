@@ -341,11 +341,15 @@ class Run:
             time.sleep(0.5)
         self._stop_stragglers()
 
-    def _inject_programs_kill(self) -> None:
-        """Injected fault 'programs-killed': SIGKILL the program expert a second after it started."""
+    def _inject_programs_kill(self, wait: bool = False) -> None:
+        """Injected fault 'programs-killed': SIGKILL the program expert a second after it started (``wait``: sleep
+        until then, so the kill lands before the expert could finish its tasks)."""
         p = self.programs_proc
-        if "programs-killed" in self.cfg.fault.split(",") and p is not None and p.is_alive() \
-                and time.time() > self.programs_start + 1.0:
+        if "programs-killed" not in self.cfg.fault.split(",") or p is None or not p.is_alive():
+            return
+        if wait:
+            time.sleep(max(0.0, self.programs_start + 1.0 - time.time()))
+        if time.time() >= self.programs_start + 1.0:
             p.kill()
             self.log("fault", "injected fault: program expert killed (SIGKILL)")
 
@@ -497,6 +501,7 @@ def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
     r.load()
     # The program expert first: it needs no model and no GPU, so it still answers when the model is missing.
     r.start_programs()
+    r._inject_programs_kill(wait=True)
     try:
         if preflight is not None:
             r.check_model_and_engines()

@@ -362,7 +362,7 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
         outs = decoder.generate(reqs, progress=True, deadline=spec.decode_deadline)
         if "unparsable" in faults:
             outs = _garbage(decoder, outs, cfg.seed)
-        _failure_events(decoder, events, 1)
+        _failure_events(decoder, events, 1, adapters)
         first = _collect(tasks, reqs, outs)
         pass1_s = time.time() - ts
         write_candidate_file(cands_path, first, "ttt", {"worker": spec.worker, "pass": 1, "adapters": adapters})
@@ -386,7 +386,7 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
             outs2 = decoder.generate(reqs2, progress=True, deadline=spec.decode_deadline)
             if "unparsable" in faults:
                 outs2 = _garbage(decoder, outs2, cfg.seed + 1)
-            _failure_events(decoder, events, 2)
+            _failure_events(decoder, events, 2, adapters)
             merged = merge_candidate_sets(first, _collect(tasks, reqs2, outs2))
             write_candidate_file(cands_path, merged, "ttt", {"worker": spec.worker, "pass": 2, "adapters": adapters})
             events.emit("decode", "ok", start=ts, pass_=2, requests=len(reqs2), **_stats(decoder))
@@ -427,9 +427,13 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
                         "view_logprobs": {v.to_string(): float(x) for v, x in zip(views, row)}}))
                 return ll
 
-            for i in range(len(task.test)):
-                select_attempts(task, i, list(candidates.get(tid, [[]] * len(task.test))[i]), cfg.select,
-                                score_fn=record)
+            try:
+                for i in range(len(task.test)):
+                    select_attempts(task, i, list(candidates.get(tid, [[]] * len(task.test))[i]), cfg.select,
+                                    score_fn=record)
+            except Exception as e:  # noqa: BLE001 - per-task edge: this task is selected by voting alone
+                events.emit("score", "error", task=tid, start=ts, reason=f"{type(e).__name__}: {e}")
+                continue
             scores[tid] = per_test
             # The plan's token count for this task (fewer distinct candidates than C: the rate fit absorbs it)
             prompts, outputs = view_tokens(task)
@@ -443,13 +447,16 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
         scorer.close()
 
 
-def _failure_events(decoder, events: Events, pass_: int) -> None:
+def _failure_events(decoder, events: Events, pass_: int, adapters: dict[str, str]) -> None:
     """The last call's isolated failures (``decode.Decoder.last_failures``: a bad adapter's requests decoded with
-    the base model, a request dropped after bisection), one ``decode``/``isolated`` event each for the report."""
+    the base model, a request dropped after bisection), one ``decode``/``isolated`` event each for the report.
+    A task whose adapter failed leaves ``adapters``: its later passes and its scoring use the base model too."""
     for f in getattr(decoder, "last_failures", []):
         what = "decoded with the base model" if f.action == "base" else "dropped (no candidates)"
         events.emit("decode", "isolated", task=f.task, pass_=pass_, test_index=f.test_index, requests=f.requests,
                     reason=f"{f.reason}; {what}")
+        if f.action == "base" and f.adapter is not None:
+            adapters.pop(f.task, None)
 
 
 def _path(p: str | None) -> Path | None:

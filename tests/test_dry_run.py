@@ -121,7 +121,9 @@ def test_engine_ladder_and_a_killed_program_expert(tmp_path):
     and decode with transformers, and the report names each rung and the exact import error. The program
     expert is SIGKILLed: no program answers, and the report says so."""
     report = _fault_run(tmp_path, "no-vllm,no-unsloth,programs-killed")
-    assert report["backends"]["train"].startswith("peft") and report["backends"]["decode"].startswith("hf")
+    assert report["backends"]["train"].startswith("peft") and report["backends"]["decode"].startswith("transformers")
+    rungs = {(e["stage"], e["rung"]) for e in _events(tmp_path) if e["phase"] == "engine" and e["status"] == "ok"}
+    assert rungs == {("train", "peft"), ("decode", "hf")}
     assert sum(1 for t in report["per_task"].values() if t["adapter"]) >= 1
     assert all(t["candidates"] > 0 for tid, t in report["per_task"].items() if t["attempted"])
     assert report["status"] == "degraded"
