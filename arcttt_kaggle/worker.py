@@ -134,19 +134,28 @@ def _start_trainer(spec: WorkerSpec, cfg, events: Events):
     from .train import Trainer
 
     rungs = [cfg.train.backend] + (["peft"] if cfg.train.backend != "peft" else [])
-    for i, backend in enumerate(rungs):
+    trainer = _ladder("train", rungs, lambda rung: Trainer(spec.model_path, replace(
+        cfg.train, backend=rung, steps=spec.train_steps)), events, "none (decode with the base model)")
+    if trainer is None:
+        events.emit("train", "error", reason="no training engine started: every task decodes with the base model")
+    return trainer
+
+
+def _ladder(stage: str, rungs: list[str], start, events: Events, last: str):
+    """Walk an engine ladder: ``start(rung)`` for each rung until one starts. Each rung that fails to start is an
+    ``engine``/``fallback`` event with its exact error; the one that runs is ``engine``/``ok`` (and the stage's
+    ``startup_*`` event). None when no rung starts (``last`` says what happens then)."""
+    for i, rung in enumerate(rungs):
         t0 = time.time()
         try:
-            trainer = Trainer(spec.model_path, replace(cfg.train, backend=backend, steps=spec.train_steps))
+            engine = start(rung)
         except Exception as e:  # noqa: BLE001 - an engine that fails to start: take the next rung
-            nxt = rungs[i + 1] if i + 1 < len(rungs) else "none (decode with the base model)"
-            events.emit("engine", "fallback", start=t0, stage="train", rung=backend, next=nxt,
-                        error=f"{type(e).__name__}: {e}")
+            events.emit("engine", "fallback", start=t0, stage=stage, rung=rung,
+                        next=rungs[i + 1] if i + 1 < len(rungs) else last, error=f"{type(e).__name__}: {e}")
             continue
-        events.emit("startup_train", "ok", start=t0, backend=trainer.backend)
-        events.emit("engine", "ok", stage="train", rung=backend, backend=trainer.backend)
-        return trainer
-    events.emit("train", "error", reason="no training engine started: every task decodes with the base model")
+        events.emit(f"startup_{stage}", "ok", start=t0, backend=engine.backend)
+        events.emit("engine", "ok", stage=stage, rung=rung, backend=engine.backend)
+        return engine
     return None
 
 
@@ -326,19 +335,8 @@ def _start_decoder(spec: WorkerSpec, cfg, adapters: dict[str, str], events: Even
     # LoRA cache: with fewer slots vLLM evicts and re-reads adapters from disk, 10-25x slower (measured).
     slots = max(cfg.decode.max_cpu_loras or 0, len(adapters) + 1, cfg.decode.max_loras)
     rungs = [cfg.decode.backend] + (["hf"] if cfg.decode.backend != "hf" else [])
-    for i, backend in enumerate(rungs):
-        t0 = time.time()
-        try:
-            decoder = Decoder(spec.model_path, replace(cfg.decode, backend=backend, max_cpu_loras=slots))
-        except Exception as e:  # noqa: BLE001 - an engine that fails to start: take the next rung
-            nxt = rungs[i + 1] if i + 1 < len(rungs) else "none (every task keeps its fallback and program answers)"
-            events.emit("engine", "fallback", start=t0, stage="decode", rung=backend, next=nxt,
-                        error=f"{type(e).__name__}: {e}")
-            continue
-        events.emit("startup_decode", "ok", start=t0, backend=decoder.backend)
-        events.emit("engine", "ok", stage="decode", rung=backend, backend=decoder.backend)
-        return decoder
-    return None
+    return _ladder("decode", rungs, lambda rung: Decoder(spec.model_path, replace(
+        cfg.decode, backend=rung, max_cpu_loras=slots)), events, "none (every task keeps its fallback and program answers)")
 
 
 def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, faults: set[str]):
