@@ -32,6 +32,24 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
 
 
+def _pid_from(pidfile: Path, seconds: float) -> int:
+    """The pid a child writes into ``pidfile`` once it is ready, waiting up to ``seconds``."""
+    for _ in range(int(seconds / 0.05)):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.05)
+    return int(pidfile.read_text())
+
+
+def _gone(pid: int, seconds: float = 5.0) -> bool:
+    """Whether ``pid`` is gone (or a zombie) within ``seconds``."""
+    for _ in range(int(seconds / 0.05)):
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
 # -- fresh state --------------------------------------------------------------------------------------------------
 
 def test_a_new_run_removes_every_artifact_of_the_previous_one_and_nothing_else(tmp_path):
@@ -78,19 +96,11 @@ def test_killing_a_worker_group_kills_its_children(tmp_path):
         f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
         f"pathlib.Path({str(pidfile)!r}).write_text(str(c.pid))\n"
         "time.sleep(600)\n")], start_new_session=True)
-    for _ in range(200):
-        if pidfile.exists() and pidfile.read_text():
-            break
-        time.sleep(0.05)
-    child = int(pidfile.read_text())
+    child = _pid_from(pidfile, 10.0)
     assert _alive(child)
     _kill_group(proc)
     proc.wait(timeout=10)
-    for _ in range(100):
-        if not _alive(child):
-            break
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert _gone(child)
     _kill_group(proc)  # a second kill of a gone group is harmless
 
 
@@ -112,18 +122,10 @@ def test_a_training_child_dies_with_its_sigkilled_worker(tmp_path):
     script = tmp_path / "w.py"
     script.write_text(code)
     proc = subprocess.Popen([sys.executable, str(script)])
-    for _ in range(1200):
-        if pidfile.exists() and pidfile.read_text():
-            break
-        time.sleep(0.05)
-    child = int(pidfile.read_text())
+    child = _pid_from(pidfile, 60.0)  # a spawned child imports the package before it is ready
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    for _ in range(100):
-        if not _alive(child):
-            break
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert _gone(child)
 
 
 # -- in-run re-planning -------------------------------------------------------------------------------------------
