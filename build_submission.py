@@ -66,7 +66,7 @@ def cmd_validate(a) -> int:
 def cmd_plan(a) -> int:
     from arcttt_kaggle.budget import Throughput
     from arcttt_kaggle.config import budget_overrides, preset
-    from arcttt_kaggle.pipeline import plan_only
+    from arcttt_kaggle.pipeline import plan_only, plan_profile
 
     if not a.challenges and not a.model:
         print("plan: give --challenges FILE (time plan) and/or --model PATH (memory and disk plan)", file=sys.stderr)
@@ -78,9 +78,11 @@ def cmd_plan(a) -> int:
             cfg = replace(cfg, throughput=Throughput.from_file(a.throughput_file))
         if a.budget_seconds:
             cfg = budget_overrides(cfg, a.budget_seconds)
-        plan, tasks, rejected = plan_only(cfg)
+        profile = plan_profile(cfg, a.model)
+        plan, tasks, rejected = plan_only(cfg, profile)
         print(f"preset {cfg.preset}: {len(tasks)} tasks ({len(rejected)} rejected), {cfg.workers} worker(s), "
-              f"budget {cfg.budget.limit_seconds:.0f}s - margin {cfg.budget.safety_margin_seconds:.0f}s")
+              f"budget {cfg.budget.limit_seconds:.0f}s - margin {cfg.budget.safety_margin_seconds:.0f}s; format "
+              f"profile {profile}; decode {cfg.decode.method}")
         print(plan.format_table())
     if a.model:
         from arcttt_kaggle.memory import ModelShape, plan_memory, run_from_config

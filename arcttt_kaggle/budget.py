@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .data import Task
-from .format import ArcFormat
+from .format import ArcFormat, FormatSpec, Layout, layout_of
 
 PHASES = ("startup", "train", "decode", "score")
 
@@ -33,6 +33,7 @@ class Throughput:
     decode_prompt_tokens_per_s: float = field(default=20000.0, metadata={"help": "prompt (prefill) tokens per second in batched decoding"})
     decode_output_tokens_per_s: float = field(default=1500.0, metadata={"help": "generated tokens per second in batched decoding"})
     decode_output_fill: float = field(default=1.0, metadata={"help": "generated tokens / the output bound (max_new_tokens): outputs stop at eos, below the bound the plan counts"})
+    dfs_decode_multiple: float = field(default=2.0, metadata={"help": "decode.method='dfs': generated tokens per view / that view's output bound (the greedy path plus the branches DFS opens; the algorithm bounds it by about 1/tau, plus at most one chunk per dead branch). 2 is a prior (the greedy path and one branch's worth); a run replaces it by its own first DFS pass's measurement"})
     score_tokens_per_s: float = field(default=20000.0, metadata={"help": "teacher-forced scoring tokens per second"})
     train_startup_s: float = field(default=60.0, metadata={"help": "load the 4-bit base for training (once per worker)"})
     decode_startup_s: float = field(default=90.0, metadata={"help": "start the vLLM engine (once per worker per pass)"})
@@ -118,6 +119,8 @@ class TaskWork:
     output_tokens: int  # generated tokens over all views at the bound (max_new_tokens per view; x fill)
     score_tokens: int  # product-of-experts scoring: prompt tokens of the scored views
     score_output_tokens: int = 0  # ... and the top-C candidates' tokens under those views, at the bound (x fill)
+    dfs: bool = False  # decoded by DFS: output_tokens x Throughput.dfs_decode_multiple instead of x fill
+    dfs_cap: int = 0  # DFS: generated tokens per task the config's cap allows over both passes (0 = no cap)
 
 
 @dataclass(frozen=True)
@@ -135,31 +138,30 @@ class Settings:
         return asdict(self)
 
 
-def grid_tokens(g) -> int:
-    """Tokens of one grid in the format: cells, a row separator per row, and its marker (or eos)."""
-    return g.shape[0] * (g.shape[1] + 1) + 1
+KIT = layout_of(FormatSpec())
 
 
-def prompt_tokens(task: Task, test_index: int) -> int:
-    """Tokens of the prompt of test input ``test_index`` (bos, demonstrations, query input, output marker)."""
-    demos = sum(grid_tokens(p.input) + grid_tokens(p.output) + 1 for p in task.train)
-    return 1 + demos + grid_tokens(task.test[test_index].input) + 1
+def prompt_tokens(task: Task, test_index: int, layout: Layout = KIT) -> int:
+    """Tokens of the prompt of test input ``test_index`` in ``layout`` (head, demonstrations, query input, the
+    reply marker)."""
+    return layout.prompt_count(task.train, task.test[test_index].input)
 
 
-def output_bound_tokens(task: Task, test_index: int) -> int:
+def output_bound_tokens(task: Task, test_index: int, layout: Layout = KIT) -> int:
     """``max_new_tokens`` of test input ``test_index``: the format's output bound (what decoding may generate)."""
-    return ArcFormat.max_output_tokens(*ArcFormat.output_bound(task.train, task.test[test_index].input))
+    return layout.output_count(*ArcFormat.output_bound(task.train, task.test[test_index].input))
 
 
-def view_tokens(task: Task) -> tuple[list[int], list[int]]:
+def view_tokens(task: Task, layout: Layout = KIT) -> tuple[list[int], list[int]]:
     """Per test input, the prompt tokens and output-bound tokens of one view: ``task_work``'s per-view inputs."""
     tests = range(len(task.test))
-    return [prompt_tokens(task, i) for i in tests], [output_bound_tokens(task, i) for i in tests]
+    return [prompt_tokens(task, i, layout) for i in tests], [output_bound_tokens(task, i, layout) for i in tests]
 
 
 def task_work(task: Task, settings: Settings, *, example_tokens: float, batch: int, prompt_tokens_per_view: Sequence[int],
-              output_tokens_per_view: Sequence[int]) -> TaskWork:
-    """Token work of one task. ``prompt/output_tokens_per_view`` are per test input (one view of each)."""
+              output_tokens_per_view: Sequence[int], dfs: bool = False, dfs_max_tokens: int = 0) -> TaskWork:
+    """Token work of one task. ``prompt/output_tokens_per_view`` are per test input (one view of each).
+    ``dfs``: decoded by DFS, capped at ``dfs_max_tokens`` generated tokens per task and pass (0 = no cap)."""
     views = settings.views_per_test * (1.0 + settings.extra_view_ratio)
     prompts = sum(prompt_tokens_per_view) * views
     outputs = sum(output_tokens_per_view) * views
@@ -167,7 +169,8 @@ def task_work(task: Task, settings: Settings, *, example_tokens: float, batch: i
     k = settings.score_views
     return TaskWork(task.id, int(settings.train_steps * batch * example_tokens), settings.train_steps, int(prompts),
                     int(outputs), int(sum(prompt_tokens_per_view) * k),
-                    int(sum(output_tokens_per_view) * k * max(1, settings.score_top_c)) if k else 0)
+                    int(sum(output_tokens_per_view) * k * max(1, settings.score_top_c)) if k else 0,
+                    dfs, int(dfs_max_tokens * (1.0 + settings.extra_view_ratio)) if dfs else 0)
 
 
 def measured_throughput(events: list[dict], prior: Throughput) -> Throughput:
@@ -177,7 +180,8 @@ def measured_throughput(events: list[dict], prior: Throughput) -> Throughput:
 
     - Training: seconds per task = tokens / rate + (steps x step cost + overhead), least squares over the
       trained tasks; when every task ran the same steps the intercept is split keeping the prior's overhead.
-    - Decoding: fill = generated / bound tokens; output rate = generated tokens over the calls' seconds less
+    - Decoding: fill = generated / bound tokens over the sampling calls, and the DFS multiple the same ratio over
+      the DFS calls (events with ``method="dfs"``); output rate = generated tokens over the calls' seconds less
       their fixed overhead and prefill at the prior's prefill rate.
     - Scoring: the plan's scoring tokens per second (an effective rate: tasks with fewer distinct candidates
       than the plan's top C, or unanimous ones that need no scoring, make it higher than the engine's).
@@ -192,8 +196,13 @@ def measured_throughput(events: list[dict], prior: Throughput) -> Throughput:
         gen, prompt, bound = (_per_call(dec, key) for key in ("tokens_generated", "prompt_tokens", "bound_tokens"))
         secs = sum(e["end"] - e["start"] for e in dec) - len(dec) * t.decode_call_overhead_s
         secs -= sum(prompt) / t.decode_prompt_tokens_per_s
-        if sum(bound) > 0 and sum(gen) > 0:
-            t = replace(t, decode_output_fill=min(1.0, sum(gen) / sum(bound)))
+        # DFS calls measure the DFS multiple (generated / bound, often > 1); sampling calls the fill (<= 1)
+        dfs = [e.get("method") == "dfs" for e in dec]
+        for is_dfs, key in ((False, "decode_output_fill"), (True, "dfs_decode_multiple")):
+            g = sum(x for x, d in zip(gen, dfs) if d is is_dfs)
+            b = sum(x for x, d in zip(bound, dfs) if d is is_dfs)
+            if b > 0 and g > 0:
+                t = replace(t, **{key: g / b if is_dfs else min(1.0, g / b)})
         if sum(gen) > 0:
             t = replace(t, decode_output_tokens_per_s=sum(gen) / max(secs, 1e-3))
     score = [e for e in events if e["phase"] == "score" and e["status"] == "ok" and "planned_prompt_tokens" in e]
@@ -256,10 +265,17 @@ class CostModel:
         return {
             "train": (w.train_tokens / t.train_tokens_per_s + w.train_steps * t.train_step_s + t.per_task_overhead_s)
             if w.train_steps else 0.0,
-            "decode": w.prompt_tokens / t.decode_prompt_tokens_per_s
-            + w.output_tokens * t.decode_output_fill / t.decode_output_tokens_per_s,
+            "decode": w.prompt_tokens / t.decode_prompt_tokens_per_s + self.generated(w) / t.decode_output_tokens_per_s,
             "score": (w.score_tokens + w.score_output_tokens * t.decode_output_fill) / t.score_tokens_per_s,
         }
+
+    def generated(self, w: TaskWork) -> float:
+        """Tokens decoding generates for ``w``: the bound x fill, or x the DFS multiple within the DFS cap."""
+        t = self.throughput
+        if not w.dfs:
+            return w.output_tokens * t.decode_output_fill
+        out = w.output_tokens * t.dfs_decode_multiple
+        return min(out, w.dfs_cap) if w.dfs_cap else out
 
     def startup_seconds(self, trains: bool, scores: bool) -> float:
         t = self.throughput

@@ -40,6 +40,12 @@ decoded in chunks (``dfs_chunk_tokens``, doubling each round the path stays abov
 early wastes at most its chunk, a confident path needs log2(length / chunk) extra rounds (prefix caching makes
 each resubmission pay only for the new tokens). Open branches at once <= floor(1/tau) per view (their subtrees are disjoint, each >= tau).
 
+Failures. The enumeration goes through ``decode_isolate.run_isolated`` like a sampling pass, one whole DFS over
+the retried requests standing for an engine call: adapters that fail their check are replaced by the base model
+up front, and a round that raises is isolated by bisection to the adapter or request at fault (rerouted to the
+base model, or dropped), within ``retry_calls`` and the deadline; ``Decoder.last_failures`` says what happened.
+A cap group split by a bisection is capped per part.
+
 ``depth_first`` is the reference algorithm (the winners' way: one sequence, a KV cache, greedy child first);
 ``decode_dfs_hf`` runs it with transformers + PEFT and is the fallback backend. The tests compare both with a
 brute-force enumeration on toy distributions and with each other on the tiny model with trained adapters.
@@ -316,6 +322,7 @@ def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progre
     probable first), as candidates in the original frame with ``extra["dfs"]`` and ``extra["truncated"]``.
     ``hf_search``: the transformers search (``decode_dfs_hf.hf_depth_first``) for a non-vLLM backend, passed in
     by ``decode`` so this module never imports the one that imports it."""
+    from .decode_isolate import bad_adapters, failure_records, run_isolated
     from .engine_base import Job as _Job, fit_prompt
 
     cfg, fmt, stats = decoder.config, decoder.fmt, decoder.stats
@@ -355,31 +362,55 @@ def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progre
             stats.dfs_truncated.setdefault(root.group, "deadline")
         stats.seconds += time.time() - t0
         return out
-    if hf_search is None:
-        res = enumerate_rounds(roots, _VllmRounds(decoder._engine, jobs, limits, cfg.constrain_grid, progress),
-                               limits, fmt.eos_id, deadline, chunk=cfg.dfs_chunk_tokens)
-        stats.engine_calls += res.rounds
-    else:
-        res = hf_search(decoder._engine, jobs, roots, limits, deadline)
-        stats.engine_calls += res.branches
-    stats.dfs_rounds += res.rounds
-    stats.dfs_branches += res.branches
-    stats.tokens_generated += res.tokens
-    for root, job, found in zip(roots, jobs, res.found):
+    by_index = {job.index: root for job, root in zip(jobs, roots)}
+    eos = fmt.eos_id
+
+    def search(batch: list["_Job"]) -> list[tuple[list[Found], str]]:
+        """One DFS over ``batch`` (all of it, or the part ``run_isolated`` retries): per job, what it found and
+        why a cap cut its group ("" = complete)."""
+        sub = [by_index[j.index] for j in batch]
+        if hf_search is None:  # _VllmRounds counts its generate calls in stats.engine_calls, failed ones too
+            res = enumerate_rounds(sub, _VllmRounds(decoder._engine, batch, limits, cfg.constrain_grid, progress,
+                                                    stats), limits, eos, deadline, chunk=cfg.dfs_chunk_tokens)
+        else:
+            res = hf_search(decoder._engine, batch, sub, limits, deadline)
+            stats.engine_calls += res.branches
+        stats.dfs_rounds += res.rounds
+        stats.dfs_branches += res.branches
+        stats.tokens_generated += res.tokens
+        return [(found, res.truncated.get(root.group, "")) for root, found in zip(sub, res.found)]
+
+    # One bad adapter or request must not sink every task's enumeration: the same isolation as sampling
+    # (decode_isolate), with a whole DFS over the retried part as the "engine call".
+    iso = run_isolated(search, jobs, deadline=deadline, retry_calls=cfg.retry_calls,
+                       fatal=decoder._engine.fatal, bad=bad_adapters(jobs))
+    decoder.last_failures = failure_records(iso, jobs, lambda i: (requests[i].task.id, requests[i].test_index))
+    decoder.failures += decoder.last_failures
+    stats.failed_calls += iso.failed_calls
+    stats.engine_calls += iso.failed_calls if hf_search is not None else 0  # an hf search that raised: one call
+    stats.base_fallback_prompts += len(iso.rerouted)
+    stats.dropped_prompts += len(iso.dropped)
+    for root, job in zip(roots, jobs):
+        got = iso.results.get(job.index)
+        if got is None:
+            stats.aborted_prompts += job.index not in iso.dropped
+            continue
+        found, why = got
         r = requests[job.index]
         stats.prompts += 1
         stats.dfs_candidates[root.group] = stats.dfs_candidates.get(root.group, 0) + len(found)
-        truncated = root.group in res.truncated
+        if why:
+            stats.dfs_truncated.setdefault(root.group, why)
+        rerouted = iso.rerouted.get(job.index)
         for j, f in enumerate(sorted(found, key=lambda f: (-f.logprob, f.tokens))):
-            out[job.index].append(_candidate(decoder, r, job, j, f, truncated))
+            out[job.index].append(_candidate(decoder, r, job, j, f, bool(why), rerouted))
             decoder.last_token_ids[job.index].append(list(f.tokens))
-    for g, why in res.truncated.items():
-        stats.dfs_truncated.setdefault(g, why)
     stats.seconds += time.time() - t0
     return out
 
 
-def _candidate(decoder: "Decoder", r: "DecodeRequest", job: "_Job", j: int, f: Found, truncated: bool) -> Candidate:
+def _candidate(decoder: "Decoder", r: "DecodeRequest", job: "_Job", j: int, f: Found, truncated: bool,
+               rerouted: tuple[str, str] | None = None) -> Candidate:
     stats = decoder.stats
     stats.samples += 1
     stats.truncated += f.finish == "length"
@@ -389,6 +420,8 @@ def _candidate(decoder: "Decoder", r: "DecodeRequest", job: "_Job", j: int, f: F
                    "dfs": True, "truncated": truncated, "dfs_threshold": decoder.config.dfs_threshold}
     if job.dropped_demos:
         extra["dropped_demos"] = job.dropped_demos
+    if rerouted is not None:  # planned with an adapter that failed: enumerated with the base model
+        extra["adapter"], extra["adapter_failed"] = "base", Path(rerouted[0]).name
     grid = None
     if parsed.grid is None:
         stats.unparsable += 1
@@ -402,8 +435,8 @@ class _VllmRounds:
     """One round = one ``LLM.generate`` over every open branch (all tasks, all adapters): greedy continuations
     with the log-probabilities ``walk`` needs at every step (see the module docstring)."""
 
-    def __init__(self, engine, jobs: Sequence["_Job"], limits: DfsLimits, grammar: bool, progress: bool):
-        self.engine, self.jobs, self.grammar, self.progress = engine, jobs, grammar, progress
+    def __init__(self, engine, jobs: Sequence["_Job"], limits: DfsLimits, grammar: bool, progress: bool, stats=None):
+        self.engine, self.jobs, self.grammar, self.progress, self.stats = engine, jobs, grammar, progress, stats
         self.grid = engine.fmt.grid_tokens()
         self.k = limits.top_k
         for j in jobs:  # register adapters first: the first one also creates the null LoRA (CPU)
@@ -430,6 +463,8 @@ class _VllmRounds:
         start = eng.llm.request_counter.counter  # request ids are str(start + k), in submission order
         ids = [str(start + k) for k in range(len(branches))]
         bar = _bar_factory(lambda: eng.llm.llm_engine.abort_request(ids), cutoff, self.progress)
+        if self.stats is not None:
+            self.stats.engine_calls += 1
         outs = eng.llm.generate(prompts, params, lora_request=loras, use_tqdm=bar)
         results: list = [None] * len(branches)
         for o in outs:

@@ -105,6 +105,35 @@ class Layout:
     bos: bool  # prepend the tokenizer's bos when it has one
     keep: tuple[str, ...]
 
+    # -- token arithmetic from shapes alone: what the planner counts before any tokenizer is loaded -----------
+    # Exact for a tokenizer that has a bos when ``bos`` is set (one token more than a bos-less one would use);
+    # ``tests/test_format_profiles.py`` checks them against ``ArcFormat`` on real tokenizers.
+    def grid_count(self, height: int, width: int) -> int:
+        """Tokens of a ``height`` x ``width`` grid: cells and row separators (closed: one per row)."""
+        return height * (width + 1) - (1 if self.rows == "joined" else 0)
+
+    def prompt_count(self, demos: Sequence[Pair], query_input: Grid) -> int:
+        """Tokens of ``ArcFormat.prompt_ids``: head, each demonstration with its end, the query up to its reply."""
+        n = int(self.bos) + len(self.preprompt)
+        for p in demos:
+            n += self.example_count(*p.input.shape, *p.output.shape)
+        return n + len(self.query_beg) + self.grid_count(*np.shape(query_input)) + len(self.reply_beg)
+
+    def example_count(self, in_h: int, in_w: int, out_h: int, out_w: int) -> int:
+        """Tokens of one demonstration: its opening, input, reply marker, output and end of output."""
+        return len(self.query_beg) + self.grid_count(in_h, in_w) + len(self.reply_beg) + \
+            self.grid_count(out_h, out_w) + 1
+
+    def token_count(self, demos: Sequence[Pair], query: Pair) -> int:
+        """Tokens of a training example (``ArcFormat.encode_example``), or of a prompt when ``query.output`` is
+        None: the ``TokenCounter`` TTT data trims with."""
+        n = self.prompt_count(demos, query.input)
+        return n if query.output is None else n + self.grid_count(*query.output.shape) + 1
+
+    def output_count(self, height: int, width: int) -> int:
+        """Tokens of a ``height`` x ``width`` completion: the grid and its end of output."""
+        return self.grid_count(height, width) + 1
+
 
 # The ARChitects (github.com/da-fr/arc-prize-2024, training_code/*.py and their arc_loader ``fmt_opts``):
 #   preprompt='ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz', query_beg='I', reply_beg='\n+/-=O',

@@ -33,7 +33,7 @@ from .budget import Budget, CostModel, make_plan
 from .candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
 from .data import Task, load_challenges
-from .planning import full_settings, task_works
+from .planning import TokenModel, full_settings, task_works
 from .submission import build_submission, count_test_inputs, fallback_attempts, write_submission
 from .worker import WorkerSpec, read_events
 
@@ -249,7 +249,9 @@ class Run:
         self.cost = CostModel(cfg.throughput)
         available = max(0.0, self.budget.work_deadline() - time.time())
         batch = cfg.train.batch_size * cfg.train.grad_accum
-        self.the_plan = make_plan(lambda s: task_works(self.tasks, cfg.ttt, batch, s), full_settings(cfg), self.cost,
+        self.tokens = TokenModel.of(cfg, self.prepared.profile)  # the prepared model's layout; DFS or sampling
+        self.the_plan = make_plan(lambda s: task_works(self.tasks, cfg.ttt, batch, s, tokens=self.tokens),
+                                  full_settings(cfg), self.cost,
                                   cfg.workers, available, scores=cfg.select.method == "poe")
         self.log("plan", f"rung {self.the_plan.settings.rung}: predicted makespan {self.the_plan.makespan:.0f}s "
                          f"of {available:.0f}s available ({'fits' if self.the_plan.fits else 'does not fit'})")
@@ -296,7 +298,7 @@ class Run:
         spec = WorkerSpec(worker=worker, task_ids=task_ids, config=cfg.to_dict(), model_path=str(self.model_path),
                           work_dir=str(wdir), train_steps=train_steps, views_per_test=views,
                           train_deadline=now + span * train_share, decode_deadline=now + span * decode_share,
-                          deadline=work_deadline, fault=cfg.fault, attempt=attempt,
+                          deadline=work_deadline, fault=cfg.fault, attempt=attempt, profile=self.prepared.profile,
                           extra_view_units=cfg.second_pass_ratio * views * sum(len(self.tasks[t].test) for t in task_ids))
         spec.write(wdir / "spec.json")
         env = {**os.environ, **thread_env(self.threads["worker"])}
@@ -370,8 +372,9 @@ class Run:
         left = self.budget.work_deadline() - time.time()
         batch = self.cfg.train.batch_size * self.cfg.train.grad_accum
         need = self.cost.startup_seconds(False, False) + sum(
-            sum(self.cost.task_seconds(x).values()) for x in task_works({t: self.tasks[t] for t in lost}, self.cfg.ttt,
-                                                                         batch, replace(self.the_plan.settings, train_steps=0)))
+            sum(self.cost.task_seconds(x).values()) for x in task_works(
+                {t: self.tasks[t] for t in lost}, self.cfg.ttt, batch, replace(self.the_plan.settings, train_steps=0),
+                tokens=self.tokens))
         if w["attempt"] == 0 and left > need:
             for t in lost:
                 self.reason(t, f"{w['reason']}; reassigned to a replacement worker without TTT")
@@ -534,13 +537,30 @@ def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
     return report
 
 
-def plan_only(config: RunConfig) -> tuple:
-    """The plan ``run`` would make at its start, without starting anything: (plan, tasks, rejected)."""
+def plan_profile(config: RunConfig, model_dir: str | Path | None = None) -> str:
+    """The format profile a run of ``config`` would speak, as ``model_prep`` resolves it: the configured one, else
+    the model folder's (its ``arc_format.json`` or its vocabulary), else ``kit``."""
+    if config.format.profile != "auto":
+        return config.format.profile
+    if model_dir is None or not Path(model_dir).is_dir():
+        return "kit"
+    from transformers import AutoTokenizer
+
+    from .format import PROFILE_FILE, profile_of_model
+
+    marker = Path(model_dir) / PROFILE_FILE
+    return profile_of_model(model_dir, None if marker.exists() else AutoTokenizer.from_pretrained(str(model_dir)))[0]
+
+
+def plan_only(config: RunConfig, profile: str = "kit") -> tuple:
+    """The plan ``run`` would make at its start, without starting anything: (plan, tasks, rejected).
+    ``profile``: the format profile whose layout the tokens are counted in (``plan_profile``)."""
     loaded = load_challenges(config.challenges, strict=False)
     tasks = dict(list(loaded.tasks.items())[:config.max_tasks] if config.max_tasks else loaded.tasks.items())
     budget = Budget(config.budget)
     available = budget.work_deadline() - budget.start
     batch = config.train.batch_size * config.train.grad_accum
-    plan = make_plan(lambda s: task_works(tasks, config.ttt, batch, s), full_settings(config), CostModel(config.throughput),
-                     config.workers, available, scores=config.select.method == "poe")
+    tokens = TokenModel.of(config, profile)
+    plan = make_plan(lambda s: task_works(tasks, config.ttt, batch, s, tokens=tokens), full_settings(config),
+                     CostModel(config.throughput), config.workers, available, scores=config.select.method == "poe")
     return plan, tasks, loaded.rejected

@@ -15,20 +15,39 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Mapping, Sequence
 
-from .budget import CostModel, Settings, TaskWork, Throughput, make_plan, measured_throughput, task_work, view_tokens
+from .budget import KIT, CostModel, Settings, TaskWork, Throughput, make_plan, measured_throughput, task_work, view_tokens
 from .data import Task
-from .ttt_data import TTTDataConfig, build_ttt_examples, estimate_tokens
+from .format import FormatSpec, Layout, layout_of
+from .ttt_data import TTTDataConfig, build_ttt_examples
 
 
-def example_tokens(task: Task, ttt: TTTDataConfig) -> float:
-    """Mean tokens of one TTT example of ``task`` (0 when none fits)."""
-    examples = build_ttt_examples(task, ttt)
-    return (sum(estimate_tokens(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
+@dataclass(frozen=True)
+class TokenModel:
+    """How the plan turns a task into tokens besides the settings: the prompt layout of the run's format profile
+    (its preprompt, markers and chat tokens cost tokens the kit's layout does not), and the decode method (DFS
+    generates a multiple of one greedy decode, up to its per-task cap)."""
+
+    layout: Layout = KIT
+    dfs: bool = False
+    dfs_max_tokens: int = 0
+
+    @classmethod
+    def of(cls, cfg, profile: str = "kit") -> "TokenModel":
+        """The token model of ``cfg`` (a ``RunConfig``) speaking ``profile`` (the prepared model's, resolved)."""
+        return cls(layout_of(FormatSpec(profile=profile)), cfg.decode.method == "dfs", cfg.decode.dfs_max_tokens)
+
+
+def example_tokens(task: Task, ttt: TTTDataConfig, layout: Layout = KIT) -> float:
+    """Mean tokens of one TTT example of ``task`` in ``layout`` (0 when none fits), trimmed to
+    ``ttt.max_tokens`` with the layout's own count, as the trainer trims with its format's."""
+    examples = build_ttt_examples(task, ttt, count_tokens=layout.token_count)
+    return (sum(layout.token_count(e.demos, e.query) for e in examples) / len(examples)) if examples else 0.0
 
 
 def task_works(tasks: Mapping[str, Task], ttt: TTTDataConfig, batch: int, s: Settings,
-               untrained: Sequence[str] | None = None, cache: dict[str, float] | None = None) -> list[TaskWork]:
-    """Token work per task under settings ``s``, from the format's token arithmetic (no tokenizer needed).
+               untrained: Sequence[str] | None = None, cache: dict[str, float] | None = None,
+               tokens: TokenModel = TokenModel()) -> list[TaskWork]:
+    """Token work per task under settings ``s``, from the layout's token arithmetic (no tokenizer needed).
 
     ``untrained``: only these tasks still have TTT to do (a re-plan after the first tasks); None = all.
     ``cache``: task id -> mean example tokens, filled on first use (the ladder asks for every rung).
@@ -38,12 +57,12 @@ def task_works(tasks: Mapping[str, Task], ttt: TTTDataConfig, batch: int, s: Set
     for task in tasks.values():
         trains = s.train_steps > 0 and (untrained is None or task.id in untrained)
         if trains and task.id not in cache:
-            cache[task.id] = example_tokens(task, ttt)
+            cache[task.id] = example_tokens(task, ttt, tokens.layout)
         ex_tokens = cache[task.id] if trains else 0.0
-        prompts, outputs = view_tokens(task)
+        prompts, outputs = view_tokens(task, tokens.layout)
         settings = s if trains else replace(s, train_steps=0)
-        works.append(task_work(task, settings, example_tokens=ex_tokens, batch=batch,
-                               prompt_tokens_per_view=prompts, output_tokens_per_view=outputs))
+        works.append(task_work(task, settings, example_tokens=ex_tokens, batch=batch, prompt_tokens_per_view=prompts,
+                               output_tokens_per_view=outputs, dfs=tokens.dfs, dfs_max_tokens=tokens.dfs_max_tokens))
     return works
 
 
@@ -98,7 +117,8 @@ def _scale_unmeasured(fitted: Throughput, prior: Throughput, events: list[dict])
 
 
 def replan(events: list[dict], prior: Throughput, tasks: Mapping[str, Task], untrained: Sequence[str], ttt: TTTDataConfig,
-           batch: int, current: Settings, now: float, deadline: float, max_train_share: float) -> Replan:
+           batch: int, current: Settings, now: float, deadline: float, max_train_share: float,
+           tokens: TokenModel = TokenModel()) -> Replan:
     """Re-plan a worker's remaining work from its own events (start-ups already paid are not predicted again).
 
     The ladder starts at ``current`` (a re-plan never raises the effort the first plan chose). The time left is
@@ -111,7 +131,7 @@ def replan(events: list[dict], prior: Throughput, tasks: Mapping[str, Task], unt
                               decode_startup_s=0.0 if "startup_decode" in started else fitted.decode_startup_s))
     available = max(0.0, deadline - now)
     cache: dict[str, float] = {}
-    plan = make_plan(lambda s: task_works(tasks, ttt, batch, s, untrained, cache), current, model, 1, available,
+    plan = make_plan(lambda s: task_works(tasks, ttt, batch, s, untrained, cache, tokens), current, model, 1, available,
                      scores=current.score_views > 0)
     secs = plan.workers[0].seconds if plan.workers else {"startup": 0.0, "train": 0.0, "decode": 0.0, "score": 0.0}
     total = max(1e-6, sum(secs.values()))

@@ -52,6 +52,7 @@ class WorkerSpec:
     extra_view_units: float = 0.0  # planned second-pass budget: extra (view x test input) decodes
     fault: str = ""
     attempt: int = 0  # 0 = first launch; a replacement worker has attempt 1 (faults fire on attempt 0 only)
+    profile: str = "kit"  # the prepared model's format profile: the re-plan counts tokens in its layout
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.__dict__, indent=1))
@@ -161,7 +162,7 @@ def _ladder(stage: str, rungs: list[str], start, events: Events, last: str):
 
 def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> dict[str, str]:
     from .budget import Settings, Throughput
-    from .planning import replan
+    from .planning import TokenModel, replan
     from .ttt_data import build_ttt_examples
 
     trainer = _start_trainer(spec, cfg, events)
@@ -182,7 +183,7 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
                 current = replace(settings, train_steps=steps)
                 rp = replan(read_events(events.path), Throughput(**cfg.throughput.__dict__), tasks,
                             [t.id for t in order[n:]], cfg.ttt, cfg.train.batch_size * cfg.train.grad_accum, current,
-                            time.time(), spec.deadline, cfg.budget.max_train_share)
+                            time.time(), spec.deadline, cfg.budget.max_train_share, TokenModel.of(cfg, spec.profile))
                 settings, steps, train_deadline = rp.settings, rp.settings.train_steps, rp.train_deadline
                 events.emit("replan", "ok", **rp.to_event(current), train_deadline=rp.train_deadline,
                             decode_deadline=rp.decode_deadline)
@@ -365,7 +366,7 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
         pass1_s = time.time() - ts
         write_candidate_file(cands_path, first, "ttt", {"worker": spec.worker, "pass": 1, "adapters": adapters})
         events.emit("decode", "ok", start=ts, pass_=1, requests=len(reqs), adapters=len(adapters),
-                    **_stats(decoder))
+                    method=cfg.decode.method, **_stats(decoder))
 
         # Compute-optimal second pass: the planned extra views go to the uncertain tasks (the allocation policy);
         # fewer when the time left before the decode deadline, at the first pass's measured speed, affords fewer.
@@ -387,7 +388,8 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
             _failure_events(decoder, events, 2, adapters)
             merged = merge_candidate_sets(first, _collect(tasks, reqs2, outs2))
             write_candidate_file(cands_path, merged, "ttt", {"worker": spec.worker, "pass": 2, "adapters": adapters})
-            events.emit("decode", "ok", start=ts, pass_=2, requests=len(reqs2), **_stats(decoder))
+            events.emit("decode", "ok", start=ts, pass_=2, requests=len(reqs2), method=cfg.decode.method,
+                        **_stats(decoder))
             return merged
         return first
     finally:
@@ -397,6 +399,7 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
 def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], candidates, events: Events) -> None:
     """Product-of-experts scores of the top voted grids, written as ``extra["view_logprobs"]`` for the parent."""
     from .budget import Settings, task_work, view_tokens
+    from .format import FormatSpec, layout_of
     from .candidates import Candidate, write_candidate_file
     from .score_candidates import Scorer
     from .select import select_attempts
@@ -434,7 +437,7 @@ def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], c
                 continue
             scores[tid] = per_test
             # The plan's token count for this task (fewer distinct candidates than C: the rate fit absorbs it)
-            prompts, outputs = view_tokens(task)
+            prompts, outputs = view_tokens(task, layout_of(FormatSpec(profile=spec.profile)))
             planned = task_work(task, Settings(0, 1, cfg.select.poe_views, cfg.select.poe_top_c), example_tokens=0,
                                 batch=1, prompt_tokens_per_view=prompts, output_tokens_per_view=outputs)
             # Written after every task (atomically): the parent's SIGTERM at the deadline loses at most one task.

