@@ -26,6 +26,7 @@ import pytest
 
 from arcttt_kaggle import realshape
 from arcttt_kaggle.decode import DecodeConfig, plan_requests
+from reference import reference_scores
 
 pytestmark = pytest.mark.slow
 TASK = "00576224"
@@ -135,13 +136,5 @@ def test_vllm_greedy_equals_transformers_and_scorer_equals_reference(trained, sa
     with Scorer(model, dtype="float32", device="cpu") as scorer:
         assert scorer.fmt.profile == profile
         got = scorer.score(task, 0, grids, views, adapter)
-    want = np.zeros_like(got)
-    for v, view in enumerate(views):
-        vt = view.apply_task(task)
-        prompt = fmt.prompt_ids(vt.train, vt.test[0].input)
-        for g, grid in enumerate(grids):
-            comp = fmt.completion_ids(view.apply_grid(grid))
-            with torch.inference_mode():
-                lp = torch.log_softmax(peft_model(input_ids=torch.tensor([prompt + comp])).logits[0].double(), -1)
-            want[g, v] = sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(comp))
+    want = reference_scores(peft_model, fmt, task, grids, views)
     np.testing.assert_allclose(got, want, atol=1e-4)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from arcttt_kaggle import realshape
+from reference import reference_scores
 
 TASKS = ("00576224", "0692e18c")  # small grids: at most 43 and 91 generated tokens
 
@@ -134,15 +135,6 @@ def test_scorer_matches_a_plain_transformers_forward(model, adapter, sample_task
         fmt = scorer.fmt
     ref_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
                                           str(adapter)).eval()
-    want = np.zeros_like(got)
-    for v, view in enumerate(views):
-        vt = view.apply_task(task)
-        prompt = fmt.prompt_ids(vt.train, vt.test[0].input)
-        for g, grid in enumerate(grids):
-            comp = fmt.completion_ids(view.apply_grid(grid))
-            with torch.inference_mode():
-                logits = ref_model(input_ids=torch.tensor([prompt + comp])).logits[0].double()
-            lp = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
-            want[g, v] = float(lp[torch.arange(len(comp)), torch.tensor(comp)].sum())
+    want = reference_scores(ref_model, fmt, task, grids, views)
     assert np.abs(got - want).max() <= 1e-3
     assert np.isfinite(got).all() and len({round(x, 3) for x in got[:, 0]}) == 3  # distinct candidates score apart

@@ -16,6 +16,7 @@ import pytest
 
 from arcttt_kaggle.augment import Augmentation, sample_augmentations
 from arcttt_kaggle.tinymodel import ensure_tiny_model, random_adapter
+from reference import reference_scores
 
 pytestmark = pytest.mark.slow
 TASK = "0692e18c"  # 3 demonstrations, 3x3 -> 9x9: a 330-token prompt, 91-token completions
@@ -59,17 +60,7 @@ def reference(model_dir: Path, adapter: Path | None, fmt, task, grids, views) ->
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    out = np.zeros((len(grids), len(views)))
-    for v, view in enumerate(views):
-        vt = view.apply_task(task)
-        prompt = fmt.prompt_ids(vt.train, vt.test[0].input)
-        for g, grid in enumerate(grids):
-            comp = fmt.completion_ids(view.apply_grid(grid))
-            with torch.inference_mode():
-                logits = model(input_ids=torch.tensor([prompt + comp])).logits[0].double()
-            lp = torch.log_softmax(logits, dim=-1)
-            out[g, v] = sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(comp))
-    return out
+    return reference_scores(model, fmt, task, grids, views)
 
 
 def test_shared_prefix_scores_equal_reference_forward_pass_fp32(scorer, models, case):
