@@ -137,7 +137,8 @@ class DecodeConfig:
     dfs_chunk_tokens: int = field(default=16, metadata={
         "help": "DFS (vLLM): a branch's first round decodes at most this many tokens, doubling each round its path "
                 "stays >= tau: a branch that falls below tau wastes at most its chunk (vLLM cannot stop on a "
-                "probability), a confident path costs log2(length / chunk) extra rounds of engine overhead "
+                "probability), a confident path costs log2(length / chunk) extra rounds of engine overhead; "
+                "a new branch gets less where its slack above tau affords fewer tokens (decode_dfs.sized_chunk) "
                 "(0 = decode every branch to eos or the bound in one round)."})
 
     def __post_init__(self):
@@ -238,6 +239,7 @@ class DecodeStats:
     dropped_prompts: int = 0  # given up after a failure (no candidates): see Decoder.failures
     dfs_rounds: int = 0  # method="dfs": engine rounds (vLLM: one generate call each)
     dfs_branches: int = 0  # method="dfs": prefixes decoded (vLLM) or tree nodes expanded (hf)
+    dfs_prefill_computed: int = 0  # method="dfs", vLLM: branch prompt tokens computed, not served by the prefix cache
     dfs_candidates: dict = field(default_factory=dict)  # method="dfs": task id -> candidates found
     dfs_truncated: dict = field(default_factory=dict)  # method="dfs": task id -> why a cap or the deadline cut it
 

