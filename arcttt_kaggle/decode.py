@@ -86,6 +86,11 @@ class DecodeConfig:
     cpu_kvcache_gib: float = field(default=1.0, metadata={
         "help": "CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE, rounded up to whole GiB); bounds "
                 "how many tokens are in flight at once."})
+    kv_block_size: int = field(default=0, metadata={
+        "help": "vLLM KV-cache block size in tokens (0 = vLLM's own: 16 on CUDA, 128 on CPU; DFS on CPU: 32). "
+                "The prefix cache serves whole blocks, so a DFS branch recomputes the tail of its prompt that does "
+                "not fill one: about half a block per branch per round (measured by DecodeStats."
+                "dfs_prefill_computed). Smaller blocks: less recompute, a longer block table (a few bytes each)."})
     max_model_len: int = field(default=8192, metadata={
         "help": "longest prompt + output in tokens; longer prompts lose demonstrations (largest first) or are "
                 "skipped. KV memory per sequence linear in it."})
@@ -170,6 +175,9 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if not isinstance(self.retry_calls, int) or self.retry_calls < 0:
             raise ValueError(f"DecodeConfig.retry_calls must be an int >= 0, got {self.retry_calls!r}")
+        if self.kv_block_size < 0 or self.kv_block_size % 16:
+            raise ValueError(f"DecodeConfig.kv_block_size must be 0 (vLLM's default) or a multiple of 16, got "
+                             f"{self.kv_block_size}")
         if self.method not in ("sample", "dfs"):
             raise ValueError(f"DecodeConfig.method must be 'sample' or 'dfs', got {self.method!r}")
         if not 0 < self.dfs_threshold < 1:

@@ -87,6 +87,8 @@ class EngineConfig(Protocol):
     enforce_eager: bool
     gpu_memory_utilization: float
     cpu_kvcache_gib: float
+    kv_block_size: int
+    method: str
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,14 @@ def test_vllm_engine_kwargs_pass_quantization_only_where_the_installed_vllm_and_
     assert vllm_engine_kwargs(bnb, Path("/m"), True, ["awq", "bitsandbytes"])["quantization"] == "bitsandbytes"
     with pytest.raises(ValueError, match="needs CUDA"):
         vllm_engine_kwargs(bnb, Path("/m"), False, ["bitsandbytes"])
+    # KV blocks: vLLM's default unless DFS runs on CPU (32: a branch recomputes less of its prompt) or it is set
+    dfs = replace(cfg, method="dfs", dtype="bfloat16")  # an explicit dtype: "auto" on CUDA asks the GPU
+    assert "block_size" not in cpu and "block_size" not in gpu
+    assert vllm_engine_kwargs(dfs, Path("/m"), False, [])["block_size"] == 32
+    assert "block_size" not in vllm_engine_kwargs(dfs, Path("/m"), True, [])
+    assert vllm_engine_kwargs(replace(dfs, kv_block_size=64), Path("/m"), True, [])["block_size"] == 64
+    with pytest.raises(ValueError, match="multiple of 16"):
+        replace(cfg, kv_block_size=20)
 
 
 def test_hf_load_kwargs_build_an_nf4_config_for_bitsandbytes():
