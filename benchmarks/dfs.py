@@ -141,10 +141,10 @@ def bench(args, work: Path, cuda: bool) -> None:
         ok, near = agree(vl["sets"], hf["sets"], math.log(r["tau"]))
         r["speedup"] = hf["seconds"] / vl["seconds"]
         print(f"\n{r['name']}")
-        print(f"{'engine':<66} {'start s':>8} {'dfs s':>8} {'calls':>6} {'tokens':>7} {'prefill':>8} {'found':>6} "
+        print(f"{'engine':<80} {'start s':>8} {'dfs s':>8} {'calls':>6} {'tokens':>7} {'prefill':>8} {'found':>6} "
               f"{'truncated':>9}")
         for e in (vl, hf):
-            print(f"{e['name'][:66]:<66} {e['start']:>8.2f} {e['seconds']:>8.2f} {e['calls']:>6} {e['tokens']:>7} "
+            print(f"{e['name'][:80]:<80} {e['start']:>8.2f} {e['seconds']:>8.2f} {e['calls']:>6} {e['tokens']:>7} "
                   f"{e['prefill'] if e is vl else '-':>8} {e['found']:>6} {len(e['truncated']):>9}")
         print(f"candidate sets agree (1e-4): {ok}/{len(r['requests'])} requests; {near} sequences within 1e-4 of "
               f"log tau")
