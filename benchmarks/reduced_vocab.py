@@ -60,6 +60,7 @@ CHILD = textwrap.dedent('''
             model.enable_input_require_grads()
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        model.train()  # from_pretrained returns eval mode, where transformers skips gradient checkpointing
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         ids = torch.randint(0, min(vocab, 16), (1, seq))
         times = []
