@@ -211,6 +211,14 @@ def test_plan_command_prints_the_memory_plan_from_a_model_folder(tmp_path, capsy
     out = capsys.readouterr().out
     assert "8.41B params" in out and "fits after degrading" in out and "decode.quantization none -> bitsandbytes" in out
     assert cli(["plan", "--preset", "t4x2"]) == 2  # neither --challenges nor --model
+    # with the challenges too, the time plan counts tokens in the model folder's profile and says which
+    from arcttt_kaggle.data import package_sample_dir
+
+    (tmp_path / "arc_format.json").write_text(json.dumps({"profile": "architects"}))
+    challenges = str(package_sample_dir() / "arc-agi_test_challenges.json")
+    assert cli(["plan", "--challenges", challenges, "--model", str(tmp_path), "--preset", "l4x4"]) == 0
+    out = capsys.readouterr().out
+    assert "format profile architects; decode dfs" in out and "8.41B params" in out
 
 
 def test_the_run_applies_what_the_memory_plan_degraded():
