@@ -399,8 +399,8 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
 def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], candidates, events: Events) -> None:
     """Product-of-experts scores of the top voted grids, written as ``extra["view_logprobs"]`` for the parent."""
     from .budget import Settings, task_work, view_tokens
-    from .format import FormatSpec, layout_of
     from .candidates import Candidate, write_candidate_file
+    from .format import FormatSpec, layout_of
     from .score_candidates import Scorer
     from .select import select_attempts
 
