@@ -323,11 +323,7 @@ class Decoder:
             self.stats.bound_tokens += bound * self.config.samples_per_view
             jobs.append(Job(i, prompt, bound, None if r.adapter_dir is None else Path(r.adapter_dir), dropped, hw))
         iso = self._run(jobs, deadline, progress)
-        self.last_failures = failure_records(iso, jobs, lambda i: (requests[i].task.id, requests[i].test_index))
-        self.failures += self.last_failures
-        self.stats.failed_calls += iso.failed_calls
-        self.stats.base_fallback_prompts += len(iso.rerouted)
-        self.stats.dropped_prompts += len(iso.dropped)
+        self._record_isolation(iso, jobs, requests)
 
         out: list[list[Candidate]] = [[] for _ in requests]
         self.last_token_ids = [[] for _ in requests]
@@ -357,14 +353,28 @@ class Decoder:
         finally:
             self.stats.engine_calls += self._engine.calls - calls
 
+    def _record_isolation(self, iso: Isolated, jobs: Sequence[Job], requests: Sequence[DecodeRequest]) -> None:
+        """What ``run_isolated`` did, into ``last_failures``/``failures`` and the stats (sampling and DFS alike)."""
+        self.last_failures = failure_records(iso, jobs, lambda i: (requests[i].task.id, requests[i].test_index))
+        self.failures += self.last_failures
+        self.stats.failed_calls += iso.failed_calls
+        self.stats.base_fallback_prompts += len(iso.rerouted)
+        self.stats.dropped_prompts += len(iso.dropped)
+
     def _candidate(self, r: DecodeRequest, job: Job, j: int, s: Sample,
                    rerouted: tuple[str, str] | None = None) -> Candidate:
-        self.stats.samples += 1
         self.stats.tokens_generated += len(s.token_ids)
-        self.stats.truncated += s.finish == "length"
-        parsed = self.fmt.parse(s.token_ids)
-        extra: dict = {"test_index": r.test_index, "sample": j, "tokens": len(s.token_ids), "finish": s.finish,
-                       "adapter": "base" if r.adapter_dir is None else Path(r.adapter_dir).name}
+        return self._make_candidate(r, job, j, s.token_ids, s.finish, s.logprob, rerouted)
+
+    def _make_candidate(self, r: DecodeRequest, job: Job, j: int, token_ids: Sequence[int], finish: str,
+                        logprob: float, rerouted: tuple[str, str] | None = None, more: dict | None = None) -> Candidate:
+        """Completion ``token_ids`` of request ``r`` as a candidate in the original frame (sampling and DFS
+        alike); ``more``: extra keys of the method (DFS: its threshold and truncation)."""
+        self.stats.samples += 1
+        self.stats.truncated += finish == "length"
+        parsed = self.fmt.parse(token_ids)
+        extra: dict = {"test_index": r.test_index, "sample": j, "tokens": len(token_ids), "finish": finish,
+                       "adapter": "base" if r.adapter_dir is None else Path(r.adapter_dir).name, **(more or {})}
         if job.dropped_demos:
             extra["dropped_demos"] = job.dropped_demos
         if rerouted is not None:  # planned with an adapter that failed: decoded with the base model
@@ -375,7 +385,7 @@ class Decoder:
             extra["parse_error"] = parsed.error
         else:
             grid = r.view.invert_grid(parsed.grid)
-        lp = float(s.logprob) if math.isfinite(s.logprob) else -1e30
+        lp = float(logprob) if math.isfinite(logprob) else -1e30
         return Candidate(grid=grid, source="ttt", view=r.view.to_string(), logprob=lp, extra=extra)
 
     def close(self) -> None:

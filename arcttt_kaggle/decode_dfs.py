@@ -348,7 +348,7 @@ def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progre
     probable first), as candidates in the original frame with ``extra["dfs"]`` and ``extra["truncated"]``.
     ``hf_search``: the transformers search (``decode_dfs_hf.hf_depth_first``) for a non-vLLM backend, passed in
     by ``decode`` so this module never imports the one that imports it."""
-    from .decode_isolate import bad_adapters, failure_records, run_isolated
+    from .decode_isolate import bad_adapters, run_isolated
     from .engine_base import Job as _Job, fit_prompt
 
     cfg, fmt, stats = decoder.config, decoder.fmt, decoder.stats
@@ -410,12 +410,8 @@ def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progre
     # (decode_isolate), with a whole DFS over the retried part as the "engine call".
     iso = run_isolated(search, jobs, deadline=deadline, retry_calls=cfg.retry_calls,
                        fatal=decoder._engine.fatal, bad=bad_adapters(jobs))
-    decoder.last_failures = failure_records(iso, jobs, lambda i: (requests[i].task.id, requests[i].test_index))
-    decoder.failures += decoder.last_failures
-    stats.failed_calls += iso.failed_calls
+    decoder._record_isolation(iso, jobs, requests)
     stats.engine_calls += iso.failed_calls if hf_search is not None else 0  # an hf search that raised: one call
-    stats.base_fallback_prompts += len(iso.rerouted)
-    stats.dropped_prompts += len(iso.dropped)
     for root, job in zip(roots, jobs):
         got = iso.results.get(job.index)
         if got is None:
@@ -429,32 +425,12 @@ def generate_dfs(decoder: "Decoder", requests: Sequence["DecodeRequest"], progre
             stats.dfs_truncated.setdefault(root.group, why)
         rerouted = iso.rerouted.get(job.index)
         for j, f in enumerate(sorted(found, key=lambda f: (-f.logprob, f.tokens))):
-            out[job.index].append(_candidate(decoder, r, job, j, f, bool(why), rerouted))
+            out[job.index].append(decoder._make_candidate(
+                r, job, j, f.tokens, f.finish, f.logprob, rerouted,
+                {"dfs": True, "truncated": bool(why), "dfs_threshold": cfg.dfs_threshold}))
             decoder.last_token_ids[job.index].append(list(f.tokens))
     stats.seconds += time.time() - t0
     return out
-
-
-def _candidate(decoder: "Decoder", r: "DecodeRequest", job: "_Job", j: int, f: Found, truncated: bool,
-               rerouted: tuple[str, str] | None = None) -> Candidate:
-    stats = decoder.stats
-    stats.samples += 1
-    stats.truncated += f.finish == "length"
-    parsed = decoder.fmt.parse(f.tokens)
-    extra: dict = {"test_index": r.test_index, "sample": j, "tokens": len(f.tokens), "finish": f.finish,
-                   "adapter": "base" if r.adapter_dir is None else Path(r.adapter_dir).name,
-                   "dfs": True, "truncated": truncated, "dfs_threshold": decoder.config.dfs_threshold}
-    if job.dropped_demos:
-        extra["dropped_demos"] = job.dropped_demos
-    if rerouted is not None:  # planned with an adapter that failed: enumerated with the base model
-        extra["adapter"], extra["adapter_failed"] = "base", Path(rerouted[0]).name
-    grid = None
-    if parsed.grid is None:
-        stats.unparsable += 1
-        extra["parse_error"] = parsed.error
-    else:
-        grid = r.view.invert_grid(parsed.grid)
-    return Candidate(grid=grid, source="ttt", view=r.view.to_string(), logprob=float(f.logprob), extra=extra)
 
 
 class _VllmRounds:
