@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from arcttt_kaggle.data import MAX_SIDE, Pair
 from arcttt_kaggle.format import IGNORE_INDEX, ArcFormat, FormatSpec, TokenizerError, floor_tokens
 from arcttt_kaggle.tinymodel import build_tokenizer
+from reference import grammar_regex_parser_agree, mutated
 
 BOS, EOS, ROW, I, O = 1, 2, 14, 15, 16
 
@@ -199,25 +200,9 @@ def mutated_completions():
 @settings(max_examples=300, deadline=None)
 @given(mutated_completions(), st.integers(1, 6), st.integers(1, 6))
 def test_grid_state_regex_and_parser_accept_the_same_completions(fmt, case, height, width):
-    import re
-
     g, how, at, tok = case
-    ids = fmt.completion_ids(g)
-    i = at % len(ids)
-    ids = {0: ids, 1: ids[:i] + [tok] + ids[i + 1:], 2: ids[:i] + ids[i + 1:], 3: ids[:i] + [tok] + ids[i:]}[how]
-    ids = ids[:ids.index(EOS) + 1] if EOS in ids else ids
-    state, ok = fmt.grid_start(height, width), True
-    for t in ids:
-        if t not in state.allowed():
-            ok = False
-            break
-        state.push(t)
-    ok = ok and state.done
-    parsed = fmt.parse(ids)
-    in_bound = (parsed.grid is not None and parsed.grid.shape[0] <= height and parsed.grid.shape[1] <= width
-                and ids[-1] == EOS)  # the parser also takes a completion cut right after a row; the grammar ends in eos
-    text_ok = bool(ids) and ids[-1] == EOS and re.fullmatch(fmt.grid_regex(height, width), fmt.render(ids[:-1]))
-    assert ok == in_bound == bool(text_ok)
+    assert fmt.eos_id == EOS
+    grammar_regex_parser_agree(fmt, mutated(fmt.completion_ids(g), how, at, tok), height, width)
 
 
 def test_grid_state_forces_the_first_row_width_and_eos_at_the_height_bound(fmt):

@@ -32,6 +32,7 @@ from arcttt_kaggle.format import (IGNORE_INDEX, PROFILE_FILE, ArcFormat, FormatC
                                   profile_of_model)
 from arcttt_kaggle.model_prep import kept_token_ids, reduce_tokenizer
 from arcttt_kaggle.tinymodel import build_tokenizer
+from reference import grammar_regex_parser_agree, mutated
 
 ARCH = dict(preprompt="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz", query_beg="I", reply_beg="\n+/-=O",
             lines_sep="\n")
@@ -168,26 +169,9 @@ def nvarc_fmt(qwen):
 @settings(max_examples=300, deadline=None)
 @given(grids(), st.integers(0, 3), st.integers(0, 10_000), st.integers(0, 11), st.integers(1, 6), st.integers(1, 6))
 def test_joined_rows_grammar_regex_and_parser_accept_the_same_completions(nvarc_fmt, grid, how, at, sym, h, w):
-    import re
-
     fmt = nvarc_fmt
     tok = (fmt.digit_ids + [fmt.row_id, fmt.eos_id])[sym]
-    ids = fmt.completion_ids(grid)
-    i = at % len(ids)
-    ids = {0: ids, 1: ids[:i] + [tok] + ids[i + 1:], 2: ids[:i] + ids[i + 1:], 3: ids[:i] + [tok] + ids[i:]}[how]
-    ids = ids[:ids.index(fmt.eos_id) + 1] if fmt.eos_id in ids else ids
-    state, ok = fmt.grid_start(h, w), True
-    for t in ids:
-        if t not in state.allowed():
-            ok = False
-            break
-        state.push(t)
-    ok = ok and state.done
-    parsed = fmt.parse(ids)
-    in_bound = (parsed.grid is not None and parsed.grid.shape[0] <= h and parsed.grid.shape[1] <= w
-                and bool(ids) and ids[-1] == fmt.eos_id)
-    text_ok = bool(ids) and ids[-1] == fmt.eos_id and re.fullmatch(fmt.grid_regex(h, w), fmt.render(ids[:-1]))
-    assert ok == in_bound == bool(text_ok)
+    grammar_regex_parser_agree(fmt, mutated(fmt.completion_ids(grid), how, at, tok), h, w)
 
 
 @settings(max_examples=60, deadline=None)
