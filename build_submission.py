@@ -24,9 +24,9 @@ SAMPLE = Path(__file__).resolve().parent / "arcttt_kaggle" / "sample_data"
 
 
 def cmd_dry_run(a) -> int:
-    from arcttt_kaggle.dryrun import dry_run
-    from arcttt_kaggle.report import format_summary
-    from arcttt_kaggle.submission import validate_submission_file
+    from arcttt_kaggle.kaggle.dryrun import dry_run
+    from arcttt_kaggle.run.report import format_summary
+    from arcttt_kaggle.arc.submission import validate_submission_file
 
     challenges = Path(a.challenges or SAMPLE / "arc-agi_test_challenges.json")
     solutions = Path(a.solutions) if a.solutions else (SAMPLE / "arc-agi_test_solutions.json" if not a.challenges else None)
@@ -45,7 +45,7 @@ def cmd_dry_run(a) -> int:
 
 
 def cmd_score(a) -> int:
-    from arcttt_kaggle.scoring import score_submission_files
+    from arcttt_kaggle.arc.scoring import score_submission_files
 
     rep = score_submission_files(a.submission, a.solutions)
     print(rep.format_table())
@@ -53,7 +53,7 @@ def cmd_score(a) -> int:
 
 
 def cmd_validate(a) -> int:
-    from arcttt_kaggle.submission import validate_submission_file
+    from arcttt_kaggle.arc.submission import validate_submission_file
 
     problems = validate_submission_file(a.submission, a.challenges)
     for p in problems:
@@ -64,9 +64,9 @@ def cmd_validate(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from arcttt_kaggle.budget import Throughput
-    from arcttt_kaggle.config import budget_overrides, preset
-    from arcttt_kaggle.pipeline import plan_only, plan_profile
+    from arcttt_kaggle.run.budget import Throughput
+    from arcttt_kaggle.run.config import budget_overrides, preset
+    from arcttt_kaggle.run.pipeline import plan_only, plan_profile
 
     if not a.challenges and not a.model:
         print("plan: give --challenges FILE (time plan) and/or --model PATH (memory and disk plan)", file=sys.stderr)
@@ -85,7 +85,7 @@ def cmd_plan(a) -> int:
               f"profile {profile}; decode {cfg.decode.method}")
         print(plan.format_table())
     if a.model:
-        from arcttt_kaggle.memory import ModelShape, plan_memory, run_from_config
+        from arcttt_kaggle.engines.memory import ModelShape, plan_memory, run_from_config
 
         shape = ModelShape.from_dir(a.model)
         n = len(tasks) if tasks is not None else a.tasks
@@ -98,10 +98,10 @@ def cmd_plan(a) -> int:
 
 
 def cmd_programs(a) -> int:
-    from arcttt_kaggle.data import load_challenges
+    from arcttt_kaggle.arc.data import load_challenges
     from arcttt_kaggle.programs.expert import ProgramsConfig, run_expert
-    from arcttt_kaggle.scoring import expert_accuracy
-    from arcttt_kaggle.submission import build_submission, write_submission
+    from arcttt_kaggle.arc.scoring import expert_accuracy
+    from arcttt_kaggle.arc.submission import build_submission, write_submission
 
     loaded = load_challenges(a.challenges, strict=False, solutions=a.solutions)
     tasks = list(loaded.tasks.values())
@@ -121,7 +121,7 @@ def cmd_programs(a) -> int:
 
 
 def cmd_bundle(a) -> int:
-    from arcttt_kaggle.bundle import BundleConfig, build_bundle, relock
+    from arcttt_kaggle.kaggle.bundle import BundleConfig, build_bundle, relock
 
     if a.relock:
         print(f"wrote {relock(a.python, a.cuda)}")

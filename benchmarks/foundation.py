@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arcttt_kaggle.data import load_challenges, shared_data_dir  # noqa: E402
-from arcttt_kaggle.scoring import score_submission  # noqa: E402
-from arcttt_kaggle.submission import build_submission, validate_submission_file, write_submission  # noqa: E402
-from arcttt_kaggle.ttt_data import TTTDataConfig, build_ttt_dataset, ttt_token_count  # noqa: E402
+from arcttt_kaggle.arc.data import load_challenges, shared_data_dir  # noqa: E402
+from arcttt_kaggle.arc.scoring import score_submission  # noqa: E402
+from arcttt_kaggle.arc.submission import build_submission, validate_submission_file, write_submission  # noqa: E402
+from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_dataset, ttt_token_count  # noqa: E402
 
 
 @dataclass(frozen=True)

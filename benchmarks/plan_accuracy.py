@@ -32,12 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arcttt_kaggle.budget import PHASES, Throughput  # noqa: E402
-from arcttt_kaggle.config import budget_overrides, preset  # noqa: E402
-from arcttt_kaggle.data import package_sample_dir  # noqa: E402
-from arcttt_kaggle.dryrun import dry_run  # noqa: E402
-from arcttt_kaggle.pipeline import plan_only  # noqa: E402
-from arcttt_kaggle.report import predicted_phase_seconds  # noqa: E402
+from arcttt_kaggle.run.budget import PHASES, Throughput  # noqa: E402
+from arcttt_kaggle.run.config import budget_overrides, preset  # noqa: E402
+from arcttt_kaggle.arc.data import package_sample_dir  # noqa: E402
+from arcttt_kaggle.kaggle.dryrun import dry_run  # noqa: E402
+from arcttt_kaggle.run.pipeline import plan_only  # noqa: E402
+from arcttt_kaggle.run.report import predicted_phase_seconds  # noqa: E402
 
 
 def main() -> None:

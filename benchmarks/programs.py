@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arcttt_kaggle.candidates import CandidateSet, same_grid  # noqa: E402
-from arcttt_kaggle.data import Task, load_challenges, shared_data_dir  # noqa: E402
+from arcttt_kaggle.arc.candidates import CandidateSet, same_grid  # noqa: E402
+from arcttt_kaggle.arc.data import Task, load_challenges, shared_data_dir  # noqa: E402
 from arcttt_kaggle.programs.expert import ProgramsConfig, run_expert  # noqa: E402
 
 SETS = {

@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arcttt_kaggle import realshape  # noqa: E402
-from arcttt_kaggle.format import FormatConfig  # noqa: E402
-from arcttt_kaggle.model_prep import prepare_model  # noqa: E402
+from arcttt_kaggle.engines import realshape  # noqa: E402
+from arcttt_kaggle.engines.format import FormatConfig  # noqa: E402
+from arcttt_kaggle.engines.model_prep import prepare_model  # noqa: E402
 
 CHILD = textwrap.dedent('''
     import json, statistics, sys, time

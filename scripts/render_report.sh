@@ -16,7 +16,7 @@ OUT_DIR=$(cd "$1" && pwd)
 HTML="$OUT_DIR/report.html"
 PNG=${2:-$OUT_DIR/report.png}
 if [ ! -f "$HTML" ]; then
-  echo "error: $HTML does not exist (write it with arcttt_kaggle.report_html.write_report_html)" >&2
+  echo "error: $HTML does not exist (write it with arcttt_kaggle.run.report_html.write_report_html)" >&2
   exit 1
 fi
 case "$PNG" in /*) ;; *) PNG="$PWD/$PNG" ;; esac

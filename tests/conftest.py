@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from arcttt_kaggle.data import Task, load_challenges, package_sample_dir, shared_data_dir
+from arcttt_kaggle.arc.data import Task, load_challenges, package_sample_dir, shared_data_dir
 
 
 @pytest.fixture(scope="session")

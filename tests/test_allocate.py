@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle.allocate import (AllocationConfig, Difficulty, allocate, allocation_report,
+from arcttt_kaggle.selection.allocate import (AllocationConfig, Difficulty, allocate, allocation_report,
                                     estimate_difficulty)
-from arcttt_kaggle.augment import DIHEDRAL_NAMES, Augmentation
-from arcttt_kaggle.candidates import Candidate
+from arcttt_kaggle.arc.augment import DIHEDRAL_NAMES, Augmentation
+from arcttt_kaggle.arc.candidates import Candidate
 
 GRIDS = [np.full((2, 2), v, dtype=np.uint8) for v in range(8)]
 

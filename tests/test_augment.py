@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle.augment import DIHEDRAL_NAMES, Augmentation, dihedral, sample_augmentations
-from arcttt_kaggle.data import Pair, Task, grid_key
+from arcttt_kaggle.arc.augment import DIHEDRAL_NAMES, Augmentation, dihedral, sample_augmentations
+from arcttt_kaggle.arc.data import Pair, Task, grid_key
 
 settings.register_profile("arcttt", max_examples=60, deadline=None)
 settings.load_profile("arcttt")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arcttt_kaggle.budget import (Budget, BudgetConfig, CostModel, Settings, TaskWork, Throughput, balance, ladder,
+from arcttt_kaggle.run.budget import (Budget, BudgetConfig, CostModel, Settings, TaskWork, Throughput, balance, ladder,
                                   make_plan)
 
 
@@ -87,7 +87,7 @@ def test_throughput_file_rejects_unknown_keys(tmp_path):
 
 
 def test_measured_throughput_fits_step_cost_and_decode_rate():
-    from arcttt_kaggle.budget import measured_throughput
+    from arcttt_kaggle.run.budget import measured_throughput
 
     prior = Throughput(train_tokens_per_s=1e9, per_task_overhead_s=1.0, decode_call_overhead_s=2.0,
                        decode_prompt_tokens_per_s=1000.0)
@@ -118,7 +118,7 @@ def test_measured_throughput_fits_step_cost_and_decode_rate():
 
 
 def test_measured_throughput_with_equal_steps_splits_the_intercept_keeping_the_prior_overhead():
-    from arcttt_kaggle.budget import measured_throughput
+    from arcttt_kaggle.run.budget import measured_throughput
 
     prior = Throughput(per_task_overhead_s=0.1)
     # 24 steps each: 0.1 s overhead + 24 x 0.01 s + tokens / 20000
@@ -132,7 +132,7 @@ def test_measured_throughput_with_equal_steps_splits_the_intercept_keeping_the_p
 
 def test_a_plan_from_the_fitted_throughput_reproduces_the_measured_phases(sample_tasks):
     """Self-consistency: what ``measured_throughput`` fits, ``CostModel`` turns back into the measured seconds."""
-    from arcttt_kaggle.budget import measured_throughput, task_work
+    from arcttt_kaggle.run.budget import measured_throughput, task_work
 
     truth = Throughput(train_tokens_per_s=5000, train_step_s=0.02, per_task_overhead_s=0.3,
                        decode_output_tokens_per_s=800, decode_output_fill=0.6, score_tokens_per_s=4000,
@@ -162,7 +162,7 @@ def test_a_plan_from_the_fitted_throughput_reproduces_the_measured_phases(sample
 
 
 def test_measured_throughput_ignores_one_task_slowed_by_the_machine():
-    from arcttt_kaggle.budget import measured_throughput
+    from arcttt_kaggle.run.budget import measured_throughput
 
     rows = [(tok, 0.34 + tok / 20000) for tok in (2000, 4000, 6000, 8000, 10000, 12000)]
     rows[2] = (6000, 22.7)  # something else took the cores for 20 s
@@ -175,7 +175,7 @@ def test_measured_throughput_ignores_one_task_slowed_by_the_machine():
 def test_dfs_is_priced_at_its_multiple_within_its_cap_and_a_dfs_pass_measures_the_multiple(sample_tasks):
     """DFS generates a multiple of one greedy decode per view (``dfs_decode_multiple``), never more than its
     per-task cap; a DFS call's generated / bound tokens refit the multiple, not the sampling fill."""
-    from arcttt_kaggle.budget import measured_throughput, task_work
+    from arcttt_kaggle.run.budget import measured_throughput, task_work
 
     task = next(iter(sample_tasks.values()))
     s = Settings(train_steps=0, views_per_test=8, score_views=0, score_top_c=0)
@@ -202,10 +202,10 @@ def test_plans_count_tokens_in_the_profiles_layout_and_price_dfs(sample_tasks):
     in the kit's, and the count is the layout's exact arithmetic; a DFS config prices decoding at its multiple."""
     from dataclasses import replace
 
-    from arcttt_kaggle.budget import prompt_tokens, view_tokens
-    from arcttt_kaggle.config import preset
-    from arcttt_kaggle.format import FormatSpec, layout_of
-    from arcttt_kaggle.planning import TokenModel, full_settings, task_works
+    from arcttt_kaggle.run.budget import prompt_tokens, view_tokens
+    from arcttt_kaggle.run.config import preset
+    from arcttt_kaggle.engines.format import FormatSpec, layout_of
+    from arcttt_kaggle.run.planning import TokenModel, full_settings, task_works
 
     cfg = preset("cpu-tiny")
     kit, arch = TokenModel.of(cfg, "kit"), TokenModel.of(cfg, "architects")

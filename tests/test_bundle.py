@@ -19,11 +19,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from arcttt_kaggle import bundle as B
-from arcttt_kaggle.dryrun import NOTEBOOK, REPO
-from arcttt_kaggle.wheel_abi import ElfError, abi_problems, cpu_wheels, elf_needed, scan_wheel, unverified
+from arcttt_kaggle.kaggle import bundle as B
+from arcttt_kaggle.kaggle.dryrun import NOTEBOOK, REPO
+from arcttt_kaggle.kaggle.wheel_abi import ElfError, abi_problems, cpu_wheels, elf_needed, scan_wheel, unverified
 
-INSTALL = REPO / "arcttt_kaggle" / "kaggle_install.sh"
+INSTALL = REPO / "arcttt_kaggle" / "kaggle" / "kaggle_install.sh"
 PY_MM = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
@@ -235,7 +235,7 @@ def test_bundle_without_wheels_writes_manifest_install_script_and_leaves_the_rep
     assert B.lock_pins((ds / "requirements.lock").read_text()) == B.lock_pins(B.lock_path("3.11", 13).read_text())
     assert res["kit_wheel"].startswith("arcttt_kaggle-") and (ds / "wheels" / res["kit_wheel"]).exists()
     with zipfile.ZipFile(ds / "wheels" / res["kit_wheel"]) as z:
-        assert "arcttt_kaggle/kaggle_install.sh" in z.namelist()  # package data: the script travels with the kit
+        assert "arcttt_kaggle/kaggle/kaggle_install.sh" in z.namelist()  # package data: the script travels with the kit
     assert any("--dir-mode zip" in c for c in res["upload"])
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from arcttt_kaggle.data import package_sample_dir
-from arcttt_kaggle.dryrun import NOTEBOOK, REPO
+from arcttt_kaggle.arc.data import package_sample_dir
+from arcttt_kaggle.kaggle.dryrun import NOTEBOOK, REPO
 
 SAMPLE = package_sample_dir()
 CHALLENGES = SAMPLE / "arc-agi_test_challenges.json"
@@ -82,7 +82,7 @@ def test_bundle_without_wheels(tmp_path):
     wheels = list((ds / "wheels").glob("arcttt_kaggle-*.whl"))
     assert len(wheels) == 1
     names = zipfile.ZipFile(wheels[0]).namelist()
-    for needed in ("arcttt_kaggle/pipeline.py", "arcttt_kaggle/programs/expert.py",
+    for needed in ("arcttt_kaggle/run/pipeline.py", "arcttt_kaggle/programs/expert.py",
                    "arcttt_kaggle/sample_data/arc-agi_test_challenges.json", "arcttt_kaggle/sample_data/LICENSE"):
         assert needed in names
     assert (ds / "requirements.lock").read_text().count("vllm==0.32.0") == 1  # default target: Python 3.12, CUDA 13

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from arcttt_kaggle.config import PRESETS, RunConfig, budget_overrides, preset
-from arcttt_kaggle.kaggle import SHORT_MODE_TASKS, notebook_config
+from arcttt_kaggle.run.config import PRESETS, RunConfig, budget_overrides, preset
+from arcttt_kaggle.kaggle.notebook import SHORT_MODE_TASKS, notebook_config
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -94,7 +94,7 @@ def _kaggle_input(root, layout: str, slug: str = "arc-prize-2026-arc-agi-2"):
 def test_notebook_setup_finds_inputs_in_both_kaggle_layouts(layout, tmp_path, monkeypatch):
     """2024/2025 mount /kaggle/input/<slug>/, the 2026 track /kaggle/input/competitions/<slug>/; the model is the
     folder the bundle's manifest names. No GPU here: the preset is the CPU one and the preflight says why."""
-    from arcttt_kaggle.kaggle import notebook_setup
+    from arcttt_kaggle.kaggle.notebook import notebook_setup
 
     for k in ("ARCTTT_PRESET", "ARCTTT_CHALLENGES", "ARCTTT_MODEL", "ARCTTT_BUDGET_SECONDS", "ARCTTT_OVERRIDES"):
         monkeypatch.delenv(k, raising=False)
@@ -105,14 +105,14 @@ def test_notebook_setup_finds_inputs_in_both_kaggle_layouts(layout, tmp_path, mo
     assert cfg.preset == "cpu-tiny" and pre.preset.reason == "no GPU found"
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["VLLM_NO_USAGE_STATS"] == "1"
     assert pre.kernel_start <= time.time()
-    from arcttt_kaggle.kaggle import find_model
+    from arcttt_kaggle.kaggle.notebook import find_model
 
     assert find_model(tmp_path / "input", "me/qwen-arc") == model
 
 
 def test_a_preset_the_hardware_cannot_run_is_refused_on_a_save_run(tmp_path, monkeypatch):
-    from arcttt_kaggle.kaggle import notebook_setup
-    from arcttt_kaggle.preflight import PreflightError
+    from arcttt_kaggle.kaggle.notebook import notebook_setup
+    from arcttt_kaggle.run.preflight import PreflightError
 
     monkeypatch.setenv("ARCTTT_PRESET", "t4x2")
     monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcttt_kaggle.data import (Task, TaskError, grid_key, load_challenges, load_solutions, package_sample_dir,
+from arcttt_kaggle.arc.data import (Task, TaskError, grid_key, load_challenges, load_solutions, package_sample_dir,
                                 to_grid)
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcttt_kaggle.augment import Augmentation, sample_augmentations
-from arcttt_kaggle.data import Pair, Task
-from arcttt_kaggle.decode import DecodeConfig, DecodeRequest, fit_prompt, plan_requests
-from arcttt_kaggle.format import ArcFormat
-from arcttt_kaggle.tinymodel import build_tokenizer, ensure_tiny_model, random_adapter
+from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
+from arcttt_kaggle.arc.data import Pair, Task
+from arcttt_kaggle.engines.decode import DecodeConfig, DecodeRequest, fit_prompt, plan_requests
+from arcttt_kaggle.engines.format import ArcFormat
+from arcttt_kaggle.engines.tinymodel import build_tokenizer, ensure_tiny_model, random_adapter
 
 CONSTANT = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)  # what the constant model answers, in the view's frame
 SMALL_TASKS = ("00576224", "0692e18c")  # 2x2 -> 6x6 and 3x3 -> 9x9 outputs: short generations
@@ -90,7 +90,7 @@ class GenerateSpy:
 
 @pytest.fixture(scope="module")
 def decoder(vllm_env, models):
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     d = Decoder(models[0], DecodeConfig(backend="vllm", dtype="float32", max_loras=4, max_lora_rank=8,
                                         max_model_len=2048, enforce_eager=True, views_per_test=2))
@@ -309,7 +309,7 @@ def _corrupt_adapter_pass(decoder, models, sample_tasks, tmp_path):
     the good tasks alone and the third task on the base model. Returns (calls of the mixed pass, bad dir)."""
     from dataclasses import replace
 
-    from arcttt_kaggle.decode_isolate import DecodeFailure
+    from arcttt_kaggle.engines.decode_isolate import DecodeFailure
 
     _, adapters = models
     t1, t2 = (sample_tasks[t] for t in SMALL_TASKS)
@@ -405,7 +405,7 @@ def test_vllm_an_adapter_that_fails_only_when_loaded_is_found_by_bisection_and_r
 # -- the hf backend -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hf_decoder(models):
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     d = Decoder(models[0], DecodeConfig(backend="hf", dtype="float32", max_model_len=2048, views_per_test=2))
     yield d
@@ -450,7 +450,7 @@ def test_hf_a_failing_batch_is_bisected_and_the_others_keep_their_outputs(hf_dec
 def test_hf_backend_decodes_on_a_bitsandbytes_4bit_base(models, sample_tasks):
     """quantization="bitsandbytes": the base loads as NF4 Linear4bit layers (weights ~1/4 of fp32 on the layers
     it quantizes) and decodes every request, adapters included, on CPU."""
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     const, adapters = models
     task = sample_tasks[SMALL_TASKS[0]]

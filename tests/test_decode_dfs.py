@@ -26,11 +26,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle.decode import DecodeConfig, plan_requests
-from arcttt_kaggle.decode_dfs import (Branch, DfsLimits, Root, depth_first, enumerate_rounds, step_logprobs,
+from arcttt_kaggle.engines.decode import DecodeConfig, plan_requests
+from arcttt_kaggle.engines.decode_dfs import (Branch, DfsLimits, Root, depth_first, enumerate_rounds, step_logprobs,
                                       walk)
-from arcttt_kaggle.format import ArcFormat
-from arcttt_kaggle.tinymodel import build_tokenizer
+from arcttt_kaggle.engines.format import ArcFormat
+from arcttt_kaggle.engines.tinymodel import build_tokenizer
 
 EOS = 0
 
@@ -195,7 +195,7 @@ def test_opened_branches_decode_what_their_slack_affords_at_this_walks_token_cos
     """Chunk sizing: a branch whose slack above log tau buys n tokens at the walk's mean greedy cost decodes n + 1
     (the last shows the step where it falls below, whose alternatives may survive); never more than the chunk,
     never less than 1; a confident walk (cost ~0) keeps the whole chunk; the continuation doubles its own."""
-    from arcttt_kaggle.decode_dfs import sized_chunk
+    from arcttt_kaggle.engines.decode_dfs import sized_chunk
 
     assert sized_chunk(2.9, 2.4, 16) == 2 and sized_chunk(0.1, 2.4, 16) == 1 and sized_chunk(50.0, 0.5, 16) == 16
     assert sized_chunk(5.0, 0.0, 16) == 16 and sized_chunk(5.0, 1.0, 0) == 0
@@ -281,7 +281,7 @@ def trained(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_engines_agreement import TRAIN_SCRIPT
 
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     root = tmp_path_factory.mktemp("dfs")
     model = ensure_tiny_model(root / "tiny")
@@ -317,7 +317,7 @@ def vllm_dfs(trained, dfs_requests):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-        from arcttt_kaggle.decode import DecodeStats, Decoder
+        from arcttt_kaggle.engines.decode import DecodeStats, Decoder
 
         d = Decoder(trained[0], dfs_config("vllm"))
         try:
@@ -344,7 +344,7 @@ def vllm_dfs(trained, dfs_requests):
 
 @pytest.fixture(scope="module")
 def hf_dfs(trained, dfs_requests, vllm_dfs):
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     d = Decoder(trained[0], dfs_config("hf"))
     try:

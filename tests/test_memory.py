@@ -21,8 +21,8 @@ from dataclasses import replace
 
 import pytest
 
-from arcttt_kaggle.config import preset
-from arcttt_kaggle.memory import (DEGRADED, FITS, GIB, NO_FIT, NOT_PLANNED, MemoryRun, ModelShape, decode_memory,
+from arcttt_kaggle.run.config import preset
+from arcttt_kaggle.engines.memory import (DEGRADED, FITS, GIB, NO_FIT, NOT_PLANNED, MemoryRun, ModelShape, decode_memory,
                                   disk_plan, plan_memory, run_from_config, score_memory, train_memory)
 from build_submission import main as cli
 
@@ -212,7 +212,7 @@ def test_plan_command_prints_the_memory_plan_from_a_model_folder(tmp_path, capsy
     assert "8.41B params" in out and "fits after degrading" in out and "decode.quantization none -> bitsandbytes" in out
     assert cli(["plan", "--preset", "t4x2"]) == 2  # neither --challenges nor --model
     # with the challenges too, the time plan counts tokens in the model folder's profile and says which
-    from arcttt_kaggle.data import package_sample_dir
+    from arcttt_kaggle.arc.data import package_sample_dir
 
     (tmp_path / "arc_format.json").write_text(json.dumps({"profile": "architects"}))
     challenges = str(package_sample_dir() / "arc-agi_test_challenges.json")
@@ -225,7 +225,7 @@ def test_the_run_applies_what_the_memory_plan_degraded():
     """``pipeline._memory_overrides``: Minitron-8B on a T4 becomes a 4-bit base decoded by transformers (vLLM 0.32
     has no bitsandbytes), shorter sequences, fewer LoRA slots, and voting instead of PoE; a plan that fits as
     configured changes nothing."""
-    from arcttt_kaggle.pipeline import _memory_overrides
+    from arcttt_kaggle.run.pipeline import _memory_overrides
 
     cfg = preset("t4x2")
     plan = plan_memory(ModelShape.from_config(MINITRON_8B, "minitron"), run_from_config(cfg))

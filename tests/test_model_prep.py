@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcttt_kaggle import realshape
-from arcttt_kaggle.data import Pair
-from arcttt_kaggle.format import PROFILE_FILE, ArcFormat, FormatConfig, FormatSpec
-from arcttt_kaggle.model_prep import (PreparedModel, bnb_4bit, prepare_model, quantization_plan,
+from arcttt_kaggle.engines import realshape
+from arcttt_kaggle.arc.data import Pair
+from arcttt_kaggle.engines.format import PROFILE_FILE, ArcFormat, FormatConfig, FormatSpec
+from arcttt_kaggle.engines.model_prep import (PreparedModel, bnb_4bit, prepare_model, quantization_plan,
                                       vllm_quantization_kwargs)
 
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1}
@@ -108,7 +108,7 @@ def test_preparation_is_cached_and_a_reduced_or_kit_base_is_used_as_it_is(full_q
 
 
 def test_tiny_model_passes_through_unchanged(tmp_path):
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     tiny = ensure_tiny_model(tmp_path / "tiny")
     prep = prepare_model(tiny, FormatConfig(), tmp_path / "cache")
@@ -121,8 +121,8 @@ def test_a_named_profile_is_checked_and_recorded_for_an_as_is_folder(full_qwen, 
     the source's files with its own arc_format.json. A profile the vocabulary cannot spell fails up front."""
     from transformers import AutoTokenizer
 
-    from arcttt_kaggle.format import TokenizerError
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.format import TokenizerError
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     with pytest.raises(TokenizerError, match="preprompt symbol 'A'"):  # the tiny vocabulary has no letters
         prepare_model(ensure_tiny_model(tmp_path / "tiny"), FormatConfig(profile="architects"), tmp_path / "c")
@@ -161,7 +161,7 @@ def test_a_bnb_4bit_checkpoint_is_dequantized_once_for_the_16bit_engines(tmp_pat
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     tiny = ensure_tiny_model(tmp_path / "tiny")
     q = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32, device_map="cpu",

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from arcttt_kaggle.config import preset
-from arcttt_kaggle.memory import FITS, NOT_PLANNED
-from arcttt_kaggle.preflight import (CHALLENGE_SLUGS, OFFLINE_ENV, GpuInfo, PreflightResult, PresetChoice,
+from arcttt_kaggle.run.config import preset
+from arcttt_kaggle.engines.memory import FITS, NOT_PLANNED
+from arcttt_kaggle.run.preflight import (CHALLENGE_SLUGS, OFFLINE_ENV, GpuInfo, PreflightResult, PresetChoice,
                                      check_model, choose_preset, config_for, engines_imported, find_challenges,
                                      kernel_start_time, must_fail, parse_nvidia_smi, parse_start_time, probe_engines,
                                      set_offline_env)
-from arcttt_kaggle.tinymodel import ensure_tiny_model
+from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
 # Literal `nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader,nounits` lines.
 T4_LINE = "Tesla T4, 7.5, 15360, 550.54.15"

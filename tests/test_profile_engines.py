@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcttt_kaggle import realshape
-from arcttt_kaggle.decode import DecodeConfig, plan_requests
+from arcttt_kaggle.engines import realshape
+from arcttt_kaggle.engines.decode import DecodeConfig, plan_requests
 from reference import reference_scores
 
 pytestmark = pytest.mark.slow
@@ -34,9 +34,9 @@ TASK = "00576224"
 TRAIN_SCRIPT = textwrap.dedent('''
     import json, sys
     from pathlib import Path
-    from arcttt_kaggle.train import Trainer, TrainConfig
-    from arcttt_kaggle.ttt_data import TTTDataConfig, build_ttt_examples
-    from arcttt_kaggle.data import load_challenges, package_sample_dir
+    from arcttt_kaggle.engines.train import Trainer, TrainConfig
+    from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
+    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
 
     model, out, tid = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     task = load_challenges(package_sample_dir() / "arc-agi_test_challenges.json").tasks[tid]
@@ -91,8 +91,8 @@ def test_vllm_greedy_equals_transformers_and_scorer_equals_reference(trained, sa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from arcttt_kaggle.decode import Decoder
-    from arcttt_kaggle.score_candidates import Scorer
+    from arcttt_kaggle.engines.decode import Decoder
+    from arcttt_kaggle.engines.score_candidates import Scorer
 
     profile, model, r = trained
     task = sample_tasks[TASK]

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from arcttt_kaggle.candidates import read_candidate_file
-from arcttt_kaggle.data import Pair, Task
+from arcttt_kaggle.arc.candidates import read_candidate_file
+from arcttt_kaggle.arc.data import Pair, Task
 from arcttt_kaggle.programs import fitters as ft
 from arcttt_kaggle.programs import pool
 from arcttt_kaggle.programs import primitives as pr

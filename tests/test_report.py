@@ -19,13 +19,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from arcttt_kaggle.candidates import Candidate, write_candidate_file
-from arcttt_kaggle.config import preset
-from arcttt_kaggle.data import load_challenges, package_sample_dir
-from arcttt_kaggle.report import build_report, format_summary, incidents, run_status, status_line, write_timeline
-from arcttt_kaggle.report_html import write_report_html
-from arcttt_kaggle.select import attempts_or_fallback, select_all
-from arcttt_kaggle.submission import build_submission, fallback_attempts, write_submission
+from arcttt_kaggle.arc.candidates import Candidate, write_candidate_file
+from arcttt_kaggle.run.config import preset
+from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
+from arcttt_kaggle.run.report import build_report, format_summary, incidents, run_status, status_line, write_timeline
+from arcttt_kaggle.run.report_html import write_report_html
+from arcttt_kaggle.selection.select import attempts_or_fallback, select_all
+from arcttt_kaggle.arc.submission import build_submission, fallback_attempts, write_submission
 
 SAMPLE = package_sample_dir()
 RIGHT, MIXED, EMPTY = "00576224", "31d5ba1a", "0692e18c"  # 1, 2 and 1 test inputs
@@ -319,7 +319,7 @@ def test_a_folder_without_report_json_is_refused_by_name(tmp_path):
 def test_the_notebook_shows_the_page_with_the_status_printed_first(tmp_path):
     import nbformat
 
-    from arcttt_kaggle.dryrun import dry_run
+    from arcttt_kaggle.kaggle.dryrun import dry_run
 
     report = dry_run(challenges=SAMPLE / "arc-agi_test_challenges.json", solutions=SAMPLE / "arc-agi_test_solutions.json",
                      budget_seconds=400, out_dir=tmp_path,
@@ -337,7 +337,7 @@ def test_the_notebook_shows_the_page_with_the_status_printed_first(tmp_path):
 
 
 def test_dfs_summary_counts_candidates_per_task_and_names_truncation():
-    from arcttt_kaggle.report import dfs_summary
+    from arcttt_kaggle.run.report import dfs_summary
 
     ev = [{"phase": "decode", "status": "ok", "dfs_candidates": {"t1": 2, "t1/adapter-b": 1, "t2": 0},
            "dfs_truncated": {"t2": "max_tokens 40 reached with branches open"}},

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from arcttt_kaggle.budget import Settings, Throughput
-from arcttt_kaggle.config import CPU_TINY_THROUGHPUT, preset
-from arcttt_kaggle.data import load_challenges, package_sample_dir
-from arcttt_kaggle.pipeline import RUN_ARTIFACTS, _kill_group, clear_previous_run, thread_budget, thread_env
-from arcttt_kaggle.planning import replan, task_works
-from arcttt_kaggle.worker import WorkerSpec, _apply_replan
+from arcttt_kaggle.run.budget import Settings, Throughput
+from arcttt_kaggle.run.config import CPU_TINY_THROUGHPUT, preset
+from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
+from arcttt_kaggle.run.pipeline import RUN_ARTIFACTS, _kill_group, clear_previous_run, thread_budget, thread_env
+from arcttt_kaggle.run.planning import replan, task_works
+from arcttt_kaggle.run.worker import WorkerSpec, _apply_replan
 
 TASKS = load_challenges(package_sample_dir() / "arc-agi_test_challenges.json").tasks
 
@@ -109,7 +109,7 @@ def test_a_training_child_dies_with_its_sigkilled_worker(tmp_path):
     pidfile = tmp_path / "child.pid"
     code = (
         "import multiprocessing as mp, pathlib, time\n"
-        "from arcttt_kaggle.worker import _die_with_parent\n"
+        "from arcttt_kaggle.run.worker import _die_with_parent\n"
         "import os\n"
         "def child():\n"
         "    _die_with_parent()\n"

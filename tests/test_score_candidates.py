@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcttt_kaggle.augment import Augmentation, sample_augmentations
-from arcttt_kaggle.tinymodel import ensure_tiny_model, random_adapter
+from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
+from arcttt_kaggle.engines.tinymodel import ensure_tiny_model, random_adapter
 from reference import reference_scores
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scorer(models):
-    from arcttt_kaggle.score_candidates import Scorer
+    from arcttt_kaggle.engines.score_candidates import Scorer
 
     s = Scorer(models[0], dtype="float32", device="cpu")
     yield s
@@ -169,7 +169,7 @@ def test_trie_split_over_several_passes_equals_naive(scorer, models, case, max_t
 
 
 def test_trie_pieces_run_each_node_once_in_passes_of_at_most_max_tokens():
-    from arcttt_kaggle.score_candidates import _trie_pieces
+    from arcttt_kaggle.engines.score_candidates import _trie_pieces
 
     seqs = sorted({(1, 2, 3, 9), (1, 2, 4, 5, 9), (1, 2, 4, 6, 9), (1, 9), (2, 9), (7, 7, 7, 7, 7, 7, 9), (9,)})
     nodes = {s[:j] for s in seqs for j in range(1, len(s))}
@@ -247,7 +247,7 @@ def test_a_corrupt_adapter_is_refused_before_the_model_is_touched_and_scoring_go
                                                                                       tmp_path):
     import shutil
 
-    from arcttt_kaggle.engine_base import AdapterError
+    from arcttt_kaggle.engines.engine_base import AdapterError
 
     task, grids, views = case
     before = scorer.score(task, 0, grids[:2], views[:1], models[1][0])
@@ -266,7 +266,7 @@ def test_a_corrupt_adapter_is_refused_before_the_model_is_touched_and_scoring_go
 def test_scorer_on_a_bitsandbytes_4bit_base(models, case):
     """quantization="bitsandbytes": NF4 Linear4bit layers (lm_head kept), a smaller footprint than fp32, and
     shared-prefix scores that still equal the naive path on the same 4-bit model."""
-    from arcttt_kaggle.score_candidates import Scorer
+    from arcttt_kaggle.engines.score_candidates import Scorer
 
     task, grids, views = case
     with Scorer(models[0], dtype="float32", device="cpu", quantization="bitsandbytes") as q:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from arcttt_kaggle.data import load_challenges, load_solutions
-from arcttt_kaggle.scoring import score_submission, score_submission_files, score_task, solutions_as_submission
-from arcttt_kaggle.submission import build_submission
+from arcttt_kaggle.arc.data import load_challenges, load_solutions
+from arcttt_kaggle.arc.scoring import score_submission, score_submission_files, score_task, solutions_as_submission
+from arcttt_kaggle.arc.submission import build_submission
 
 
 def entry(a1, a2) -> dict:
@@ -87,7 +87,7 @@ def test_malformed_attempts_do_not_match_and_do_not_raise():
 
 
 def test_score_files(tmp_path, sample_tasks):
-    from arcttt_kaggle.data import package_sample_dir
+    from arcttt_kaggle.arc.data import package_sample_dir
 
     sol = package_sample_dir() / "arc-agi_test_solutions.json"
     sub = tmp_path / "submission.json"

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcttt_kaggle.augment import Augmentation
-from arcttt_kaggle.candidates import Candidate, read_candidate_file, write_candidate_file
-from arcttt_kaggle.data import Pair, Task, grid_key, package_sample_dir
-from arcttt_kaggle.select import (VIEW_LOGPROBS, SelectConfig, attach_view_logprobs, attempts_or_fallback,
+from arcttt_kaggle.arc.augment import Augmentation
+from arcttt_kaggle.arc.candidates import Candidate, read_candidate_file, write_candidate_file
+from arcttt_kaggle.arc.data import Pair, Task, grid_key, package_sample_dir
+from arcttt_kaggle.selection.select import (VIEW_LOGPROBS, SelectConfig, attach_view_logprobs, attempts_or_fallback,
                                   ensemble_with_programs, program_answers, program_decided_tasks, select_all,
                                   select_attempts)
-from arcttt_kaggle.synthetic import SYNTHETIC_SOURCE, SyntheticConfig, write_synthetic_files
+from arcttt_kaggle.selection.synthetic import SYNTHETIC_SOURCE, SyntheticConfig, write_synthetic_files
 
 A = np.array([[9, 9], [9, 9]], dtype=np.uint8)  # cell sum 36
 B = np.array([[1, 0], [0, 1]], dtype=np.uint8)  # cell sum 2

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from arcttt_kaggle.candidates import atomic_write_text
-from arcttt_kaggle.data import Pair, Task, package_sample_dir
-from arcttt_kaggle.submission import (build_submission, constant_guess, count_test_inputs, fallback_attempts,
+from arcttt_kaggle.arc.candidates import atomic_write_text
+from arcttt_kaggle.arc.data import Pair, Task, package_sample_dir
+from arcttt_kaggle.arc.submission import (build_submission, constant_guess, count_test_inputs, fallback_attempts,
                                       majority_color_map, validate_submission, validate_submission_file,
                                       write_submission)
 

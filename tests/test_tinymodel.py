@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from arcttt_kaggle.format import ArcFormat
-from arcttt_kaggle.tinymodel import SYMBOLS, TinyModelConfig, build_tiny_model, ensure_tiny_model
+from arcttt_kaggle.engines.format import ArcFormat
+from arcttt_kaggle.engines.tinymodel import SYMBOLS, TinyModelConfig, build_tiny_model, ensure_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import weakref
 import numpy as np
 import pytest
 
-from arcttt_kaggle.data import Pair, Task
-from arcttt_kaggle.format import Encoded
-from arcttt_kaggle.train import (TARGET_MODULES, WEIGHTS_FILE, AdapterSaveError, TrainConfig, Trainer, _load_dtype,
+from arcttt_kaggle.arc.data import Pair, Task
+from arcttt_kaggle.engines.format import Encoded
+from arcttt_kaggle.engines.train import (TARGET_MODULES, WEIGHTS_FILE, AdapterSaveError, TrainConfig, Trainer, _load_dtype,
                                  _lr_factor, _nonfinite_reason)
 
 # Tiny-model settings: rank 8 is plenty for hidden 128; lr 3e-3 is ~30x a real model's because the random
@@ -50,7 +50,7 @@ class Example:
 
 def leave_one_out(task: Task) -> list[Example]:
     try:
-        from arcttt_kaggle.ttt_data import TTTDataConfig, build_ttt_examples
+        from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
     except ImportError:  # the TTT data module is optional here: build leave-one-out by hand
         return [Example([p for j, p in enumerate(task.train) if j != i], q) for i, q in enumerate(task.train)]
     return build_ttt_examples(task, TTTDataConfig(augmentations_per_task=1, leave_two_out=False))
@@ -76,7 +76,7 @@ def frozen_state(trainer: Trainer) -> dict[str, np.ndarray]:
 def model_dir(tmp_path_factory):
     import unsloth  # noqa: F401  (first, so it can patch transformers; see train.py)
 
-    from arcttt_kaggle.tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("tiny"))
 

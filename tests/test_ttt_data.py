@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from arcttt_kaggle.data import Pair, Task, grid_key
-from arcttt_kaggle.ttt_data import (TTTDataConfig, build_ttt_dataset, build_ttt_examples, estimate_tokens,
+from arcttt_kaggle.arc.data import Pair, Task, grid_key
+from arcttt_kaggle.engines.ttt_data import (TTTDataConfig, build_ttt_dataset, build_ttt_examples, estimate_tokens,
                                     stable_seed, ttt_token_count)
 
 

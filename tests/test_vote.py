@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle.augment import Augmentation
-from arcttt_kaggle.candidates import Candidate
-from arcttt_kaggle.data import grid_key
-from arcttt_kaggle.vote import count_unparsable, family_of, flat_vote, two_level_vote, vote
+from arcttt_kaggle.arc.augment import Augmentation
+from arcttt_kaggle.arc.candidates import Candidate
+from arcttt_kaggle.arc.data import grid_key
+from arcttt_kaggle.selection.vote import count_unparsable, family_of, flat_vote, two_level_vote, vote
 
 A = np.array([[1, 2], [3, 4]], dtype=np.uint8)
 B = np.array([[5, 5], [5, 5]], dtype=np.uint8)

@@ -3,6 +3,8 @@
 Public API (see ``expert.py``): ``ProgramsConfig``, ``ProgramResult``, ``solve_task``, ``run_expert``.
 Exports are resolved lazily so that a worker process (``pool.py``) can import this package, cap its memory,
 and only then import numpy and the search.
+
+May import ``arc``; beside ``engines`` and ``selection``, imports neither.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..candidates import Candidate, CandidateSet, write_candidate_file
-from ..data import Task, grid_key
+from arcttt_kaggle.arc.candidates import Candidate, CandidateSet, write_candidate_file
+from arcttt_kaggle.arc.data import Task, grid_key
 from . import pool
 from .ops import Op, build_ops
 from .search import search

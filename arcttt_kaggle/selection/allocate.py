@@ -36,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
-from .candidates import Candidate
+from arcttt_kaggle.arc.candidates import Candidate
 from .vote import count_unparsable, flat_vote
 
 FEATURES = ("disagreement", "small_margin", "diversity", "parse_failures")

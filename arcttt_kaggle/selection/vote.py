@@ -22,9 +22,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
-from .augment import Augmentation
-from .candidates import Candidate
-from .data import Grid, grid_to_list
+from arcttt_kaggle.arc.augment import Augmentation
+from arcttt_kaggle.arc.candidates import Candidate
+from arcttt_kaggle.arc.data import Grid, grid_to_list
 
 IDENTITY_FAMILY = "id"
 

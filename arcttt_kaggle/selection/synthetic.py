@@ -23,12 +23,12 @@ from typing import Mapping
 
 import numpy as np
 
-from .augment import sample_augmentations
-from .candidates import Candidate, CandidateSet, write_candidate_file
-from .data import Grid, Task, grid_key
+from arcttt_kaggle.arc.augment import sample_augmentations
+from arcttt_kaggle.arc.candidates import Candidate, CandidateSet, write_candidate_file
+from arcttt_kaggle.arc.data import Grid, Task, grid_key
 
-SYNTHETIC_SOURCE = "synthetic (arcttt_kaggle.synthetic; fabricated, not model output)"
-SYNTHETIC_PROGRAM_SOURCE = "synthetic programs (arcttt_kaggle.synthetic; fabricated, not model output)"
+SYNTHETIC_SOURCE = "synthetic (arcttt_kaggle.selection.synthetic; fabricated, not model output)"
+SYNTHETIC_PROGRAM_SOURCE = "synthetic programs (arcttt_kaggle.selection.synthetic; fabricated, not model output)"
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .augment import Augmentation, sample_augmentations
-from .candidates import Candidate, CandidateSet
-from .data import Grid, Task, grid_key, grid_to_list
+from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
+from arcttt_kaggle.arc.candidates import Candidate, CandidateSet
+from arcttt_kaggle.arc.data import Grid, Task, grid_key, grid_to_list
 from .vote import Ranked, count_unparsable, vote
 
 ScoreFn = Callable[[Task, int, list[Grid], list[Augmentation]], np.ndarray]

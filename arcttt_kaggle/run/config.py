@@ -17,15 +17,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .allocate import AllocationConfig
+from arcttt_kaggle.selection.allocate import AllocationConfig
 from .budget import BudgetConfig, Throughput
-from .decode import DecodeConfig
-from .format import FormatConfig
-from .programs.expert import ProgramsConfig
-from .select import SelectConfig
-from .tinymodel import TinyModelConfig
-from .train import TrainConfig
-from .ttt_data import TTTDataConfig
+from arcttt_kaggle.engines.decode import DecodeConfig
+from arcttt_kaggle.engines.format import FormatConfig
+from arcttt_kaggle.programs.expert import ProgramsConfig
+from arcttt_kaggle.selection.select import SelectConfig
+from arcttt_kaggle.engines.tinymodel import TinyModelConfig
+from arcttt_kaggle.engines.train import TrainConfig
+from arcttt_kaggle.engines.ttt_data import TTTDataConfig
 
 PRESETS = ("t4x2", "l4x4", "cpu-tiny")
 DERIVED_PRESET = "gpu-auto"  # built from the detected GPUs by ``gpu_auto_preset``, not by name

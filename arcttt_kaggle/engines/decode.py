@@ -43,9 +43,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Sequence
 
-from .augment import Augmentation, sample_augmentations
-from .candidates import Candidate
-from .data import Pair, Task
+from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
+from arcttt_kaggle.arc.candidates import Candidate
+from arcttt_kaggle.arc.data import Pair, Task
 from .decode_hf import HfBackend
 from .decode_isolate import DecodeFailure, Isolated, bad_adapters, failure_records, run_isolated
 from .decode_vllm import VllmBackend, _bar_factory  # noqa: F401 - _bar_factory: decode_dfs imports it from here

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .data import Task
-from .format import ArcFormat, FormatSpec, Layout, layout_of
+from arcttt_kaggle.arc.data import Task
+from arcttt_kaggle.engines.format import ArcFormat, FormatSpec, Layout, layout_of
 
 PHASES = ("startup", "train", "decode", "score")
 

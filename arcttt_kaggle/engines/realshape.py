@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .candidates import atomic_write_text
+from arcttt_kaggle.arc.candidates import atomic_write_text
 
 DEV_HINT = ("it is a dev/test requirement (requirements-cpu.in, `pip install -e .[dev]`), never part of the "
             "Kaggle wheelhouse")
@@ -138,7 +138,7 @@ def _version(dist: str) -> str:
 def _save_tokenizer(hf, out: str | Path, source: str) -> Path:
     out = Path(out)
     hf.save_pretrained(str(out))
-    atomic_write_text(out / "SOURCE.txt", f"converted by arcttt_kaggle.realshape from {source}\n")
+    atomic_write_text(out / "SOURCE.txt", f"converted by arcttt_kaggle.engines.realshape from {source}\n")
     return out
 
 

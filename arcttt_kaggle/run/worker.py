@@ -1,6 +1,6 @@
 """One worker process per GPU (or CPU slot): train adapters, decode with all of them in one engine, score.
 
-    python -m arcttt_kaggle.worker WORK_DIR/spec.json
+    python -m arcttt_kaggle.run.worker WORK_DIR/spec.json
 
 The parent (``pipeline.run``) sets ``CUDA_VISIBLE_DEVICES`` in this process's environment before it starts,
 so Unsloth (single-GPU) and vLLM see exactly one device; this module imports neither at import time.
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .candidates import atomic_write_text
+from arcttt_kaggle.arc.candidates import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def run_worker(spec: WorkerSpec) -> int:
     # Imports here, after the parent set CUDA_VISIBLE_DEVICES: Unsloth must be imported before transformers
     # and peft to patch them, so the trainer module is the first engine import of this process.
     from .config import RunConfig
-    from .data import load_challenges
+    from arcttt_kaggle.arc.data import load_challenges
 
     cfg = RunConfig.from_dict(spec.config)
     _limit_threads()
@@ -132,7 +132,7 @@ def _limit_threads() -> None:
 def _start_trainer(spec: WorkerSpec, cfg, events: Events):
     """The training engine ladder: the configured backend, then PEFT. Each failed rung is an ``engine`` event
     with its exact error; returns None when no rung starts (every task then decodes with the base model)."""
-    from .train import Trainer
+    from arcttt_kaggle.engines.train import Trainer
 
     rungs = [cfg.train.backend] + (["peft"] if cfg.train.backend != "peft" else [])
     trainer = _ladder("train", rungs, lambda rung: Trainer(spec.model_path, replace(
@@ -163,7 +163,7 @@ def _ladder(stage: str, rungs: list[str], start, events: Events, last: str):
 def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> dict[str, str]:
     from .budget import Settings, Throughput
     from .planning import TokenModel, replan
-    from .ttt_data import build_ttt_examples
+    from arcttt_kaggle.engines.ttt_data import build_ttt_examples
 
     trainer = _start_trainer(spec, cfg, events)
     if trainer is None:
@@ -330,7 +330,7 @@ def read_events(path: Path) -> list[dict]:
 def _start_decoder(spec: WorkerSpec, cfg, adapters: dict[str, str], events: Events):
     """The decoding engine ladder: the configured backend, then transformers. Each failed rung is an ``engine``
     event with its exact error; None when no rung starts."""
-    from .decode import Decoder
+    from arcttt_kaggle.engines.decode import Decoder
 
     # Every adapter of this worker (plus the zero adapter base-model requests use on CPU) must fit the CPU
     # LoRA cache: with fewer slots vLLM evicts and re-reads adapters from disk, 10-25x slower (measured).
@@ -342,9 +342,9 @@ def _start_decoder(spec: WorkerSpec, cfg, adapters: dict[str, str], events: Even
 
 def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, faults: set[str]):
     """Two decoding passes; returns the candidates, or None when no decoding engine started."""
-    from .allocate import allocate, allocation_report, estimate_difficulty
-    from .candidates import merge_candidate_sets, write_candidate_file
-    from .decode import plan_requests
+    from arcttt_kaggle.selection.allocate import allocate, allocation_report, estimate_difficulty
+    from arcttt_kaggle.arc.candidates import merge_candidate_sets, write_candidate_file
+    from arcttt_kaggle.engines.decode import plan_requests
 
     decoder = _start_decoder(spec, cfg, adapters, events)
     if decoder is None:
@@ -399,10 +399,10 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
 def _score_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], candidates, events: Events) -> None:
     """Product-of-experts scores of the top voted grids, written as ``extra["view_logprobs"]`` for the parent."""
     from .budget import Settings, task_work, view_tokens
-    from .candidates import Candidate, write_candidate_file
-    from .format import FormatSpec, layout_of
-    from .score_candidates import Scorer
-    from .select import select_attempts
+    from arcttt_kaggle.arc.candidates import Candidate, write_candidate_file
+    from arcttt_kaggle.engines.format import FormatSpec, layout_of
+    from arcttt_kaggle.engines.score_candidates import Scorer
+    from arcttt_kaggle.selection.select import select_attempts
 
     t0 = time.time()
     try:
@@ -478,7 +478,7 @@ def _stats(decoder) -> dict:
 
 def _garbage(decoder, outs, seed: int):
     """Injected fault 'unparsable': replace each output by random token ids run through the real parser."""
-    from .candidates import Candidate
+    from arcttt_kaggle.arc.candidates import Candidate
 
     rng = np.random.default_rng(seed)
     fmt = decoder.fmt
@@ -497,7 +497,7 @@ def _garbage(decoder, outs, seed: int):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m arcttt_kaggle.worker SPEC.json", file=sys.stderr)
+        print("usage: python -m arcttt_kaggle.run.worker SPEC.json", file=sys.stderr)
         return 2
     spec = WorkerSpec.read(argv[0])
     try:

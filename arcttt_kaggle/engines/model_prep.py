@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .candidates import atomic_write_text
+from arcttt_kaggle.arc.candidates import atomic_write_text
 from .format import PROFILE_FILE, PROFILES, ArcFormat, FormatConfig, FormatSpec, layout_of, profile_of_model, single_token
 
 REDUCED_MAX = 1024  # a tokenizer this small is taken as already reduced: the folder is used as it is

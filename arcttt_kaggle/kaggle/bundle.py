@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .candidates import atomic_write_text
+from arcttt_kaggle.arc.candidates import atomic_write_text
 from .dryrun import NOTEBOOK, REPO
 from .wheel_abi import abi_problems, cpu_wheels, normalize, parse_wheel_filename, scan_wheel, scans_to_json, unverified
 

@@ -153,7 +153,7 @@ def _allocation(run) -> dict:
 
 
 def _score(cfg) -> dict:
-    from .scoring import score_submission_files
+    from arcttt_kaggle.arc.scoring import score_submission_files
 
     rep = score_submission_files(cfg.submission_file, cfg.solutions)
     return {"score": rep.score, "task_score": rep.task_score, "correct": rep.correct, "total": rep.total,

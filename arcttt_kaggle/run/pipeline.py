@@ -30,11 +30,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from .budget import Budget, CostModel, make_plan
-from .candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
+from arcttt_kaggle.arc.candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
-from .data import Task, load_challenges
+from arcttt_kaggle.arc.data import Task, load_challenges
 from .planning import TokenModel, full_settings, task_works
-from .submission import build_submission, count_test_inputs, fallback_attempts, write_submission
+from arcttt_kaggle.arc.submission import build_submission, count_test_inputs, fallback_attempts, write_submission
 from .worker import WorkerSpec, read_events
 
 # What a run writes into its output folder. A new run removes these first (never reads them): a second run into
@@ -63,7 +63,7 @@ def resolve_model(cfg: RunConfig) -> Path:
         if not p.is_dir():
             raise FileNotFoundError(f"base model folder {p} does not exist (attach the model dataset)")
         return p
-    from .tinymodel import ensure_tiny_model
+    from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
     return ensure_tiny_model(Path(cfg.out_dir) / "tiny-model", cfg.tiny_model)
 
@@ -135,7 +135,7 @@ def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 def _programs_main(task_dicts: dict, programs_cfg, deadline: float, out_path: str) -> None:
     """Entry of the program-expert process (spawned: nothing of the parent's engines is inherited)."""
-    from .programs.expert import run_expert
+    from arcttt_kaggle.programs.expert import run_expert
 
     tasks = [Task.from_dict(tid, d) for tid, d in task_dicts.items()]
     run_expert(tasks, programs_cfg, deadline=deadline, out_path=Path(out_path))
@@ -228,7 +228,7 @@ class Run:
     def _sixteen_bit_fits(self) -> bool | None:
         """The memory planner's answer for a 4-bit checkpoint: does its 16-bit (dequantized) copy fit vLLM and the
         scorer? None when there is no plan (CPU presets, no preflight): the checkpoint then stays 4-bit."""
-        from .memory import NOT_PLANNED
+        from arcttt_kaggle.engines.memory import NOT_PLANNED
 
         mem = getattr(getattr(self.preflight, "model", None), "memory", None)
         if mem is None or mem.verdict == NOT_PLANNED:
@@ -238,7 +238,7 @@ class Run:
     # -- 2. plan ---------------------------------------------------------------------------------------------
     def plan(self) -> None:
         cfg = self.cfg
-        from .model_prep import prepare_model
+        from arcttt_kaggle.engines.model_prep import prepare_model
 
         t_prep = time.time()  # once per run, cached in OUT_DIR/prepared-model; its time is spent before the plan
         self.prepared = prepare_model(resolve_model(cfg), cfg.format, Path(cfg.out_dir) / "prepared-model",
@@ -309,7 +309,7 @@ class Run:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         logf = open(wdir / "worker.log", "w")
         # Its own session (process group): the parent can kill the worker with every process it started.
-        proc = subprocess.Popen([sys.executable, "-m", "arcttt_kaggle.worker", str(wdir / "spec.json")],
+        proc = subprocess.Popen([sys.executable, "-m", "arcttt_kaggle.run.worker", str(wdir / "spec.json")],
                                 env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=os.getcwd(),
                                 start_new_session=True)
         self.workers.append({"worker": worker, "attempt": attempt, "proc": proc, "dir": wdir, "tasks": task_ids,
@@ -431,7 +431,7 @@ class Run:
         return ttt, scores, progs
 
     def answers(self, final: bool) -> dict:
-        from .select import attach_view_logprobs, attempts_or_fallback, select_all
+        from arcttt_kaggle.selection.select import attach_view_logprobs, attempts_or_fallback, select_all
 
         ttt, scores, progs = self.candidate_sets()
         cands = attach_view_logprobs(ttt, scores) if scores else ttt
@@ -528,7 +528,7 @@ def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
             r.reason(tid, f"run failed: {type(e).__name__}: {e}")
         r._stop_stragglers()
     report = r.finish()
-    from .kaggle import is_competition_rerun
+    from .preflight import is_competition_rerun
 
     if report.get("status") == "fallback-only" and not is_competition_rerun():
         raise RunFailed(f"status fallback-only: {'; '.join(report.get('status_reasons', [])) or 'no answers'}. "
@@ -546,7 +546,7 @@ def plan_profile(config: RunConfig, model_dir: str | Path | None = None) -> str:
         return "kit"
     from transformers import AutoTokenizer
 
-    from .format import PROFILE_FILE, profile_of_model
+    from arcttt_kaggle.engines.format import PROFILE_FILE, profile_of_model
 
     marker = Path(model_dir) / PROFILE_FILE
     return profile_of_model(model_dir, None if marker.exists() else AutoTokenizer.from_pretrained(str(model_dir)))[0]

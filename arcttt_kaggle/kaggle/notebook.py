@@ -20,8 +20,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from .budget import Throughput
-from .config import RunConfig, budget_overrides
+from arcttt_kaggle.run.budget import Throughput
+from arcttt_kaggle.run.config import RunConfig, budget_overrides
+from arcttt_kaggle.run.preflight import is_competition_rerun
 
 COMPETITION = "arc-prize-2026-arc-agi-2"  # the 2026 ARC-AGI-2 track (4xL4, 12 h, internet off)
 INPUT_ROOT = Path("/kaggle/input")
@@ -32,10 +33,6 @@ KIT_MARKER = "arcttt-kaggle"  # manifest.json "kit" of the bundle dataset (bundl
 
 def on_kaggle() -> bool:
     return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or Path("/kaggle/working").is_dir()
-
-
-def is_competition_rerun() -> bool:
-    return os.environ.get("KAGGLE_IS_COMPETITION_RERUN", "") not in ("", "0", "false", "False")
 
 
 def bundle_manifest(input_root: str | Path = INPUT_ROOT) -> dict:
@@ -86,7 +83,7 @@ def notebook_setup(default_preset: str | None = None, input_root: str | Path = I
     (a ``measured_throughput.json`` of an earlier run on the same hardware: the plan's priors).
     Returns ``(config, preflight)``: pass both to ``run(config, preflight=preflight)``.
     """
-    from .preflight import (PreflightError, PreflightResult, choose_preset, config_for, detect_gpus, engines_imported,
+    from arcttt_kaggle.run.preflight import (PreflightError, PreflightResult, choose_preset, config_for, detect_gpus, engines_imported,
                             find_challenges, kernel_start_time, set_offline_env)
 
     env = os.environ
@@ -126,7 +123,7 @@ def notebook_setup(default_preset: str | None = None, input_root: str | Path = I
 def notebook_config(default_preset: str = "t4x2", model: str = "") -> RunConfig:
     """The config alone, from the preset named here (or ``ARCTTT_PRESET``) and the ``ARCTTT_*`` variables,
     without the hardware checks of ``notebook_setup`` (tests, scripts)."""
-    from .config import preset
+    from arcttt_kaggle.run.config import preset
 
     env = os.environ
     cfg = preset(env.get("ARCTTT_PRESET", default_preset))

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
+from arcttt_kaggle.arc.candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
-from .data import Grid, Task, grid_key, load_challenges, load_solutions, to_grid
+from arcttt_kaggle.arc.data import Grid, Task, grid_key, load_challenges, load_solutions, to_grid
 from .report import run_status
 
 ARC_COLORS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
@@ -324,7 +324,7 @@ def _task_view(tid: str, files: RunFiles, sel_list: list | None) -> TaskView:
 
 def task_views(files: RunFiles) -> list[TaskView]:
     """One view per task of the report (and of the challenges), failed tasks first, then by task id."""
-    from .select import attach_view_logprobs, select_all
+    from arcttt_kaggle.selection.select import attach_view_logprobs, select_all
 
     per_task = files.report.get("per_task") or {}
     attempted = {t: files.tasks[t] for t, v in per_task.items() if v.get("attempted") and t in files.tasks}

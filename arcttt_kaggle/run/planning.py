@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Mapping, Sequence
 
 from .budget import KIT, CostModel, Settings, TaskWork, Throughput, make_plan, measured_throughput, task_work, view_tokens
-from .data import Task
-from .format import FormatSpec, Layout, layout_of
-from .ttt_data import TTTDataConfig, build_ttt_examples
+from arcttt_kaggle.arc.data import Task
+from arcttt_kaggle.engines.format import FormatSpec, Layout, layout_of
+from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
 
 
 @dataclass(frozen=True)

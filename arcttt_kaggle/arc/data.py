@@ -302,12 +302,12 @@ def tasks_to_challenges(tasks: Iterable[Task]) -> dict:
 
 def package_sample_dir() -> Path:
     """The 10-task sample that ships inside the package (ARC-AGI-1 evaluation, Apache-2.0)."""
-    return Path(__file__).parent / "sample_data"
+    return Path(__file__).resolve().parents[1] / "sample_data"
 
 
 def shared_data_dir() -> Path | None:
     """``../shared/data`` next to the repository, when this checkout has it (tests and benchmarks skip otherwise)."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
         d = base.parent / "shared" / "data"
         if d.is_dir():
             return d

@@ -35,7 +35,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .data import MAX_SIDE, NUM_COLORS, Grid, Pair
+from arcttt_kaggle.arc.data import MAX_SIDE, NUM_COLORS, Grid, Pair
 
 IGNORE_INDEX = -100  # label value the loss ignores (the transformers/PyTorch convention)
 LossOn = Literal["all_outputs", "query_output"]

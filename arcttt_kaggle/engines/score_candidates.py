@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .augment import Augmentation
-from .data import Grid, Task
+from arcttt_kaggle.arc.augment import Augmentation
+from arcttt_kaggle.arc.data import Grid, Task
 from .engine_base import PeftSwitch, load_causal_lm, resolve_dtype
 from .format import ArcFormat
 

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from .candidates import Candidate
+from arcttt_kaggle.arc.candidates import Candidate
 from .format import GridState
 
 if TYPE_CHECKING:  # "Decoder"/"DecodeRequest" below are decode's; not imported, so decode -> decode_dfs stays one way

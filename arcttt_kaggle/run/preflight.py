@@ -1,6 +1,6 @@
 """Preflight: what the run has to work with, checked before any engine starts; the first thing the notebook prints.
 
-    python -m arcttt_kaggle.preflight [--start-engines] [--model PATH]    # the checks alone, printed
+    python -m arcttt_kaggle.run.preflight [--start-engines] [--model PATH]    # the checks alone, printed
 
 Order (``run_preflight`` follows it; ``pipeline.run`` calls the pieces with the program expert started before
 the model and engine checks, which take the longest):
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Mapping, MutableMapping, Sequence
 
 from .config import DERIVED_PRESET, PRESETS, RunConfig, gpu_auto_preset, preset
-from .memory import NO_FIT, MemoryPlan, ModelShape, plan_memory, run_from_config
+from arcttt_kaggle.engines.memory import NO_FIT, MemoryPlan, ModelShape, plan_memory, run_from_config
 
 # The variables the engines' own sources read (installed versions: vllm 0.32.0, unsloth 2026.10.9):
 # vllm/envs.py reads VLLM_NO_USAGE_STATS ("1") and VLLM_DO_NOT_TRACK (or DO_NOT_TRACK), and
@@ -60,6 +60,11 @@ class PreflightError(RuntimeError):
 
 
 # -- 1. offline ---------------------------------------------------------------------------------------------
+
+def is_competition_rerun() -> bool:
+    """Kaggle's scoring rerun of a submitted notebook (the save run and local runs are not)."""
+    return os.environ.get("KAGGLE_IS_COMPETITION_RERUN", "") not in ("", "0", "false", "False")
+
 def set_offline_env(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
     """Set ``OFFLINE_ENV`` in ``environ``; returns the previous value of each variable that changed ('' = unset).
     Call before any engine import: vLLM and Unsloth read these when imported or started."""
@@ -288,7 +293,7 @@ def run_child(name: str, code: str, timeout: float, env: Mapping[str, str] | Non
 _TOKENIZER_CHECK = """
 import json, sys
 from transformers import AutoTokenizer
-from arcttt_kaggle.format import ArcFormat
+from arcttt_kaggle.engines.format import ArcFormat
 fmt = ArcFormat.for_model(AutoTokenizer.from_pretrained(sys.argv[1]), sys.argv[1])
 print(json.dumps({"digits": fmt.digit_ids, "eos": fmt.eos_id}))
 """
@@ -527,7 +532,7 @@ def run_preflight(requested_preset: str | None = None, challenges: str | None = 
         err = str(e)
     model_path = model or cfg.model
     if model_path == "tiny":
-        from .tinymodel import ensure_tiny_model
+        from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
         model_path = str(ensure_tiny_model(Path(cfg.out_dir) / "tiny-model", cfg.tiny_model))
     mem = min((g.memory_gib for g in gpus), default=0.0) if cfg.device == "cuda" else None

@@ -27,8 +27,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .augment import Augmentation, sample_augmentations
-from .data import Grid, Pair, Task, grid_key
+from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
+from arcttt_kaggle.arc.data import Grid, Pair, Task, grid_key
 
 # (demonstrations, query with output) -> tokens of the whole training example.
 TokenCounter = Callable[[Sequence[Pair], Pair], int]

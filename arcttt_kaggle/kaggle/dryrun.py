@@ -13,9 +13,9 @@ import os
 import time
 from pathlib import Path
 
-from .candidates import atomic_write_text
+from arcttt_kaggle.arc.candidates import atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "arc_ttt_submission.ipynb"
 BAD_TASK_ID = "badtask0"
 # Faults that make an engine unimportable for real: a package of that name first on the kernel's PYTHONPATH

@@ -1,0 +1,6 @@
+"""The time-budgeted run: the config tree and presets (``config``), the deadline and cost model (``budget``,
+``planning``), the preflight (``preflight``), the scheduler and its GPU workers (``pipeline``, ``worker``) and
+what a run reports (``report``, ``report_html``).
+
+May import ``arc``, ``engines``, ``selection`` and ``programs``; never ``kaggle``.
+"""
