@@ -8,6 +8,8 @@
     .venv/bin/python build_submission.py plan --preset t4x2 --model /kaggle/input/arc-base-model      # memory + disk
     .venv/bin/python build_submission.py programs --challenges F --solutions F --seconds-per-task 10 --out out/programs.json
     .venv/bin/python build_submission.py bundle --out out/bundle --python 3.12 --cuda 13 --accelerator l4x4 [--no-wheels]
+    .venv/bin/python build_submission.py pretrain --data ../shared/data/arc-agi-1/arc-agi_training_challenges.json \
+        --exclude ../shared/data/arc-agi-1/arc-agi_evaluation_challenges.json --out out/arc-model --minutes 10
 
 A thin caller: every subcommand is a few lines over functions of ``arcttt_kaggle``.
 """
@@ -21,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 SAMPLE = Path(__file__).resolve().parent / "arcttt_kaggle" / "sample_data"
+STARTER = Path(__file__).resolve().parent / "models" / "arc-starter"  # the model the kit trained (its MODEL_CARD.md)
 
 
 def cmd_dry_run(a) -> int:
@@ -32,8 +35,15 @@ def cmd_dry_run(a) -> int:
     solutions = Path(a.solutions) if a.solutions else (SAMPLE / "arc-agi_test_solutions.json" if not a.challenges else None)
     out = Path(a.out)
     overrides = json.loads(a.overrides) if a.overrides else {}
+    model = None if a.model == "tiny" else Path(a.model)
+    if model is not None and not (model / "config.json").exists():
+        print(f"dry-run: {model} is not a model folder (no config.json); --model tiny runs the random tiny model",
+              file=sys.stderr)
+        return 2
+    print(f"dry-run: model {model or 'tiny (random weights)'}", flush=True)
     report = dry_run(preset=a.preset, challenges=challenges, solutions=solutions, budget_seconds=a.budget_seconds,
-                     out_dir=out, fault=a.inject_fault or "", overrides=overrides, throughput_file=a.throughput_file)
+                     out_dir=out, fault=a.inject_fault or "", overrides=overrides, throughput_file=a.throughput_file,
+                     model=model)
     print(format_summary(report))
     # Against the file the run read (the bad-task fault runs on a copy with a malformed task added).
     problems = validate_submission_file(out / "submission.json", Path(report["dry_run"]["challenges"]))
@@ -135,11 +145,32 @@ def cmd_bundle(a) -> int:
     return 0
 
 
+def cmd_pretrain(a) -> int:
+    from arcttt_kaggle.pretrain.corpus import CorpusConfig
+    from arcttt_kaggle.pretrain.loop import PretrainConfig, pretrain
+
+    corpus = CorpusConfig(views_per_task=a.views_per_task, examples_per_task=a.examples_per_task,
+                          tokens_per_batch=a.tokens_per_batch, seed=a.seed)
+    cfg = PretrainConfig(shape=a.shape, profile=a.profile, max_seq_len=a.max_seq_len, minutes=a.minutes,
+                         tokens=a.tokens, lr=a.lr, checkpoint_minutes=a.checkpoint_minutes, seed=a.seed, corpus=corpus)
+    rec = pretrain(a.data, a.out, cfg, exclude=a.exclude or (), init=a.init, resume=a.resume)
+    d = rec["data"]
+    print(f"data: {d['tasks_read']} tasks read, {d['excluded_by_id']} excluded by id, {d['excluded_by_content']} "
+          f"by content, {d['tasks_kept']} kept ({d['pairs_kept']} pairs)")
+    print(f"trained {rec['parameters'] / 1e6:.2f}M params on {rec['device']} ({rec['dtype']}): {rec['steps']} steps, "
+          f"{rec['tokens_seen']:,} tokens in {rec['train_seconds']:.0f} s ({rec['tokens_per_second']:.0f} tok/s), "
+          f"final loss {rec['final_loss']:.4f}")
+    print(f"wrote the model folder {a.out} (pretrain.json, loss.png; checkpoint/ for --resume)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("dry-run", help="execute the notebook locally on the sample with the tiny model")
+    d = sub.add_parser("dry-run", help="execute the notebook locally on the sample with the starter model")
     d.add_argument("--preset", default="cpu-tiny")
+    d.add_argument("--model", default=str(STARTER), help="model folder (default: the starter model the kit trained, "
+                   "models/arc-starter); 'tiny' for the random-weight tiny model")
     d.add_argument("--challenges")
     d.add_argument("--solutions")
     d.add_argument("--budget-seconds", type=float, default=600.0)
@@ -191,6 +222,26 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--relock", action="store_true",
                    help="re-resolve locks/kaggle-pyPY-cuCU.txt from requirements.txt with uv, then exit")
     b.set_defaults(fn=cmd_bundle)
+    pt = sub.add_parser("pretrain", help="train an ARC model (from scratch or a model folder) on Kaggle-format tasks")
+    pt.add_argument("--data", nargs="+", required=True,
+                    help="*_challenges.json files; a *_solutions.json beside one adds its test pairs")
+    pt.add_argument("--exclude", nargs="*", help="challenges files whose tasks are held out: any training task "
+                    "sharing an id or an (input, output) pair with them is dropped")
+    pt.add_argument("--out", required=True, help="the model folder to write")
+    pt.add_argument("--shape", default="arc-tiny", help="arc-tiny (this CPU) or arc-small (a GPU)")
+    pt.add_argument("--profile", default="kit", choices=["kit", "architects", "nvarc"])
+    pt.add_argument("--init", help="continue from this model folder instead of a new model")
+    pt.add_argument("--resume", action="store_true", help="continue OUT/checkpoint with the same arguments")
+    pt.add_argument("--minutes", type=float, default=0.0, help="training time budget")
+    pt.add_argument("--tokens", type=int, default=0, help="token budget")
+    pt.add_argument("--max-seq-len", type=int, default=2048)
+    pt.add_argument("--tokens-per-batch", type=int, default=8192)
+    pt.add_argument("--views-per-task", type=int, default=4)
+    pt.add_argument("--examples-per-task", type=int, default=8)
+    pt.add_argument("--lr", type=float, default=1e-3)
+    pt.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.set_defaults(fn=cmd_pretrain)
     a = p.parse_args(argv)
     return a.fn(a)
 

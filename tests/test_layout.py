@@ -1,6 +1,6 @@
 """The package's layout as a specification: one folder per part of the run, imports that flow one way.
 
-    arc  <-  engines, selection, programs  <-  run  <-  kaggle
+    arc  <-  engines, selection, programs  <-  run, pretrain  <-  kaggle
 
 Every import counts: module level, inside functions and under ``TYPE_CHECKING``, relative or absolute.
 """
@@ -15,7 +15,7 @@ import arcttt_kaggle
 PKG = Path(arcttt_kaggle.__file__).parent
 # The parts and their level: a part may import its own modules and parts of a lower level, nothing else
 # (so engines, selection and programs, on one level, never import each other).
-LEVEL = {"arc": 0, "engines": 1, "selection": 1, "programs": 1, "run": 2, "kaggle": 3}
+LEVEL = {"arc": 0, "engines": 1, "selection": 1, "programs": 1, "run": 2, "pretrain": 2, "kaggle": 3}
 
 
 def module_name(path: Path) -> str:
@@ -115,3 +115,12 @@ def test_the_checker_sees_relative_absolute_and_function_level_imports(tmp_path,
     monkeypatch.setattr(sys.modules[__name__], "PKG", fake)
     for name in "abc":
         assert imports_of(fake / "arc" / f"{name}.py") == {"arcttt_kaggle.run.config"}, name
+
+
+def test_every_part_ships_in_the_wheel():
+    """pyproject lists packages by name: a new folder missing there would be absent from the Kaggle bundle."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    present = {module_name(p) for p in PKG.rglob("__init__.py")}
+    assert present == listed, (present - listed, listed - present)

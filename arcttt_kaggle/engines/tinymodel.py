@@ -44,16 +44,30 @@ class TinyModelConfig:
             raise ValueError("lm_head_scale must be positive")
 
 
-def build_tokenizer():
-    """The ARC-only fast tokenizer: one token per symbol, every character split on its own."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+def build_tokenizer(profile: str = "kit"):
+    """A fast tokenizer whose vocabulary is pad/bos/eos/unk plus the pieces of one format profile, one token
+    each (``kit``: the ten digits, the row separator and the I/O markers).
+
+    Single characters are split one by one; longer pieces (nvarc's chat tokens) are added tokens, matched before
+    the split. For nvarc the end of an output is ``<|im_end|>``, so it is the tokenizer's eos.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL.values()) + SYMBOLS)}
+    from .format import PROFILES, FormatSpec, layout_of
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    lay = layout_of(FormatSpec(profile=profile))
+    pieces = list(dict.fromkeys(lay.keep))
+    vocab = {tok: i for i, tok in enumerate(list(SPECIAL.values()) + pieces)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk"]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL["bos"], eos_token=SPECIAL["eos"],
+    long = [p for p in pieces if len(p) > 1]
+    if long:
+        tok.add_tokens([AddedToken(p, normalized=False, special=False) for p in long])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL["bos"], eos_token=lay.eos or SPECIAL["eos"],
                                    pad_token=SPECIAL["pad"], unk_token=SPECIAL["unk"], model_max_length=8192,
                                    clean_up_tokenization_spaces=False)
 

@@ -47,8 +47,11 @@ def inject_bad_task(challenges: Path, out_dir: Path) -> Path:
 
 def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | None, budget_seconds: float,
             out_dir: Path, fault: str = "", overrides: dict | None = None, notebook: Path = NOTEBOOK,
-            throughput_file: Path | None = None) -> dict:
+            throughput_file: Path | None = None, model: Path | None = None) -> dict:
     """Run the notebook under a local kernel and return the report it wrote (``out_dir/report.json``).
+
+    ``model``: a model folder for the run (``ARCTTT_MODEL``); None keeps the preset's (``cpu-tiny``: the tiny
+    random-weight model, built on the fly).
 
     ``report["dry_run"]`` adds the wall time, the challenges file the run read (a copy for ``bad-task``) and
     ``failed``: the exception a cell raised (a save run that could only fall back), empty when none did.
@@ -69,6 +72,7 @@ def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | Non
            "ARCTTT_OUT": str(out_dir), "ARCTTT_BUDGET_SECONDS": str(budget_seconds), "ARCTTT_FAULT": fault,
            "ARCTTT_OVERRIDES": json.dumps(overrides or {}),
            "ARCTTT_THROUGHPUT": str(Path(throughput_file).resolve()) if throughput_file else "",
+           "ARCTTT_MODEL": str(Path(model).resolve()) if model else "",
            "PYTHONPATH": os.pathsep.join(broken_import_shims(faults, out_dir)
                                          + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     saved = {k: os.environ.get(k) for k in env}

@@ -1,0 +1,236 @@
+"""The pretraining corpus: ARC tasks from Kaggle-format files, exclusion by id and by content, and token-bucketed
+batches of leave-one-out examples under fresh augmentations every epoch.
+
+Exclusion is by content as well as by id because the public ARC sets share tasks under reordered pairs: the
+ARC-AGI-2 training split holds 376 ARC-AGI-1 evaluation tasks, their demonstrations shuffled (and one with a
+modified pair), so an id check alone, or an equality check on the task, would train on the evaluation set.
+A training task is dropped when its id is excluded or when any of its (input, output) pairs, demonstrations or
+solved test pairs, equals a pair of an excluded task; pair order never matters.
+
+Each epoch draws new views of every task (the TTT example builder with the epoch as its seed: dihedral
+transforms, color permutations, demonstration order), so a small corpus gives a long stream of distinct
+sequences. Examples are grouped into batches of similar length (length bucketing) so a short task never pays
+for a long one's padding: the measured padding share is in ``Batch.padding``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from arcttt_kaggle.arc.data import Pair, Task, grid_key, load_challenges
+from arcttt_kaggle.engines.format import IGNORE_INDEX, ArcFormat, LossOn
+from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples, stable_seed
+
+PairKey = tuple[bytes, bytes]
+
+
+def solutions_beside(challenges: Path) -> Path | None:
+    """``X_solutions.json`` next to ``X_challenges.json``, when it exists."""
+    name = challenges.name
+    if not name.endswith("_challenges.json"):
+        return None
+    sol = challenges.with_name(name[: -len("_challenges.json")] + "_solutions.json")
+    return sol if sol.exists() else None
+
+
+def load_task_files(paths: Iterable[str | Path]) -> list[Task]:
+    """Every task of the given ``*_challenges.json`` files, with test outputs where a ``*_solutions.json`` sits
+    beside the file. A task id seen in an earlier file wins (the ARC-AGI-2 training split repeats ARC-AGI-1 ids
+    with the same pairs reordered: one copy is enough)."""
+    out: dict[str, Task] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise FileNotFoundError(f"pretraining data {p} does not exist")
+        loaded = load_challenges(p, strict=True, solutions=solutions_beside(p))
+        for tid, task in loaded.tasks.items():
+            out.setdefault(tid, task)
+    return list(out.values())
+
+
+def pair_keys(task: Task) -> set[PairKey]:
+    """The task's (input, output) pairs as content keys: demonstrations and the test pairs with known outputs."""
+    return {(grid_key(p.input), grid_key(p.output)) for p in (*task.train, *task.test) if p.output is not None}
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """What may not be trained on: task ids and (input, output) pair contents."""
+
+    ids: frozenset[str] = frozenset()
+    pairs: frozenset[PairKey] = frozenset()
+    sources: tuple[str, ...] = ()
+
+    @classmethod
+    def from_tasks(cls, tasks: Iterable[Task], sources: Sequence[str] = ()) -> "Exclusion":
+        ids: set[str] = set()
+        pairs: set[PairKey] = set()
+        for task in tasks:
+            ids.add(task.id)
+            pairs |= pair_keys(task)
+        return cls(frozenset(ids), frozenset(pairs), tuple(sources))
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path]) -> "Exclusion":
+        """Every task of the given challenges files (with the solutions beside them, when present)."""
+        paths = [Path(p) for p in paths]
+        for p in paths:
+            if not p.exists():
+                raise FileNotFoundError(f"--exclude file {p} does not exist")
+        return cls.from_tasks(load_task_files(paths), [str(p) for p in paths])
+
+    def reason(self, task: Task) -> str:
+        """Why ``task`` is excluded ("id", "content"), or "" when it may be trained on."""
+        if task.id in self.ids:
+            return "id"
+        if pair_keys(task) & self.pairs:
+            return "content"
+        return ""
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    files: tuple[str, ...]
+    tasks_read: int
+    excluded_by_id: int
+    excluded_by_content: int
+    tasks_kept: int
+    pairs_kept: int
+
+    def as_dict(self) -> dict:
+        return {"files": list(self.files), "tasks_read": self.tasks_read, "excluded_by_id": self.excluded_by_id,
+                "excluded_by_content": self.excluded_by_content, "tasks_kept": self.tasks_kept,
+                "pairs_kept": self.pairs_kept}
+
+
+def apply_exclusion(tasks: Sequence[Task], exclusion: Exclusion,
+                    files: Sequence[str | Path] = ()) -> tuple[list[Task], CorpusStats]:
+    kept, by_id, by_content = [], 0, 0
+    for t in tasks:
+        why = exclusion.reason(t)
+        by_id += why == "id"
+        by_content += why == "content"
+        if not why:
+            kept.append(t)
+    pairs = sum(len(t.train) + sum(p.output is not None for p in t.test) for t in kept)
+    return kept, CorpusStats(tuple(str(f) for f in files), len(tasks), by_id, by_content, len(kept), pairs)
+
+
+def training_task(task: Task) -> Task:
+    """The task with its solved test pairs moved among the demonstrations: every known pair is training data."""
+    solved = tuple(p for p in task.test if p.output is not None)
+    return Task(task.id, task.train + solved, task.test)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """How each epoch's sequences are drawn from the tasks."""
+
+    views_per_task: int = field(default=4, metadata={"help": "augmented views per held-out pair per epoch"})
+    examples_per_task: int = field(default=8, metadata={"help": "cap on sequences per task per epoch (spreads "
+                                   "the tokens over tasks; large tasks would otherwise dominate)"})
+    loss_on: LossOn = field(default="all_outputs", metadata={"help": "loss on every output (each demonstration "
+                            "output predicted from those before it) or on the query output only"})
+    tokens_per_batch: int = field(default=8192, metadata={"help": "padded tokens per batch (memory is linear in "
+                                  "it; rows of similar length share a batch)"})
+    seed: int = field(default=0, metadata={"help": "data seed (epoch e uses seed + e)"})
+
+    def __post_init__(self):
+        for name in ("views_per_task", "examples_per_task", "tokens_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pretrain corpus: {name} must be >= 1, got {getattr(self, name)}")
+        if self.loss_on not in ("all_outputs", "query_output"):
+            raise ValueError(f"pretrain corpus: loss_on must be all_outputs or query_output, got {self.loss_on!r}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: np.ndarray  # (rows, length) int64, right-padded with pad_id
+    labels: np.ndarray  # (rows, length) int64, IGNORE_INDEX where no loss (and on padding)
+    attention_mask: np.ndarray  # (rows, length) int64
+    tokens: int  # real (unpadded) tokens
+
+    @property
+    def padding(self) -> float:
+        return 1.0 - self.tokens / self.input_ids.size
+
+
+def epoch_sequences(tasks: Sequence[Task], fmt: ArcFormat, max_len: int, epoch: int,
+                    cfg: CorpusConfig) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of every sequence of one epoch: each task's augmented leave-one-out examples (the epoch is
+    the augmentation seed), demonstrations dropped, largest first, until an example fits ``max_len``."""
+    ttt = TTTDataConfig(augmentations_per_task=cfg.views_per_task, max_examples_per_task=cfg.examples_per_task,
+                        max_tokens=max_len, seed=cfg.seed + epoch)
+    seqs = []
+    for task in tasks:
+        for ex in build_ttt_examples(training_task(task), ttt, fmt.token_count):
+            enc = fmt.encode_example(ex.demos, ex.query, cfg.loss_on)
+            seqs.append((enc.input_ids, enc.labels))
+    return seqs
+
+
+def pairs_too_long(tasks: Sequence[Task], fmt: ArcFormat, max_len: int) -> int:
+    """Pairs that are never a query within ``max_len`` tokens, even after the smallest other pair as the only
+    demonstration (counted on the unaugmented task: a transpose changes a grid's row count, so a view may differ
+    by a few tokens)."""
+    n = 0
+    for task in tasks:
+        pairs = training_task(task).train
+        for i, q in enumerate(pairs):
+            others = [p for j, p in enumerate(pairs) if j != i]
+            smallest = min(others, key=lambda p: p.input.size + p.output.size, default=None)
+            n += fmt.token_count([smallest] if smallest is not None else [], q) > max_len
+    return n
+
+
+def bucket_batches(seqs: Sequence[tuple[list[int], list[int]]], tokens_per_batch: int, pad_id: int,
+                   seed: int) -> list[Batch]:
+    """Length bucketing: sequences sorted by length, cut into batches of at most ``tokens_per_batch`` padded
+    tokens (a longer single sequence is a batch of its own), batches in a seeded random order."""
+    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]), i))
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        n = len(seqs[i][0])  # ascending, so n is the padded length of cur + [i]
+        if cur and n * (len(cur) + 1) > tokens_per_batch:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    rng = np.random.default_rng(seed)
+    batches = []
+    for g in (groups[j] for j in rng.permutation(len(groups))):
+        length = max(len(seqs[i][0]) for i in g)
+        ids = np.full((len(g), length), pad_id, dtype=np.int64)
+        labels = np.full((len(g), length), IGNORE_INDEX, dtype=np.int64)
+        mask = np.zeros((len(g), length), dtype=np.int64)
+        for r, i in enumerate(g):
+            a, b = seqs[i]
+            ids[r, : len(a)] = a
+            labels[r, : len(b)] = b
+            mask[r, : len(a)] = 1
+        batches.append(Batch(ids, labels, mask, sum(len(seqs[i][0]) for i in g)))
+    return batches
+
+
+def batch_stream(tasks: Sequence[Task], fmt: ArcFormat, max_len: int, pad_id: int, cfg: CorpusConfig,
+                 start_epoch: int = 0, skip_batches: int = 0) -> Iterator[tuple[int, int, Batch]]:
+    """(epoch, index within the epoch, batch) forever; deterministic from the config, so a resumed run that
+    skips the batches it already saw continues on exactly the same data."""
+    epoch = start_epoch
+    while True:
+        seqs = epoch_sequences(tasks, fmt, max_len, epoch, cfg)
+        if not seqs:
+            raise ValueError(f"no pretraining sequence fits max_seq_len {max_len}")
+        batches = bucket_batches(seqs, cfg.tokens_per_batch, pad_id, stable_seed(cfg.seed + epoch, "batches"))
+        for j, b in enumerate(batches):
+            if epoch == start_epoch and j < skip_batches:
+                continue
+            yield epoch, j, b
+        epoch += 1
+
