@@ -33,7 +33,8 @@ class _KvStepper:
     def __init__(self, module, torch, device, prompt: Sequence[int], k: int):
         self.module, self.torch, self.device, self.k = module, torch, device, k
         self.prompt_len = len(prompt)
-        out = module(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
+        # Only the last position's logits are needed: the full prompt's would be len(prompt) * vocab floats.
+        out = module(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1)
         self.cache = out.past_key_values
         self.root_logits = out.logits[0, -1].float()
         self.tokens = len(prompt)

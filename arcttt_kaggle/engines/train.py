@@ -7,7 +7,8 @@ task would cost ~30-60 s of disk and quantization each time; resetting ~0.1-1% o
 milliseconds, and a fresh Trainer with the same seed gives the same adapter (tested).
 
 Two backends run the SAME loop (tokenized ``Encoded`` examples -> padded batches -> loss on the labels ->
-AdamW with linear warmup/decay -> gradient accumulation -> clipping); only loading differs:
+AdamW with linear warmup/decay -> gradient accumulation -> clipping); only loading and the loss call differ
+(``Trainer._loss``):
 
 - ``"unsloth"``: ``FastLanguageModel.from_pretrained`` + ``get_peft_model`` (fast kernels and offloaded
   gradient checkpointing on GPU; on a CPU-only host Unsloth falls back to stock transformers + PEFT with its own
@@ -29,8 +30,9 @@ Cost of the knobs (an 8B Llama at 8192 tokens on a 24 GB GPU as the yardstick):
   few % of the base matmuls at any sensible r.
 - ``batch_size``: activation memory grows linearly with batch * sequence length; ``grad_accum`` multiplies
   the effective batch at no memory cost, time linear in it.
-- ``max_seq_len``: activations linear in length with SDPA/flash attention; the logits are seq * vocab floats
-  (8192 * 152k * 4 bytes = 5 GB for Qwen2.5 without Unsloth's chunked loss); examples longer are skipped.
+- ``max_seq_len``: activations linear in length with SDPA/flash attention; examples longer are skipped. Full
+  logits would be seq * vocab floats (8192 * 152k * 4 bytes = 5 GB for Qwen2.5): Unsloth's chunked loss avoids
+  them, and the peft backend's ``label_row_loss`` runs the head only on label rows, 1024 at a time.
 - ``gradient_checkpointing``: keeps one activation per layer and recomputes the rest in backward, ~30% more
   time for ~5-10x less activation memory (Unsloth's mode also offloads them to host RAM on GPU).
 
@@ -186,6 +188,7 @@ class Trainer:
             if p.dtype != torch.float32:  # fp32 master weights: AdamW and the fp16 grad scaler need them
                 p.data = p.data.float()
         self.device = self._lora[0][1].device
+        self._label_rows = config.backend == "peft" and _plain_head(self.model)
         self.compute_dtype = _compute_dtype(self.model)
         # Saved in the dtype the base computes in: fp16/bf16 on GPU halves the file; fp32 on CPU stays exact.
         self.save_dtype = self.compute_dtype if self.compute_dtype in (torch.float16, torch.bfloat16) else torch.float32
@@ -309,9 +312,9 @@ class Trainer:
                 for batch in micro:
                     ids, mask, labels = self._collate(batch)
                     with self._autocast():
-                        out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
+                        loss = self._loss(ids, mask, labels)
                     n = int((labels[:, 1:] != IGNORE_INDEX).sum())
-                    loss = out.loss.float() * (n / window)
+                    loss = loss * (n / window)
                     if step_hook is not None:
                         loss = step_hook(step, loss)
                     (scaler.scale(loss) if scaler else loss).backward()
@@ -418,9 +421,9 @@ class Trainer:
                     for i in range(0, len(encoded), self.config.batch_size):
                         ids, mask, labels = self._collate(encoded[i:i + self.config.batch_size])
                         with self._autocast():
-                            out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
+                            loss = self._loss(ids, mask, labels)
                         n = int((labels[:, 1:] != IGNORE_INDEX).sum())
-                        total += float(out.loss.float()) * n
+                        total += float(loss) * n
                         count += n
         finally:
             if saved is not None:
@@ -446,6 +449,14 @@ class Trainer:
         set_peft_model_state_dict(self.model, state, adapter_name=_ADAPTER)
 
     # -- helpers --------------------------------------------------------------------------------------------
+    def _loss(self, ids, mask, labels):
+        """The batch's mean loss (fp32) over its set labels: ``label_row_loss`` on the peft backend (and on a head
+        it cannot reproduce, the full forward); on the unsloth backend ``model(..., labels=...).loss`` as before,
+        left to Unsloth's patched forward and its own chunked cross-entropy."""
+        if self._label_rows:
+            return label_row_loss(self.model, ids, mask, labels)
+        return self.model(input_ids=ids, attention_mask=mask, labels=labels).loss.float()
+
     def _collate(self, batch: Sequence[Encoded]):
         """Right-pad to the longest example; padding is masked out of attention and loss."""
         torch = self._torch
@@ -481,6 +492,51 @@ class Trainer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# -- the loss -------------------------------------------------------------------------------------------------
+LOSS_CHUNK_ROWS = 1024  # label rows per lm_head + cross-entropy call: Qwen's 152k vocabulary -> 0.6 GB of fp32 logits
+
+
+def label_row_loss(model, input_ids, attention_mask, labels, chunk_rows: int = LOSS_CHUNK_ROWS):
+    """Mean cross-entropy (fp32) of a causal LM over the positions whose shifted label is set: what
+    ``model(input_ids, attention_mask, labels=labels).loss`` computes, but the LM head runs only on those rows.
+
+    The decoder body gives the hidden states; the rows at positions ``t`` with ``labels[:, t + 1]`` set are
+    gathered, and ``get_output_embeddings()`` + cross-entropy run on at most ``chunk_rows`` of them at a time,
+    summed, divided by their count. With gradients on, each chunk is checkpointed: backward recomputes its
+    logits instead of keeping them, so no chunk's logits outlive its own forward or backward. A PEFT model runs
+    its base (LoRA layers in place). Zero set labels: NaN, as the full forward's mean over nothing.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    rows, y = hidden[:, :-1][keep], target[keep]
+    head = base.get_output_embeddings()
+    if not rows.shape[0]:
+        return hidden.float().sum() * float("nan")  # attached to the graph, so a backward still runs (NaN: skipped)
+
+    def chunk_sum(h, t):
+        return torch.nn.functional.cross_entropy(head(h).float(), t, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, rows.shape[0], chunk_rows):
+        h, t = rows[i:i + chunk_rows], y[i:i + chunk_rows]
+        total = total + (checkpoint(chunk_sum, h, t, use_reentrant=False) if torch.is_grad_enabled()
+                         else chunk_sum(h, t))
+    return total / rows.shape[0]
+
+
+def _plain_head(model) -> bool:
+    """True when the model's logits are just ``get_output_embeddings()(hidden)``: no final soft-capping (Gemma 2)
+    or logit scale (Cohere) that ``label_row_loss`` would leave out."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    return getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) in (None, 1, 1.0)
 
 
 # -- backends -------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Execute the Kaggle notebook itself locally (nbclient), not a copy of its logic: the dry run.
 
-The notebook reads its settings through ``kaggle.notebook_config``; the dry run sets ``ARCTTT_*`` variables in
-the kernel's environment (preset, sample paths, budget, output folder, fault) and runs every cell. For the
+The notebook reads its settings through ``kaggle.notebook_setup``; the dry run sets ``ARCTTT_*`` variables in
+the kernel's environment (preset, sample paths, budget, output folder, fault) and runs every cell. It is
+isolated from the machine it runs on (``dry_run_env``): the notebook's inputs root is a folder of the dry run's
+own, so a ``/kaggle/input`` left on the machine is never searched for a bundle, challenges or a model. For the
 ``bad-task`` fault it writes a copy of the challenges with one malformed task added, so the lenient loader,
 the placeholder answer and the report's reason are exercised end to end.
 """
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from arcttt_kaggle.arc.candidates import atomic_write_text
+from arcttt_kaggle.kaggle.notebook import DRY_RUN_ENV, INPUT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "arc_ttt_submission.ipynb"
@@ -45,6 +48,30 @@ def inject_bad_task(challenges: Path, out_dir: Path) -> Path:
     return path
 
 
+def dry_run_env(*, preset: str, challenges: Path, solutions: Path | None, budget_seconds: float, out_dir: Path,
+                fault: str = "", overrides: dict | None = None, throughput_file: Path | None = None,
+                model: Path | None = None, shims: list[str] = ()) -> dict[str, str]:
+    """The variables the dry run sets for the kernel (the rest of its environment is inherited).
+
+    Besides the run's settings: ``ARCTTT_INPUT`` (the inputs root of the install cell and ``notebook_setup``) is
+    ``out_dir/kaggle_input``, which the dry run never creates, so both see no attached dataset; ``ARCTTT_BUNDLE``
+    is emptied (the install cell would run a bundle's install.sh); ``ARCTTT_DRY_RUN`` makes ``on_kaggle()``
+    false and ``KAGGLE_IS_COMPETITION_RERUN`` is emptied, whatever the machine says. ``shims``: folders put
+    first on ``PYTHONPATH`` (``broken_import_shims``).
+    """
+    out_dir = Path(out_dir).resolve()
+    return {"ARCTTT_PRESET": preset, "ARCTTT_CHALLENGES": str(Path(challenges).resolve()),
+            "ARCTTT_SOLUTIONS": str(Path(solutions).resolve()) if solutions else "",
+            "ARCTTT_OUT": str(out_dir), "ARCTTT_BUDGET_SECONDS": str(budget_seconds), "ARCTTT_FAULT": fault,
+            "ARCTTT_OVERRIDES": json.dumps(overrides or {}),
+            "ARCTTT_THROUGHPUT": str(Path(throughput_file).resolve()) if throughput_file else "",
+            "ARCTTT_MODEL": str(Path(model).resolve()) if model else "",
+            INPUT_ENV: str(out_dir / "kaggle_input"), "ARCTTT_BUNDLE": "", DRY_RUN_ENV: "1",
+            "KAGGLE_IS_COMPETITION_RERUN": "",
+            "PYTHONPATH": os.pathsep.join(list(shims)
+                                          + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+
+
 def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | None, budget_seconds: float,
             out_dir: Path, fault: str = "", overrides: dict | None = None, notebook: Path = NOTEBOOK,
             throughput_file: Path | None = None, model: Path | None = None) -> dict:
@@ -67,14 +94,9 @@ def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | Non
     faults = set(fault.split(",")) - {""}
     if "bad-task" in faults:
         challenges = inject_bad_task(challenges, out_dir)
-    env = {"ARCTTT_PRESET": preset, "ARCTTT_CHALLENGES": str(Path(challenges).resolve()),
-           "ARCTTT_SOLUTIONS": str(Path(solutions).resolve()) if solutions else "",
-           "ARCTTT_OUT": str(out_dir), "ARCTTT_BUDGET_SECONDS": str(budget_seconds), "ARCTTT_FAULT": fault,
-           "ARCTTT_OVERRIDES": json.dumps(overrides or {}),
-           "ARCTTT_THROUGHPUT": str(Path(throughput_file).resolve()) if throughput_file else "",
-           "ARCTTT_MODEL": str(Path(model).resolve()) if model else "",
-           "PYTHONPATH": os.pathsep.join(broken_import_shims(faults, out_dir)
-                                         + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env = dry_run_env(preset=preset, challenges=challenges, solutions=solutions, budget_seconds=budget_seconds,
+                      out_dir=out_dir, fault=fault, overrides=overrides, throughput_file=throughput_file, model=model,
+                      shims=broken_import_shims(faults, out_dir))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     t0 = time.time()

@@ -2,7 +2,8 @@
 
 The notebook calls ``notebook_setup()`` and ``run(config, ...)`` and nothing else. Locally, ``build_submission.py
 dry-run`` executes the same notebook with ``ARCTTT_*`` environment variables that point it at the shipped
-sample, the tiny model and a short budget; on Kaggle none of them is set and the inputs are found under
+sample, the tiny model and a short budget, and ``ARCTTT_INPUT`` at a folder of its own (so a ``/kaggle/input``
+that happens to exist where it runs is never read); on Kaggle none of them is set and the inputs are found under
 ``/kaggle/input`` whatever the layout (the 2024/2025 ``/kaggle/input/<slug>/`` and the
 ``/kaggle/input/competitions/<slug>/`` layouts; the model dataset by the bundle's manifest, or the one model
 folder attached).
@@ -26,18 +27,29 @@ from arcttt_kaggle.run.preflight import is_competition_rerun
 
 COMPETITION = "arc-prize-2026-arc-agi-2"  # the 2026 ARC-AGI-2 track (4xL4, 12 h, internet off)
 INPUT_ROOT = Path("/kaggle/input")
+INPUT_ENV = "ARCTTT_INPUT"  # where datasets are mounted, if not INPUT_ROOT; the install cell reads it too
+DRY_RUN_ENV = "ARCTTT_DRY_RUN"  # set by the dry run: never on Kaggle, whatever the machine looks like
 SHORT_MODE_TASKS = 4
 SHORT_MODE_SECONDS = 20 * 60.0
 KIT_MARKER = "arcttt-kaggle"  # manifest.json "kit" of the bundle dataset (bundle.py writes it)
 
 
 def on_kaggle() -> bool:
+    """A Kaggle kernel: its run-type variable or a ``/kaggle/working`` folder, except under the dry run."""
+    if os.environ.get(DRY_RUN_ENV):
+        return False
     return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or Path("/kaggle/working").is_dir()
 
 
-def bundle_manifest(input_root: str | Path = INPUT_ROOT) -> dict:
-    """The attached bundle's manifest.json (``{}`` when none is attached, as in a local dry run)."""
-    root = Path(input_root)
+def kaggle_input_root() -> Path:
+    """Where the attached datasets are: ``ARCTTT_INPUT`` when set, else ``/kaggle/input``."""
+    return Path(os.environ.get(INPUT_ENV) or INPUT_ROOT)
+
+
+def bundle_manifest(input_root: str | Path | None = None) -> dict:
+    """The attached bundle's manifest.json under ``input_root`` (default ``kaggle_input_root()``); ``{}`` when
+    none is attached, as in a local dry run."""
+    root = Path(input_root) if input_root is not None else kaggle_input_root()
     for depth in ("*", "*/*", "*/*/*", "*/*/*/*"):
         for p in sorted(root.glob(f"{depth}/manifest.json")) if root.is_dir() else []:
             try:
@@ -49,11 +61,11 @@ def bundle_manifest(input_root: str | Path = INPUT_ROOT) -> dict:
     return {}
 
 
-def find_model(input_root: str | Path = INPUT_ROOT, dataset: str = "") -> Path:
-    """The base model folder under ``input_root``: a folder holding ``config.json`` and a tokenizer, at most four
-    levels down. With several, the one whose path ends with the model dataset's slug (``owner/slug`` from the
-    bundle's manifest). The error lists what was found."""
-    root = Path(input_root)
+def find_model(input_root: str | Path | None = None, dataset: str = "") -> Path:
+    """The base model folder under ``input_root`` (default ``kaggle_input_root()``): a folder holding
+    ``config.json`` and a tokenizer, at most four levels down. With several, the one whose path ends with the model
+    dataset's slug (``owner/slug`` from the bundle's manifest). The error lists what was found."""
+    root = Path(input_root) if input_root is not None else kaggle_input_root()
     found = sorted({p.parent for depth in ("*", "*/*", "*/*/*", "*/*/*/*") for p in root.glob(f"{depth}/config.json")
                     if (p.parent / "tokenizer.json").exists() or (p.parent / "tokenizer_config.json").exists()}) \
         if root.is_dir() else []
@@ -70,23 +82,26 @@ def find_model(input_root: str | Path = INPUT_ROOT, dataset: str = "") -> Path:
         "dataset (build_submission.py bundle --model-dataset), or set ARCTTT_MODEL to its folder")
 
 
-def notebook_setup(default_preset: str | None = None, input_root: str | Path = INPUT_ROOT):
+def notebook_setup(default_preset: str | None = None, input_root: str | Path | None = None):
     """The notebook's config and the first part of the preflight, before anything heavy is imported.
 
     Offline variables are set first, then the kernel's start time (the budget clock), the GPUs and the preset
     (``ARCTTT_PRESET`` or ``default_preset`` wins when the hardware can run it; a preset that asks for more
     GPUs, bf16 or memory than exist is refused, except in the rerun), and the challenges. ``pipeline.run`` does
-    the rest (model, memory plan, engines) after it has started the program expert.
+    the rest (model, memory plan, engines) after it has started the program expert. The inputs are searched
+    under ``input_root``, default ``kaggle_input_root()``.
 
-    Variables: ARCTTT_PRESET, ARCTTT_CHALLENGES, ARCTTT_SOLUTIONS, ARCTTT_OUT, ARCTTT_MODEL, ARCTTT_BUDGET_SECONDS,
-    ARCTTT_FAULT, ARCTTT_OVERRIDES (a JSON object of dotted keys, e.g. '{"train.steps": 8}'), ARCTTT_THROUGHPUT
-    (a ``measured_throughput.json`` of an earlier run on the same hardware: the plan's priors).
+    Variables: ARCTTT_INPUT, ARCTTT_PRESET, ARCTTT_CHALLENGES, ARCTTT_SOLUTIONS, ARCTTT_OUT, ARCTTT_MODEL,
+    ARCTTT_BUDGET_SECONDS, ARCTTT_FAULT, ARCTTT_OVERRIDES (a JSON object of dotted keys, e.g.
+    '{"train.steps": 8}'), ARCTTT_THROUGHPUT (a ``measured_throughput.json`` of an earlier run on the same
+    hardware: the plan's priors).
     Returns ``(config, preflight)``: pass both to ``run(config, preflight=preflight)``.
     """
     from arcttt_kaggle.run.preflight import (PreflightError, PreflightResult, choose_preset, config_for, detect_gpus, engines_imported,
                             find_challenges, kernel_start_time, set_offline_env)
 
     env = os.environ
+    input_root = Path(input_root) if input_root is not None else kaggle_input_root()
     changed = set_offline_env()
     before = tuple(engines_imported())
     start = kernel_start_time()
@@ -127,7 +142,8 @@ def notebook_config(default_preset: str = "t4x2", model: str = "") -> RunConfig:
 
     env = os.environ
     cfg = preset(env.get("ARCTTT_PRESET", default_preset))
-    paths = {"challenges": env.get("ARCTTT_CHALLENGES", str(INPUT_ROOT / COMPETITION / "arc-agi_test_challenges.json")),
+    paths = {"challenges": env.get("ARCTTT_CHALLENGES",
+                                   str(kaggle_input_root() / COMPETITION / "arc-agi_test_challenges.json")),
              "solutions": env.get("ARCTTT_SOLUTIONS", ""),
              "out_dir": env.get("ARCTTT_OUT", "/kaggle/working" if on_kaggle() else "out"),
              "fault": env.get("ARCTTT_FAULT", "")}

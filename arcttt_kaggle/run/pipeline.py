@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 from .budget import Budget, CostModel, make_plan
 from arcttt_kaggle.arc.candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
@@ -88,6 +89,26 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "NUMEXPR_NUM_THREADS": n,
             # A thread that finds its core taken sleeps instead of spinning (the 15x slowdown above).
             "OMP_WAIT_POLICY": "PASSIVE", "ARCTTT_THREADS": n}
+
+
+def worker_env(base: Mapping[str, str], threads: int, *, device: str, worker: int, work_dir: Path,
+               cpu_kvcache_gib: float) -> dict[str, str]:
+    """The environment of worker ``worker`` (its folder ``work_dir``): ``base`` with its thread caps, its GPU
+    (``CUDA_VISIBLE_DEVICES``, read before the worker imports Unsloth or vLLM), its own Unsloth compile cache,
+    and defaults for vLLM and tokenizers that ``base`` may override."""
+    env = {**base, **thread_env(threads)}
+    if device == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = str(worker)
+    # Always the worker's own folder, even over a caller's setting: workers starting together would otherwise
+    # write and import one compile cache (Unsloth's default: ./unsloth_compiled_cache) at the same time.
+    env["UNSLOTH_COMPILE_LOCATION"] = str(Path(work_dir) / "unsloth_compiled_cache")
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cpu_kvcache_gib))))
+    # vLLM samples with FlashInfer where it is installed; its kernels can be compiled at first use, a step that
+    # public Kaggle ARC notebooks switch off. vLLM's PyTorch sampler needs no compiler.
+    env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
 
 
 def clear_previous_run(out: Path) -> list[str]:
@@ -301,12 +322,8 @@ class Run:
                           deadline=work_deadline, fault=cfg.fault, attempt=attempt, profile=self.prepared.profile,
                           extra_view_units=cfg.second_pass_ratio * views * sum(len(self.tasks[t].test) for t in task_ids))
         spec.write(wdir / "spec.json")
-        env = {**os.environ, **thread_env(self.threads["worker"])}
-        if cfg.device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = str(worker)  # before the worker imports Unsloth or vLLM
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cfg.decode.cpu_kvcache_gib))))
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env = worker_env(os.environ, self.threads["worker"], device=cfg.device, worker=worker, work_dir=wdir,
+                         cpu_kvcache_gib=cfg.decode.cpu_kvcache_gib)
         logf = open(wdir / "worker.log", "w")
         # Its own session (process group): the parent can kill the worker with every process it started.
         proc = subprocess.Popen([sys.executable, "-m", "arcttt_kaggle.run.worker", str(wdir / "spec.json")],
