@@ -108,8 +108,8 @@ def _fault_run(tmp_path: Path, fault: str, overrides: dict | None = None, budget
 def test_fault_matrix(fault, expect, status, tmp_path):
     report = _fault_run(tmp_path, fault)
     assert any(expect in r for r in _reasons(report)), _reasons(report)
-    # decode-hang and unparsable leave only program answers: fallback-only unless the expert solved a task.
-    assert report["status"] == (status or ("degraded" if report["programs"]["tasks_decided"] else "fallback-only"))
+    # decode-hang and unparsable leave no model answer: fallback-only, whatever the program expert answered.
+    assert report["status"] == (status or "fallback-only")
     assert report["status_reasons"]
     if fault == "bad-task":
         assert report["per_task"][BAD_TASK_ID]["outcome"] == "placeholder"

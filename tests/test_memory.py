@@ -183,6 +183,19 @@ def test_disk_peak_caps_the_adapters_alive():
     assert plan.disk.adapters_alive == 103 and plan.disk.fits and plan.settings()["max_adapters_alive"] == 103
 
 
+def test_downgrades_are_what_runs_differently_with_the_stage_that_did_not_fit():
+    """Minitron-8B on an L4: the plan changes the decoder's weights to 4-bit and caps the adapters on disk; only
+    the first runs differently (workers delete each adapter after its task anyway), so only it is a downgrade,
+    and its reason is the 16-bit decoder's need against vLLM's share of the card."""
+    plan = plan_memory(ModelShape.from_config(MINITRON_8B), l4_run())
+    assert any(c.startswith("at most 103 adapters on disk") for c in plan.changes)
+    (down,) = plan.downgrades()
+    assert (down["setting"], down["was"], down["now"]) == ("decode.quantization", "none", "bitsandbytes")
+    assert "vLLM needs 28.77 GiB of 20.25 (0.9 of the card): weights 15.67" in down["why"]  # 30_890_663_936 bytes
+    assert plan.to_dict()["downgrades"] == [down]
+    assert plan_memory(ModelShape.from_config(QWEN25_05B), t4_run()).downgrades() == []  # fits: nothing lowered
+
+
 def test_a_model_too_big_for_any_rung_does_not_fit():
     huge = ModelShape.from_config({**MINITRON_8B, "num_hidden_layers": 200})  # ~38B
     plan = plan_memory(huge, t4_run())

@@ -53,6 +53,11 @@ def test_a_clean_report_is_ok_with_no_reasons():
 @pytest.mark.parametrize("change, expect", [
     (lambda r: r["incidents"].append(ev("engine", "fallback", stage="train", rung="peft", error="unsloth: no GPU")),
      "train engine fell back (rung peft) on worker 0: unsloth: no GPU"),
+    (lambda r: r["incidents"].append(ev("engine", "fallback", stage="decode", rung="vllm", next="hf", error="boom")),
+     "decode engine fell back (rung vllm) on worker 0: boom; decoding on transformers instead of vLLM"),
+    (lambda r: r.update(downgrades=[{"source": "memory plan", "setting": "decode.backend", "was": "vllm", "now": "hf",
+                                     "what": "decoding on transformers instead of vLLM", "why": "16-bit does not fit"}]),
+     "memory plan: decoding on transformers instead of vLLM (16-bit does not fit)"),
     (lambda r: r["incidents"].append(ev("worker", "replaced", worker=-1, replaced_worker=0, reason="exit -9")),
      "worker 0 was replaced (exit -9)"),
     (lambda r: r["workers"].extend([{"worker": 1, "attempt": 0, "reason": "worker 1 exited with code -9"},
@@ -99,6 +104,18 @@ def test_no_model_or_program_answer_anywhere_is_fallback_only():
     assert status == "fallback-only"
     assert reasons[0].startswith("no task got a model or program answer") and "2 of 2 tasks fell back" in reasons[1]
     assert run_status({})[0] == "fallback-only"  # nothing answered at all, sections absent: no crash
+
+
+def test_answers_from_the_program_expert_alone_are_fallback_only():
+    report = answered()
+    report["per_task"]["t0"]["selection"] = [{"attempts": [[[5]], None], "program_role": "sole", "distinct": 0}]
+    report["per_task"]["t1"]["selection"] = [{"attempts": [None, None], "program_role": "off", "distinct": 0}]
+    status, reasons = run_status(report)
+    assert status == "fallback-only"
+    assert reasons[0] == "no task got a model answer: every attempt is the program expert's (1 task(s): t0) or the fallback"
+    # the expert overriding the model's first attempt leaves the model's answer second: a model run
+    report["per_task"]["t1"]["selection"] = [{"attempts": [[[5]], [[1]]], "program_role": "overrode", "distinct": 1}]
+    assert run_status(report)[0] != "fallback-only"
 
 
 def test_a_fatal_preflight_is_fallback_only_even_with_answers():

@@ -54,6 +54,8 @@ LoRA slots, then bitsandbytes 4-bit weights, then a shorter ``max_model_len`` (h
 scoring falls back to no product-of-experts scoring; the disk caps the adapters alive at once (the worker then
 has to delete each adapter once its task is decoded and scored). The verdict is "fits" (nothing changed), "fits after
 degrading" (the returned settings differ), or "does not fit" (no decoding setting fits: the GPUs cannot run).
+``MemoryPlan.downgrades`` words each lowered setting as what runs instead of what, and why (the stage that did not
+fit as configured); the run applies them and its report's status names each one (``run/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -261,6 +263,13 @@ class StageMemory:
         return (f"{self.stage:<6} {self.total / GIB:6.2f} of {self.capacity / GIB:6.2f} GiB "
                 f"{'fits' if self.fits else 'DOES NOT FIT'}  ({parts})")
 
+    def need(self, capacity_note: str = "", terms: int = 3) -> str:
+        """``needs 28.77 GiB of 20.25: weights 15.67, kv cache 2.50, lora slots 2.80``: the total against the
+        capacity (``capacity_note`` follows it), then the ``terms`` largest terms, in GiB."""
+        top = sorted(self.terms, key=lambda t: -t[1])[:terms]
+        return (f"needs {self.total / GIB:.2f} GiB of {self.capacity / GIB:.2f}{capacity_note}: "
+                + ", ".join(f"{k} {v / GIB:.2f}" for k, v in top))
+
 
 def _weights(shape: ModelShape, four_bit: bool) -> float:
     return shape.linear_params * NF4_BYTES_PER_PARAM + shape.other_params * 2 if four_bit else shape.params * 2.0
@@ -351,6 +360,7 @@ class MemoryPlan:
     stages: tuple[StageMemory, ...]
     disk: DiskPlan
     requested_stages: tuple[StageMemory, ...]
+    shape: ModelShape | None = None  # the model planned (``downgrades`` re-checks the scorer on it)
 
     def settings(self) -> dict:
         """The settings a run should apply: dotted RunConfig keys (``decode.quantization`` where the decode
@@ -359,6 +369,47 @@ class MemoryPlan:
         return {"train.max_seq_len": r.train_max_seq_len, "run_ttt": r.run_ttt, "decode.max_model_len": r.max_model_len,
                 "decode.max_loras": r.max_loras, "decode.quantization": r.quantization, "poe_scoring": r.poe_scoring,
                 "max_adapters_alive": self.disk.adapters_alive}
+
+    def downgrades(self) -> list[dict]:
+        """What the plan lowered, one record per setting of ``settings()``: ``setting``, ``was`` (as configured),
+        ``now`` (as chosen), ``what`` (what runs instead of what) and ``why`` (the stage that did not fit as
+        configured, its need against its capacity). Only a plan that fits after degrading has any: "does not fit"
+        stops the run. The disk cap is not one: workers delete each adapter once its task is decoded and scored
+        whatever the plan says, so nothing runs differently."""
+        if self.verdict != DEGRADED:
+            return []
+        req, run = self.requested, self.run
+        stage = {s.stage: s for s in self.requested_stages}
+        out: list[dict] = []
+
+        def add(setting: str, was, now, what: str, why: str) -> None:
+            out.append({"setting": setting, "was": was, "now": now, "what": what, "why": why})
+
+        if req.run_ttt and not run.run_ttt:
+            add("run_ttt", True, False, "no TTT: the base model decodes every task instead of per-task adapters",
+                f"at {req.train_max_seq_len} tokens training {stage['train'].need()}; it does not fit even at "
+                f"{_halvings(req.train_max_seq_len)[-1]}")
+        elif run.train_max_seq_len != req.train_max_seq_len:
+            add("train.max_seq_len", req.train_max_seq_len, run.train_max_seq_len,
+                f"training sequences of {run.train_max_seq_len} tokens instead of {req.train_max_seq_len}",
+                f"training at {req.train_max_seq_len} tokens {stage['train'].need()}")
+        decode = (f"with {'16-bit' if req.quantization == 'none' else '4-bit'} weights, {req.max_loras} LoRA slots "
+                  f"and {req.concurrent_sequences} sequences of {req.max_model_len} tokens vLLM "
+                  f"{stage['decode'].need(f' ({req.gpu_memory_utilization:g} of the card)')}")
+        if run.quantization != req.quantization:
+            add("decode.quantization", req.quantization, run.quantization,
+                "a 4-bit (bitsandbytes NF4) base model instead of its 16-bit weights", decode)
+        if run.max_loras != req.max_loras:
+            add("decode.max_loras", req.max_loras, run.max_loras,
+                f"{run.max_loras} LoRA slot(s) in the decoder instead of {req.max_loras}", decode)
+        if run.max_model_len != req.max_model_len:
+            add("decode.max_model_len", req.max_model_len, run.max_model_len,
+                f"a {run.max_model_len}-token decoding context instead of {req.max_model_len}", decode)
+        if req.poe_scoring and not run.poe_scoring:
+            scorer = score_memory(self.shape, run) if self.shape is not None else stage["score"]
+            add("poe_scoring", True, False, "voting alone instead of product-of-experts scoring",
+                f"the scorer with {'16-bit' if run.score_quantization == 'none' else '4-bit'} weights {scorer.need()}")
+        return out
 
     def lines(self) -> list[str]:
         out = [f"memory: {self.verdict}" + (f" ({'; '.join(self.changes)})" if self.changes else "")]
@@ -381,7 +432,7 @@ class MemoryPlan:
                 "disk": {"peak_gb": self.disk.peak_bytes / 1e9, "capacity_gb": self.disk.capacity_bytes / 1e9,
                          "adapter_mb": self.disk.adapter_bytes / 1e6, "adapters_alive": self.disk.adapters_alive,
                          "max_adapters_alive": self.disk.max_adapters_alive, "fits": self.disk.fits},
-                "run": asdict(self.run)}
+                "run": asdict(self.run), "requested": asdict(self.requested), "downgrades": self.downgrades()}
 
 
 def _halvings(start: int) -> list[int]:
@@ -399,7 +450,7 @@ def plan_memory(shape: ModelShape, run: MemoryRun, allow_bitsandbytes: bool = Tr
 
     requested = stages(run)
     if run.gpu_memory_gib == 0:
-        return MemoryPlan(NOT_PLANNED, run, run, (), (), disk_plan(shape, run), ())
+        return MemoryPlan(NOT_PLANNED, run, run, (), (), disk_plan(shape, run), (), shape)
     changes: list[str] = []
     chosen = run
     if run.run_ttt and not train_memory(shape, run).fits:
@@ -436,7 +487,7 @@ def plan_memory(shape: ModelShape, run: MemoryRun, allow_bitsandbytes: bool = Tr
     if decode_fit is None:
         changes.append("decoding does not fit at any setting of the ladder")
         final = stages(chosen)
-        return MemoryPlan(NO_FIT, chosen, run, tuple(changes), final, disk_plan(shape, chosen), requested)
+        return MemoryPlan(NO_FIT, chosen, run, tuple(changes), final, disk_plan(shape, chosen), requested, shape)
     chosen = decode_fit
     if chosen.poe_scoring and not score_memory(shape, chosen).fits:
         chosen = replace(chosen, poe_scoring=False)
@@ -446,9 +497,10 @@ def plan_memory(shape: ModelShape, run: MemoryRun, allow_bitsandbytes: bool = Tr
     if not disk.fits:
         if disk.max_adapters_alive < 1:
             changes.append(f"not one adapter fits on the disk ({disk.capacity_bytes / 1e9:.1f} GB)")
-            return MemoryPlan(NO_FIT, chosen, run, tuple(changes), stages(chosen), disk, requested)
+            return MemoryPlan(NO_FIT, chosen, run, tuple(changes), stages(chosen), disk, requested, shape)
         chosen = replace(chosen, adapters_alive=disk.max_adapters_alive)
         changes.append(f"at most {disk.max_adapters_alive} adapters on disk at once (of {disk.adapters_alive}): "
                        f"delete each once its task is decoded and scored")
         disk = disk_plan(shape, chosen)
-    return MemoryPlan(DEGRADED if changes else FITS, chosen, run, tuple(changes), stages(chosen), disk, requested)
+    return MemoryPlan(DEGRADED if changes else FITS, chosen, run, tuple(changes), stages(chosen), disk, requested,
+                      shape)

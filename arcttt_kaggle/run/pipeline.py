@@ -4,8 +4,10 @@ Order of events:
 1. the budget starts; the resolved config is written; tasks load leniently (a malformed task is reported and
    gets a placeholder answer); the fallback submission is written at once, so a valid file exists from the
    first second;
-2. the plan predicts per-phase time, walks the degradation ladder until it fits, and balances tasks over the
-   workers (longest-processing-time first, see ``budget.balance``);
+2. the preflight's engine ladder and the memory plan change the config where they must (``planned_downgrades``:
+   each change is a downgrade the report's status names); the plan predicts per-phase time, walks the
+   degradation ladder until it fits, and balances tasks over the workers (longest-processing-time first, see
+   ``budget.balance``);
 3. the CPU program expert starts in its own process, and one worker process per GPU (``worker.py``) with
    ``CUDA_VISIBLE_DEVICES`` set before it imports any engine;
 4. the parent watches: each time a worker writes candidates the current best answers are merged in and the
@@ -35,6 +37,7 @@ from arcttt_kaggle.arc.candidates import CandidateSet, atomic_write_text, merge_
 from .config import RunConfig
 from arcttt_kaggle.arc.data import Task, load_challenges
 from .planning import TokenModel, full_settings, task_works
+from .report import ENGINE_NAMES
 from arcttt_kaggle.arc.submission import build_submission, count_test_inputs, fallback_attempts, write_submission
 from .worker import WorkerSpec, read_events
 
@@ -146,6 +149,56 @@ def _memory_overrides(memory, cfg: RunConfig) -> dict:
     return out
 
 
+# The config key a memory-plan setting (``MemoryPlan.settings``) is applied through (``_memory_overrides``).
+_APPLIED_AS = {"poe_scoring": "select.method"}
+
+
+def planned_downgrades(cfg: RunConfig, memory=None, ladder=None, preset_choice=None) -> tuple[dict, list[dict]]:
+    """What the preflight and the memory plan change before any worker starts: ``(overrides, downgrades)``.
+
+    ``overrides``: the config keys to set (``_memory_overrides``, then the engine ladder's rungs: vLLM ->
+    transformers decoding, Unsloth -> PEFT training, no training rung -> no TTT). ``downgrades``: one record per
+    change, ``{"source": "memory plan" | "preflight", "setting", "was", "now", "what", "why"}``: ``what`` runs
+    instead of what, and ``why`` (``report.run_status`` names each one: the run is degraded). ``memory``: a
+    ``memory.MemoryPlan`` (None: not planned); ``ladder``: a ``preflight.EngineLadder`` (None: not probed);
+    ``preset_choice``: the preflight's ``PresetChoice`` (a refused ARCTTT_PRESET is one more downgrade)."""
+    overrides = _memory_overrides(memory, cfg) if memory is not None else {}
+    downs: list[dict] = []
+
+    def record(source: str, setting: str, was, now, what: str, why: str) -> dict:
+        return {"source": source, "setting": setting, "was": was, "now": now, "what": what, "why": why}
+
+    if preset_choice is not None and getattr(preset_choice, "refused", ""):
+        downs.append(record("preflight", "preset", preset_choice.requested, preset_choice.name,
+                            f"preset {preset_choice.name} instead of {preset_choice.requested}", preset_choice.refused))
+    for d in memory.downgrades() if overrides else []:
+        key = _APPLIED_AS.get(d["setting"], d["setting"])
+        if key not in overrides:
+            continue
+        if overrides.get("decode.backend") == "hf" and cfg.decode.backend != "hf" and key == "decode.quantization":
+            # The switch the 4-bit base forces comes first: it is the one a competitor notices.
+            was = ENGINE_NAMES.get(cfg.decode.backend, cfg.decode.backend)
+            downs.append(record("memory plan", "decode.backend", cfg.decode.backend, "hf", f"decoding on transformers "
+                                f"instead of {was} (vLLM 0.32 loads no bitsandbytes 4-bit base)", d["why"]))
+        downs.append(record("memory plan", key, d["was"], overrides[key], d["what"], d["why"]))
+    if ladder is not None:
+        for stage, verb in (("train", "training"), ("decode", "decoding")):
+            rung, err = getattr(ladder, stage)
+            configured = getattr(cfg, stage).backend
+            if rung is not None and rung != configured:
+                overrides[f"{stage}.backend"] = rung
+            if rung is not None and rung != configured and err:  # a rung above failed (not a configured lower one)
+                downs.append(record("preflight", f"{stage}.backend", configured, rung,
+                                    f"{verb} on {ENGINE_NAMES.get(rung, rung)} instead of "
+                                    f"{ENGINE_NAMES.get(configured, configured)}", err))
+        if ladder.train[0] is None and ladder.train[1] != "not probed":
+            overrides["run_ttt"] = False  # no training rung works: decode with the base model
+            if cfg.run_ttt:
+                downs.append(record("preflight", "run_ttt", True, False, "no TTT: the base model decodes every task "
+                                    "instead of per-task adapters", f"no training engine works: {ladder.train[1]}"))
+    return overrides, downs
+
+
 def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Signal a worker's whole process group (it leads its own session): its training child goes with it."""
     try:
@@ -177,6 +230,7 @@ class Run:
         self.parent_events: list[dict] = []
         self.programs_proc = None
         self.preflight = None
+        self.downgrades: list[dict] = []  # decided before the workers start (``planned_downgrades``)
         self.threads = thread_budget(len(os.sched_getaffinity(0)), cfg.workers,
                                      cfg.programs.workers if cfg.run_programs else 0, cfg.device)
 
@@ -217,11 +271,9 @@ class Run:
     # -- 2. preflight (model, memory, engines) and plan ----------------------------------------------------------
     def check_model_and_engines(self) -> None:
         """The preflight's second half, while the program expert runs: the model folder, its tokenizer through
-        ``ArcFormat``, the memory plan, and (``probe_engines``) each engine rung in a child process. A rung that
-        fails moves the run to the next one (vLLM -> transformers, Unsloth -> PEFT) before any worker starts."""
-        from dataclasses import fields as dc_fields
-
-        from .preflight import PreflightResult, check_model, probe_engines
+        ``ArcFormat``, the memory plan, and (``probe_engines``) each engine rung in a child process; then
+        ``apply_checks``."""
+        from .preflight import check_model, probe_engines
 
         t0, cfg, pre = time.time(), self.cfg, self.preflight
         model = str(resolve_model(cfg)) if cfg.model == "tiny" else cfg.model
@@ -229,19 +281,30 @@ class Run:
         check = check_model(model, cfg, gpu_mem, tasks=len(self.tasks))
         ladder = probe_engines(model if check.ok else None, check.ok, dtype=cfg.decode.dtype) \
             if cfg.probe_engines and check.ok else None
+        self.apply_checks(check, ladder, t0)
+
+    def apply_checks(self, check, ladder, t0: float | None = None) -> None:
+        """Complete the preflight result with the model check (``preflight.ModelCheck``, its memory plan) and the
+        engine ladder (``preflight.EngineLadder`` or None), and apply what they decide before any worker starts
+        (``planned_downgrades``): a memory plan that degrades lowers the settings it names, a rung that fails
+        moves the run to the next one (vLLM -> transformers, Unsloth -> PEFT). Each change is kept in
+        ``downgrades`` (the report's status names it) and logged."""
+        from dataclasses import fields as dc_fields
+
+        from .preflight import PreflightResult
+
+        t0, cfg, pre = time.time() if t0 is None else t0, self.cfg, self.preflight
         keep = {f.name: getattr(pre, f.name) for f in dc_fields(pre) if f.name not in ("fatal", "warnings")}
         self.preflight = PreflightResult.build(**{**keep, "model": check, "engines": ladder,
                                                   "seconds": pre.seconds + time.time() - t0})
-        overrides = _memory_overrides(check.memory, cfg) if check.ok and check.memory is not None else {}
-        if ladder is not None and ladder.train[0] not in (None, cfg.train.backend):
-            overrides["train.backend"] = ladder.train[0]
-        if ladder is not None and ladder.decode[0] not in (None, cfg.decode.backend):
-            overrides["decode.backend"] = ladder.decode[0]
-        if ladder is not None and ladder.train[0] is None:
-            overrides["run_ttt"] = False  # no training rung works: decode with the base model
+        overrides, self.downgrades = planned_downgrades(cfg, check.memory if check.ok else None, ladder, pre.preset)
         if overrides:
             self.cfg = cfg.with_overrides(overrides)
-            self.log("preflight", f"engine ladder: {overrides}")
+            # config.json is the config the workers run (report.html re-selects with its selection config).
+            atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=1, default=str))
+            self.log("preflight", f"memory plan and engine ladder: {overrides}")
+        for d in self.downgrades:
+            self.log("preflight", f"downgrade: {d['source']}: {d['what']} ({d['why']})")
         for line in self.preflight.lines():
             self.log("preflight", line)
         self.event("preflight", "error" if self.preflight.fatal else "ok", t0, fatal=list(self.preflight.fatal))

@@ -23,6 +23,9 @@ the model and engine checks, which take the longest):
 ``PreflightResult.fatal`` lists what would leave the run fallback-only (no model, no engine rung, no GPU on a
 GPU preset, a memory plan that does not fit); ``must_fail(result, rerun)`` says whether the run should raise
 after writing its submission: on a save/interactive run (and the dry run) yes, in the competition rerun never.
+What the preflight lowers short of that (an engine rung below the configured one, a refused ARCTTT_PRESET in the
+rerun, the memory plan's changes) is applied by ``pipeline.planned_downgrades``, and each one makes the run's
+status ``degraded`` with a reason naming what ran instead of what.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ seconds), which engines actually ran (backends), what happened to every task (tr
 candidates, how many unparsable, did the program expert decide it, why it fell back), how the second pass spent
 its compute (per task the first-pass difficulty and the extra views given), and the score when solutions exist.
 Its top-level ``status`` (``run_status``) says in one word whether to trust it: ``ok``, ``degraded`` (with the
-reasons: what fell back, from ``incidents``, the degrading events kept in the report) or ``fallback-only``.
+reasons: what was downgraded before the workers started, from ``downgrades``, and what fell back while they ran,
+from ``incidents``, the degrading events kept in the report) or ``fallback-only`` (no model answer at all).
 ``report_html`` draws the same content as a page of ARC grids.
 """
 
@@ -71,6 +72,7 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
             "decided_by_program": any(s.decided_by_program for s in sel),
             "outcome": _outcome(tid in run.tasks, tid in trained, n_cands - unparsable, fell_back, sel),
             "selection": [s.to_dict() for s in sel], "fallback_reasons": reasons,
+            "attempt_sources": [attempt_sources(s.to_dict()) for s in sel],
             "allocation": allocation.get("tasks", {}).get(tid),
         }
         if tid in dfs["candidates"] or tid in dfs["truncated"]:
@@ -111,6 +113,8 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
         report["preflight"] = pre if isinstance(pre, dict) else pre.to_dict()  # preflight.PreflightResult
     if getattr(run, "prepared", None) is not None:  # model_prep.PreparedModel
         report["model_card"] = run.prepared.card()
+    # Decided before any worker started (pipeline.planned_downgrades: the preflight's engine ladder, the memory plan).
+    report["downgrades"] = list(getattr(run, "downgrades", None) or [])
     report["incidents"] = incidents(events, run.budget.start)
     return with_status(report)
 
@@ -191,6 +195,27 @@ def incidents(events: list[dict], t0: float = 0.0) -> list[dict]:
     return out
 
 
+ENGINE_NAMES = {"vllm": "vLLM", "hf": "transformers", "unsloth": "Unsloth", "peft": "PEFT"}  # engine rungs
+STAGE_VERBS = {"train": "training", "decode": "decoding", "score": "scoring"}
+
+
+def attempt_sources(sel: dict) -> list[str]:
+    """Where each of one test input's two attempts came from, read from its selection (``Selection.to_dict``):
+    ``model`` (a TTT or base-model candidate), ``program`` (the program expert's answer) or ``fallback`` (empty:
+    the fallback answer fills it). The BARC rule (``select.ensemble_with_programs``) places them: ``sole`` = the
+    model had no answer, both are the expert's; ``overrode`` = the expert's first, the model's favourite second;
+    otherwise the model's, with an empty second slot ``program_filled`` by the expert."""
+    attempts = (list(sel.get("attempts") or []) + [None, None])[:2]
+    role = sel.get("program_role", "off")
+    if role == "sole" or sel.get("distinct") == 0:
+        order = ["program", "program"]
+    elif role == "overrode":
+        order = ["program", "model"]
+    else:
+        order = ["model", "program" if sel.get("program_filled") else "model"]
+    return [src if a is not None else "fallback" for src, a in zip(order, attempts)]
+
+
 def _ids(ids: list[str], n: int = 8) -> str:
     return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
@@ -206,22 +231,34 @@ def _grouped(items: list[tuple[str, str]], template: str) -> list[str]:
 def run_status(report: dict) -> tuple[str, list[str]]:
     """``(status, reasons)`` of a report: ``ok``, ``degraded`` or ``fallback-only``. Pure; reads only ``report``.
 
-    fallback-only: a preflight check was fatal, or no task got a model or program answer (every attempt of every
-    task is the fallback). degraded: anything fell back on the way: an engine rung, a worker (replaced, crashed,
-    terminated), training, decoding, scoring (cut or failed), the program expert, or tasks (all or some test inputs
-    on the fallback answer), or the run ended after its deadline. Missing sections count as nothing happened.
+    fallback-only: a preflight check was fatal, or no task got a model answer (every attempt of every task is the
+    program expert's or the fallback, ``attempt_sources``). degraded: anything was downgraded before the workers
+    started (``downgrades``: the preflight's engine ladder, the memory plan; each named as what ran instead of
+    what) or fell back on the way: an engine rung, a worker (replaced, crashed, terminated), training, decoding,
+    scoring (cut or failed), the program expert, or tasks (all or some test inputs on the fallback answer), or the
+    run ended after its deadline. Missing sections count as nothing happened.
     """
     reasons: list[str] = []
     inc = report.get("incidents") or []
+    # Downgrades decided before the workers started, one line per source and cause (a memory plan that lowered
+    # several decoding settings for one reason says so once).
+    planned: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for d in report.get("downgrades") or []:
+        what = d.get("what") or f"{d.get('setting')} {d.get('now')} instead of {d.get('was')}"
+        planned[(d.get("source", "?"), d.get("why", ""))].append(what)
+    reasons += [f"{source}: {'; '.join(whats)}" + (f" ({why})" if why else "")
+                for (source, why), whats in planned.items()]
 
     def of(phase: str, *statuses: str) -> list[dict]:
         return [e for e in inc if e.get("phase") == phase and e.get("status") in statuses]
 
     engine: dict[tuple, set] = defaultdict(set)
     for e in of("engine", "fallback"):
-        engine[(e.get("stage", "?"), e.get("rung", "?"), _short(e.get("error") or e.get("reason")))].add(e.get("worker"))
+        engine[(e.get("stage", "?"), e.get("rung", "?"), _short(e.get("error") or e.get("reason")),
+                str(e.get("next") or ""))].add(e.get("worker"))
     reasons += [f"{stage} engine fell back (rung {rung}) on worker {_ids([str(w) for w in sorted(ws, key=str)])}"
-                + (f": {err}" if err else "") for (stage, rung, err), ws in engine.items()]
+                + (f": {err}" if err else "") + _instead(stage, rung, nxt)
+                for (stage, rung, err, nxt), ws in engine.items()]
     # Workers: a replacement (event, or a second attempt in report["workers"]) and workers that ended badly.
     workers = report.get("workers") or []
     replaced = {w["worker"] for w in workers if w.get("attempt", 0) > 0}
@@ -267,13 +304,28 @@ def run_status(report: dict) -> tuple[str, list[str]]:
     if (report.get("budget") or {}).get("finished_before_deadline") is False:
         reasons.append("the run finished after its deadline")
     fatal = [str(x) for x in (report.get("preflight") or {}).get("fatal") or []]
-    answered = any(a is not None for v in per_task.values() for s in v.get("selection", []) for a in s.get("attempts", []))
-    if fatal or not answered:
+    sources = {t: {x for s in v.get("selection", []) for x in attempt_sources(s)} for t, v in per_task.items()}
+    by_model = any("model" in x for x in sources.values())
+    if fatal or not by_model:
         lead = [f"preflight: {x}" for x in fatal]
-        if not answered:
+        by_program = sorted(t for t, x in sources.items() if "program" in x)
+        if not by_model and by_program:
+            lead.append(f"no task got a model answer: every attempt is the program expert's ({len(by_program)} "
+                        f"task(s): {_ids(by_program)}) or the fallback")
+        elif not by_model:
             lead.append("no task got a model or program answer: every attempt is the fallback")
         return "fallback-only", lead + reasons
     return ("degraded" if reasons else "ok"), reasons
+
+
+def _instead(stage: str, rung: str, nxt: str) -> str:
+    """What a worker's engine ladder ran instead of the rung that failed (the event's ``next``)."""
+    if not nxt:
+        return ""
+    if nxt.startswith("none"):
+        return f"; no {STAGE_VERBS.get(stage, stage)} engine left: {nxt}"
+    verb = STAGE_VERBS.get(stage, stage)
+    return f"; {verb} on {ENGINE_NAMES.get(nxt, nxt)} instead of {ENGINE_NAMES.get(rung, rung)}"
 
 
 def with_status(report: dict) -> dict:

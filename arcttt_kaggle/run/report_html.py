@@ -6,10 +6,11 @@ challenges and solutions paths, the selection config), ``submission.json`` (the 
 ``timeline.png``, ``programs.json`` and every worker's ``work/*/candidates.json`` and ``scores.json``.
 
 Top to bottom: the status banner with its reasons, the run summary, the timeline picture, the phase table
-(predicted vs measured seconds), the incidents, then one section per task, failed tasks first: each test input,
-both attempts (marked right or wrong when solutions are known, and "fallback" where the fallback answer was
-used), the expected output (only when solutions are known), the top candidates with their votes, product-of-
-experts score and source (TTT or program), and the program expert's role (decided, agreed or none).
+(predicted vs measured seconds), the downgrades decided before the workers started and the incidents while they
+ran, then one section per task, failed tasks first: each test input, both attempts (marked right or wrong when
+solutions are known, and "fallback" where the fallback answer was used), the expected output (only when solutions
+are known), the top candidates with their votes, product-of-experts score and source (TTT or program), and the
+program expert's role (decided, agreed or none).
 
 Grids are inline SVG in the 10 ARC colours; each carries ``data-role`` (input, attempt-1, attempt-2, expected,
 candidate) and ``data-cells`` (rows of digits joined by ``|``) so the page can be checked by a parser. The top
@@ -226,16 +227,29 @@ def _phase_table(r: dict) -> str:
             f"</tr>{body}</table>")
 
 
+def _downgrades(r: dict) -> str:
+    """What the preflight and the memory plan changed before the workers started (``report["downgrades"]``)."""
+    downs = r.get("downgrades") or []
+    if not downs:
+        return ""
+    rows = "".join(f"<tr><td>{esc(d.get('source'))}</td><td>{esc(d.get('setting'))}</td><td>{esc(d.get('was'))}</td>"
+                   f"<td>{esc(d.get('now'))}</td><td>{esc(d.get('what'))}</td><td>{esc(d.get('why'))}</td></tr>"
+                   for d in downs)
+    return ('<table class="downgrades"><tr><th>decided by</th><th>setting</th><th>configured</th><th>ran</th>'
+            f"<th>what ran instead</th><th>why</th></tr>{rows}</table>")
+
+
 def _incidents(r: dict, limit: int = 60) -> str:
     inc = r.get("incidents") or []
     if not inc:
-        return '<p class="muted">no incidents: nothing fell back, failed or was cut.</p>'
+        return _downgrades(r) + ('<p class="muted">no incidents: nothing fell back, failed or was cut while the '
+                                 "workers ran.</p>")
     rows = "".join(f"<tr><td class=num>{_fmt(e.get('t'), 1)}</td><td>{esc(e.get('worker'))}</td><td>{esc(e.get('phase'))}"
                    f"</td><td>{esc(e.get('status'))}</td><td>{esc(e.get('task', ''))}</td>"
                    f"<td>{esc(e.get('reason') or e.get('error') or '')}</td></tr>" for e in inc[:limit])
     more = f'<p class="muted">{len(inc) - limit} more in report.json</p>' if len(inc) > limit else ""
-    return ('<table class="incidents"><tr><th>t (s)</th><th>worker</th><th>phase</th><th>status</th><th>task</th>'
-            f"<th>reason</th></tr>{rows}</table>{more}")
+    return (_downgrades(r) + '<table class="incidents"><tr><th>t (s)</th><th>worker</th><th>phase</th><th>status</th>'
+            f"<th>task</th><th>reason</th></tr>{rows}</table>{more}")
 
 
 @dataclass(frozen=True)
