@@ -40,9 +40,13 @@ def cmd_dry_run(a) -> int:
         print(f"dry-run: {model} is not a model folder (no config.json); --model tiny runs the random tiny model",
               file=sys.stderr)
         return 2
-    print(f"dry-run: model {model or 'tiny (random weights)'}", flush=True)
+    throughput = a.throughput_file
+    if throughput is None and model is not None and (model / "measured_throughput.json").exists():
+        throughput = model / "measured_throughput.json"  # the model's own measured speed on this machine: the priors
+    print(f"dry-run: model {model or 'tiny (random weights)'}; throughput priors {throughput or 'the preset'}",
+          flush=True)
     report = dry_run(preset=a.preset, challenges=challenges, solutions=solutions, budget_seconds=a.budget_seconds,
-                     out_dir=out, fault=a.inject_fault or "", overrides=overrides, throughput_file=a.throughput_file,
+                     out_dir=out, fault=a.inject_fault or "", overrides=overrides, throughput_file=throughput,
                      model=model)
     print(format_summary(report))
     # Against the file the run read (the bad-task fault runs on a copy with a malformed task added).
