@@ -60,7 +60,7 @@ def test_notebook_setup_under_the_dry_runs_env_ignores_the_machines_kaggle_input
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("ARCTTT_OUT", str(tmp_path / "out"))
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")  # the machine claims to be a Kaggle kernel
-    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
 
     cfg, pre = notebook.notebook_setup()  # without the dry run's variables the leftovers are found
     assert cfg.challenges == str(challenges) and notebook.bundle_manifest()["model_dataset"] == "me/bogus-model"
@@ -75,6 +75,7 @@ def test_notebook_setup_under_the_dry_runs_env_ignores_the_machines_kaggle_input
         notebook.find_model()
     assert str(tmp_path / "dry") in str(e.value)
     assert not notebook.on_kaggle() and not pre.on_kaggle and not is_competition_rerun()
+    assert "KAGGLE_IS_COMPETITION_RERUN" not in the_dry_runs_env(tmp_path)  # a dry run may play the rerun on purpose
     assert not any("Kaggle" in r for r in fatal_reasons(pre)[0])
     assert cfg.preset == "cpu-tiny" and cfg.model == "tiny"
 

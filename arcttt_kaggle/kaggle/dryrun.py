@@ -56,8 +56,9 @@ def dry_run_env(*, preset: str, challenges: Path, solutions: Path | None, budget
     Besides the run's settings: ``ARCTTT_INPUT`` (the inputs root of the install cell and ``notebook_setup``) is
     ``out_dir/kaggle_input``, which the dry run never creates, so both see no attached dataset; ``ARCTTT_BUNDLE``
     is emptied (the install cell would run a bundle's install.sh); ``ARCTTT_DRY_RUN`` makes ``on_kaggle()``
-    false and ``KAGGLE_IS_COMPETITION_RERUN`` is emptied, whatever the machine says. ``shims``: folders put
-    first on ``PYTHONPATH`` (``broken_import_shims``).
+    false, whatever the machine says. ``KAGGLE_IS_COMPETITION_RERUN`` is the caller's: a dry run can play the
+    competition rerun on purpose (the save-run policy tests do). ``shims``: folders put first on ``PYTHONPATH``
+    (``broken_import_shims``).
     """
     out_dir = Path(out_dir).resolve()
     return {"ARCTTT_PRESET": preset, "ARCTTT_CHALLENGES": str(Path(challenges).resolve()),
@@ -67,7 +68,6 @@ def dry_run_env(*, preset: str, challenges: Path, solutions: Path | None, budget
             "ARCTTT_THROUGHPUT": str(Path(throughput_file).resolve()) if throughput_file else "",
             "ARCTTT_MODEL": str(Path(model).resolve()) if model else "",
             INPUT_ENV: str(out_dir / "kaggle_input"), "ARCTTT_BUNDLE": "", DRY_RUN_ENV: "1",
-            "KAGGLE_IS_COMPETITION_RERUN": "",
             "PYTHONPATH": os.pathsep.join(list(shims)
                                           + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
 
