@@ -154,7 +154,8 @@ def cmd_pretrain(a) -> int:
     from arcttt_kaggle.pretrain.loop import PretrainConfig, pretrain
 
     corpus = CorpusConfig(views_per_task=a.views_per_task, examples_per_task=a.examples_per_task,
-                          tokens_per_batch=a.tokens_per_batch, seed=a.seed)
+                          tokens_per_batch=a.tokens_per_batch, seed=a.seed,
+                          synthetic_tasks=a.synthetic_tasks)
     cfg = PretrainConfig(shape=a.shape, profile=a.profile, max_seq_len=a.max_seq_len, minutes=a.minutes,
                          tokens=a.tokens, lr=a.lr, checkpoint_minutes=a.checkpoint_minutes, seed=a.seed, corpus=corpus)
     rec = pretrain(a.data, a.out, cfg, exclude=a.exclude or (), init=a.init, resume=a.resume)
@@ -242,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--tokens-per-batch", type=int, default=8192)
     pt.add_argument("--views-per-task", type=int, default=4)
     pt.add_argument("--examples-per-task", type=int, default=8)
+    pt.add_argument("--synthetic-tasks", type=int, default=0,
+                    help="fresh synthetic tasks per epoch (copy, flip, tile, upscale, colour map, halves logic, "
+                         "gravity, crop: arcttt_kaggle/pretrain/synthetic.py), beside the real ones")
     pt.add_argument("--lr", type=float, default=1e-3)
     pt.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pt.add_argument("--seed", type=int, default=0)

@@ -25,6 +25,8 @@ from arcttt_kaggle.arc.data import Pair, Task, grid_key, load_challenges
 from arcttt_kaggle.engines.format import IGNORE_INDEX, ArcFormat, LossOn
 from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples, stable_seed
 
+from .synthetic import synthetic_tasks
+
 PairKey = tuple[bytes, bytes]
 
 
@@ -138,8 +140,12 @@ class CorpusConfig:
     tokens_per_batch: int = field(default=8192, metadata={"help": "padded tokens per batch (memory is linear in "
                                   "it; rows of similar length share a batch)"})
     seed: int = field(default=0, metadata={"help": "data seed (epoch e uses seed + e)"})
+    synthetic_tasks: int = field(default=0, metadata={"help": "fresh synthetic tasks (pretrain.synthetic "
+                                 "families) added to each epoch; ~250 tokens x examples_per_task each"})
 
     def __post_init__(self):
+        if self.synthetic_tasks < 0:
+            raise ValueError(f"pretrain corpus: synthetic_tasks must be >= 0, got {self.synthetic_tasks}")
         for name in ("views_per_task", "examples_per_task", "tokens_per_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"pretrain corpus: {name} must be >= 1, got {getattr(self, name)}")
@@ -218,13 +224,23 @@ def bucket_batches(seqs: Sequence[tuple[list[int], list[int]]], tokens_per_batch
     return batches
 
 
+def epoch_tasks(tasks: Sequence[Task], epoch: int, cfg: CorpusConfig,
+                excluded_pairs: frozenset = frozenset()) -> list[Task]:
+    """The tasks of one epoch: the corpus plus ``cfg.synthetic_tasks`` fresh synthetic ones (seeded by the epoch,
+    none sharing a pair with ``excluded_pairs``)."""
+    if not cfg.synthetic_tasks:
+        return list(tasks)
+    return [*tasks, *synthetic_tasks(cfg.synthetic_tasks, stable_seed(cfg.seed + epoch, "synthetic"), excluded_pairs)]
+
+
 def batch_stream(tasks: Sequence[Task], fmt: ArcFormat, max_len: int, pad_id: int, cfg: CorpusConfig,
-                 start_epoch: int = 0, skip_batches: int = 0) -> Iterator[tuple[int, int, Batch]]:
+                 start_epoch: int = 0, skip_batches: int = 0,
+                 excluded_pairs: frozenset = frozenset()) -> Iterator[tuple[int, int, Batch]]:
     """(epoch, index within the epoch, batch) forever; deterministic from the config, so a resumed run that
     skips the batches it already saw continues on exactly the same data."""
     epoch = start_epoch
     while True:
-        seqs = epoch_sequences(tasks, fmt, max_len, epoch, cfg)
+        seqs = epoch_sequences(epoch_tasks(tasks, epoch, cfg, excluded_pairs), fmt, max_len, epoch, cfg)
         if not seqs:
             raise ValueError(f"no pretraining sequence fits max_seq_len {max_len}")
         batches = bucket_batches(seqs, cfg.tokens_per_batch, pad_id, stable_seed(cfg.seed + epoch, "batches"))

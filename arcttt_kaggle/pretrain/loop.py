@@ -196,7 +196,8 @@ def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfi
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tasks, stats = apply_exclusion(load_task_files(data), Exclusion.from_files(exclude), data)
+    exclusion = Exclusion.from_files(exclude)
+    tasks, stats = apply_exclusion(load_task_files(data), exclusion, data)
     if not tasks:
         raise ValueError(f"pretrain: no task left to train on ({stats.as_dict()})")
     state = RunState()
@@ -221,7 +222,7 @@ def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfi
     if resume:
         trainer.opt.load_state_dict(torch.load(src / "optimizer.pt", map_location=trainer.device))
     stream = batch_stream(tasks, trainer.fmt, cfg.max_seq_len, trainer.pad_id, cfg.corpus, state.epoch,
-                          state.batch_in_epoch)
+                          state.batch_in_epoch, exclusion.pairs)
     bar = tqdm(total=cfg.tokens or None, initial=state.tokens, unit="tok", unit_scale=True, disable=not progress,
                desc="pretrain", dynamic_ncols=True, mininterval=2.0)
     last_ck = time.monotonic()
