@@ -19,8 +19,15 @@ own:
   last two, stays under ``--mem-share`` of MemAvailable; the reduced model then runs one step at that length
   (the line ``memory probe:`` says which length, why, and the peaks measured on the way).
 
-The last two lines are ``reduced vocab train speedup: X`` (full step time / reduced step time at ``--seq``) and
-``reduced vocab memory ratio: X`` (reduced / full peak memory of a training step at the probed length).
+- the kit's loss path: the same training step with ``engines.train.label_row_loss`` (the LM head and the
+  cross-entropy on label rows only, in checkpointed chunks: what the kit's peft trainer runs) instead of the
+  stock ``model(..., labels=...).loss`` (logits at every position over the whole vocabulary), both models.
+
+Every training step puts the loss on the second half of the positions (a TTT example's label share under
+``all_outputs`` is about 0.5). The last three lines say which loss path each ratio is for: ``reduced vocab
+train speedup: X`` (full / reduced step time at ``--seq``, stock loss), ``label-row loss memory ratio: X``
+(full vocabulary, label-row / stock loss peak at ``--seq``) and ``reduced vocab memory ratio: X`` (reduced /
+full peak of a stock-loss step at the probed length).
 CPU only here: timings on a shared, loaded machine are indicative; the ratios are the result.
 """
 
@@ -47,6 +54,7 @@ CHILD = textwrap.dedent('''
     from transformers import AutoModelForCausalLM
 
     model_dir, what, seq, steps, ckpt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+    loss_path = sys.argv[6]
     with open("/proc/self/clear_refs", "w") as f:  # Linux keeps the parent's peak RSS across fork+exec: reset it
         f.write("5")
     torch.manual_seed(0)
@@ -63,10 +71,16 @@ CHILD = textwrap.dedent('''
         model.train()  # from_pretrained returns eval mode, where transformers skips gradient checkpointing
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         ids = torch.randint(0, min(vocab, 16), (1, seq))
+        labels = ids.clone()
+        labels[:, : seq // 2] = -100  # loss on the second half: the label share of TTT examples (0.5 under all_outputs)
         times = []
         for i in range(steps + 1):
             t = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
+            if loss_path == "label_rows":  # the kit's trainer on the peft backend: the head on label rows only
+                from arcttt_kaggle.engines.train import label_row_loss
+                loss = label_row_loss(model, ids, torch.ones_like(ids), labels)
+            else:  # the stock path: logits at every position over the whole vocabulary
+                loss = model(input_ids=ids, labels=labels).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -87,11 +101,12 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-def measure(model_dir: Path, what: str, seq: int, steps: int, checkpointing: bool = True) -> dict:
+def measure(model_dir: Path, what: str, seq: int, steps: int, checkpointing: bool = True,
+            loss_path: str = "logits") -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(CHILD)
     proc = subprocess.run([sys.executable, f.name, str(model_dir), what, str(seq), str(steps),
-                           "1" if checkpointing else "0"], capture_output=True, text=True, timeout=3600)
+                           "1" if checkpointing else "0", loss_path], capture_output=True, text=True, timeout=3600)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"{what} on {model_dir} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -148,6 +163,8 @@ def main() -> None:
             rows[name] = {**measure(folder, "train", args.seq, args.steps, ckpt),
                           **{f"decode_{k}": v for k, v in measure(folder, "decode", args.seq, args.steps).items()}}
         f, r = rows["full"], rows["reduced"]
+        label_rows = {name: measure(folder, "train", args.seq, args.steps, ckpt, "label_rows")
+                      for name, folder in (("full", full), ("reduced", reduced))}
         mem_seq, peaks, why = longest_seq(full, args.seq, f["peak_rss_mib"], args.mem_cap, args.mem_share, ckpt)
         # one step (the peak is reached in the first step: LoRA's optimizer state is tiny)
         mem = {"full": peaks[mem_seq], "reduced": r["peak_rss_mib"] if mem_seq == args.seq
@@ -164,8 +181,18 @@ def main() -> None:
     print(f"\n(timed training steps at {args.seq} tokens, {depth}, CPU fp32, PEFT LoRA, gradient checkpointing "
           f"{'on' if ckpt else 'off'}; peak = process RSS)")
     print(f"memory probe: {why}")
-    print(f"reduced vocab train speedup: {f['step_s'] / r['step_s']:.2f}")
-    print(f"reduced vocab memory ratio: {mem['reduced'] / mem['full']:.2f}")
+    print(f"\nthe kit's loss path (label_row_loss: the head on label rows only, chunked), same steps at {args.seq} "
+          f"tokens, loss on half the positions in both paths:")
+    print(f"{'':8} {'logits step s':>14} {'label-rows step s':>18} {'logits peak MiB':>16} {'label-rows peak MiB':>20}")
+    for name, x in rows.items():
+        y = label_rows[name]
+        print(f"{name:8} {x['step_s']:>14.3f} {y['step_s']:>18.3f} {x['peak_rss_mib']:>16.0f} {y['peak_rss_mib']:>20.0f}")
+    lf = label_rows["full"]
+    print(f"reduced vocab train speedup: {f['step_s'] / r['step_s']:.2f} (full / reduced step time, stock logits loss)")
+    print(f"label-row loss memory ratio: {lf['peak_rss_mib'] / f['peak_rss_mib']:.2f} (full vocab, label-row / stock "
+          f"logits loss peak at {args.seq} tokens)")
+    print(f"reduced vocab memory ratio: {mem['reduced'] / mem['full']:.2f} (reduced / full peak, stock logits loss, "
+          f"at {mem_seq} tokens)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,24 @@ def shared_data() -> Path:
     if d is None:
         pytest.skip("../shared/data is absent on this machine (ARC-AGI-1/2 corpora are not shipped in the repo)")
     return d
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2 --dist loadgroup`` (the README's command): a test that uses a module- or class-scoped
+    fixture (an engine, a model, a dry run shared by the module's tests) runs in its module's group, so the
+    fixture is built once, on one worker; every other test is scheduled on its own, wherever a worker is free
+    (the dry-run fault runs, each its own notebook, spread over both cores)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (info.name2fixturedefs.values() if info else ()) for d in defs}
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker process gets its own Unsloth compile cache: the tests that train with
+    Unsloth in-process would otherwise write and import one ``./unsloth_compiled_cache`` at the same time (the
+    race the kit's own workers avoid the same way, ``run.pipeline.worker_env``)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        os.environ["UNSLOTH_COMPILE_LOCATION"] = str(Path(tempfile.gettempdir()) / f"arcttt-unsloth-{os.getpid()}-{worker}")

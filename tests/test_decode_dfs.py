@@ -270,6 +270,7 @@ def test_dfs_config_validates():
 
 # -- the real engines: vLLM rounds vs the transformers KV-cache DFS -------------------------------------------------
 AGREE_TAU = 0.01  # the 8-step tiny adapters are unsure per cell: at 0.1 no 6x6 or 9x9 grid is that likely
+RAW_TAU = 0.05  # the GPU presets' DFS threshold without the grid grammar (DecodeConfig refuses less there)
 TASKS = ("00576224", "0692e18c")
 
 
@@ -337,18 +338,23 @@ def vllm_dfs(trained, dfs_requests):
             d.stats, d.config, d._engine.llm.generate = DecodeStats(), dfs_config("vllm"), failing
             faulted = d.generate(dfs_requests)
             d._engine.llm.generate = real
-            yield full, stats, capped, capped_stats, d.backend, (faulted, d.stats, d.last_failures)
+            # the GPU presets' setting: no grid grammar (raw top-k log-probabilities), tau >= 0.05
+            d.stats, d.config = DecodeStats(), dfs_config("vllm", constrain_grid=False, dfs_threshold=RAW_TAU)
+            raw = d.generate(dfs_requests), d.stats
+            yield full, stats, capped, capped_stats, d.backend, (faulted, d.stats, d.last_failures), raw
         finally:
             d.close()
 
 
 @pytest.fixture(scope="module")
 def hf_dfs(trained, dfs_requests, vllm_dfs):
-    from arcttt_kaggle.engines.decode import Decoder
+    from arcttt_kaggle.engines.decode import DecodeStats, Decoder
 
     d = Decoder(trained[0], dfs_config("hf"))
     try:
-        yield d.generate(dfs_requests), d.stats
+        out, stats = d.generate(dfs_requests), d.stats
+        d.stats, d.config = DecodeStats(), dfs_config("hf", constrain_grid=False, dfs_threshold=RAW_TAU)
+        yield (out, stats), (d.generate(dfs_requests), d.stats)
     finally:
         d.close()
 
@@ -356,8 +362,8 @@ def hf_dfs(trained, dfs_requests, vllm_dfs):
 @pytest.mark.slow
 def test_vllm_rounds_and_transformers_dfs_give_the_same_candidates_and_logprobs(trained, dfs_requests, vllm_dfs,
                                                                                  hf_dfs):
-    v_out, v_stats, _, _, backend, _ = vllm_dfs
-    h_out, h_stats = hf_dfs
+    v_out, v_stats, _, _, backend, _, _ = vllm_dfs
+    h_out, h_stats = hf_dfs[0]
     assert "dfs tau=0.01" in backend and v_stats.dfs_rounds >= 2 and v_stats.engine_calls == v_stats.dfs_rounds
     assert len(v_out) == len(h_out) == len(dfs_requests)
     log_tau = math.log(AGREE_TAU)
@@ -377,8 +383,23 @@ def test_vllm_rounds_and_transformers_dfs_give_the_same_candidates_and_logprobs(
 
 
 @pytest.mark.slow
+def test_without_the_grid_grammar_vllm_and_transformers_dfs_agree_at_the_gpu_presets_tau(dfs_requests, vllm_dfs,
+                                                                                          hf_dfs):
+    """The GPU presets decode DFS with ``constrain_grid=False`` (raw top-k log-probabilities, tau >= 0.05): the
+    two engines must find the same completions with the same log-probabilities there too."""
+    (v_out, v_stats), (h_out, h_stats) = vllm_dfs[6], hf_dfs[1]
+    log_tau = math.log(RAW_TAU)
+    for vc, hc in zip(v_out, h_out):
+        same_sets({(c.key, c.view): c.logprob for c in vc}, {(c.key, c.view): c.logprob for c in hc}, log_tau, 1e-4)
+        assert all(c.logprob >= log_tau and c.extra["dfs"] for c in vc)
+    found = sum(len(c) for c in v_out)
+    assert found >= 1, "no completion above tau to compare"
+    assert sum(v_stats.dfs_candidates.values()) == found == sum(h_stats.dfs_candidates.values())
+
+
+@pytest.mark.slow
 def test_a_cap_that_truncates_is_reported_on_the_candidates_and_in_the_stats(dfs_requests, vllm_dfs):
-    full, _, capped, stats, _, _ = vllm_dfs
+    full, _, capped, stats, _, _, _ = vllm_dfs
     assert stats.dfs_truncated and all("max_tokens 40" in v for v in stats.dfs_truncated.values())
     for r, cands in zip(dfs_requests, capped):  # one task under 3 adapters: a cap group per (task, adapter)
         group = f"{r.task.id}/{'base' if r.adapter_dir is None else r.adapter_dir.name}"
@@ -394,7 +415,7 @@ def test_a_dfs_round_that_raises_for_one_adapter_is_isolated_and_its_views_enume
     """The same isolation as sampling: bisection finds the requests whose adapter makes the engine raise, their
     retry on the base model succeeds, so adapter A is blamed and its views get exactly the base model's
     candidates; adapter B's and the base model's views keep what the clean enumeration found."""
-    full, _, _, _, _, (out, stats, failures) = vllm_dfs
+    full, _, _, _, _, (out, stats, failures), _ = vllm_dfs
     a = trained[1][0].resolve()
     key = lambda cands: {(c.key, c.view): c.logprob for c in cands}  # noqa: E731
     log_tau = math.log(AGREE_TAU)

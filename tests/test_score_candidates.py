@@ -78,6 +78,22 @@ def test_shared_prefix_and_naive_paths_agree(scorer, models, case):
     np.testing.assert_allclose(shared, naive, rtol=0, atol=1e-4)
 
 
+def test_prompt_cache_reuse_path_agrees_and_runs_each_candidate_once_after_one_prompt(scorer, models, case):
+    """The baseline ``scoring_cost.py`` measures the trie against: prompt once per view, then one pass per
+    candidate over its own tokens (all but the last, which is only predicted)."""
+    task, grids, views = case
+    s = scorer.stats
+    passes, tokens = s.forward_passes, s.tokens
+    cached = scorer.score(task, 0, grids, views, models[1][1], shared_prefix="cache")
+    assert s.forward_passes - passes == len(views) * (1 + len(grids))
+    comps = [[len(scorer.fmt.completion_ids(v.apply_grid(g))) - 1 for g in grids] for v in views]
+    assert s.tokens - tokens == sum(prompt_lengths(scorer.fmt, task, views)) + sum(map(sum, comps))
+    naive = scorer.score(task, 0, grids, views, models[1][1], shared_prefix=False)
+    np.testing.assert_allclose(cached, naive, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="shared_prefix"):
+        scorer.score(task, 0, grids, views, models[1][1], shared_prefix="trie")
+
+
 def trie_nodes(fmt, grids, views) -> list[int]:
     """Per view: the distinct proper prefixes of the completions, i.e. the trie nodes that must run (a
     completion's last token is only predicted)."""

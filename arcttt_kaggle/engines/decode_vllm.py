@@ -10,6 +10,7 @@ longer; earlier vLLM took ``LLM(quantization="bitsandbytes")`` with LoRA on CUDA
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import shutil
@@ -19,7 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .engine_base import AdapterError, EngineConfig, Job, Sample, adapter_key, check_adapter, resolve_dtype
+from .engine_base import (VOCAB_MODULES, AdapterError, EngineConfig, Job, Sample, adapter_key, check_adapter,
+                          resolve_dtype)
 from .format import ArcFormat
 
 
@@ -122,6 +124,7 @@ class VllmBackend:
         req = self._requests.get(key)
         if req is None:
             check_adapter(adapter)
+            self._refuse_vocab_lora(Path(key[0]))
             self._validate_legal(Path(key[0]))
             req = self._requests[key] = self._new_request(Path(key[0]).name, key[0])
             self.lora_ids[key[0]] = req.lora_int_id
@@ -129,6 +132,16 @@ class VllmBackend:
                 self._tmp = Path(tempfile.mkdtemp(prefix="arcttt-null-lora-"))
                 self._null = self._new_request("null", str(make_null_adapter(Path(key[0]), self._tmp / "null")))
         return req
+
+    @staticmethod
+    def _refuse_vocab_lora(adapter: Path) -> None:
+        """vLLM cannot serve LoRA on the embeddings or the head: such an adapter is refused here, by name, and
+        its requests go to the base model like any other unusable adapter's (decode with backend="hf" instead)."""
+        targets = json.loads((adapter / "adapter_config.json").read_text()).get("target_modules") or []
+        found = sorted({t.rsplit(".", 1)[-1] for t in targets} & set(VOCAB_MODULES))
+        if found:
+            raise AdapterError(adapter, f"LoRA on {found}: vLLM cannot serve LoRA on the embeddings or the head; "
+                                        f"decode with backend='hf'")
 
     def _validate_legal(self, adapter: Path) -> None:
         from vllm.lora.peft_helper import PEFTHelper

@@ -110,6 +110,9 @@ class Sample:
     finish: str  # "stop" (eos) | "length"
 
 
+VOCAB_MODULES = ("embed_tokens", "lm_head")  # LoRA there: transformers serves it, vLLM cannot
+
+
 class AdapterError(ValueError):
     """An adapter folder that cannot be used; ``adapter`` names it, ``reason`` says why."""
 

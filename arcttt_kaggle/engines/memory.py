@@ -168,11 +168,16 @@ class ModelShape:
         return self.linear_params + self.other_params
 
     def lora_params(self, rank: int, targets: tuple[str, ...] = TARGETS) -> int:
+        """LoRA weights: r * (d_in + d_out) per targeted projection and layer; ``embed_tokens`` and ``lm_head``
+        (once each, not per layer) add r * (vocab + hidden) each."""
         dims = self.projection_dims()
-        unknown = set(targets) - set(dims)
+        vocab_targets = {"embed_tokens", "lm_head"} & set(targets)
+        unknown = set(targets) - set(dims) - vocab_targets
         if unknown:
-            raise ValueError(f"LoRA targets {sorted(unknown)} are not projections of this model {list(dims)}")
-        return rank * self.layers * sum(sum(dims[t]) for t in targets)
+            raise ValueError(f"LoRA targets {sorted(unknown)} are not modules of this model "
+                             f"{list(dims) + sorted(vocab_targets | {'embed_tokens', 'lm_head'})}")
+        per_layer = sum(sum(dims[t]) for t in targets if t in dims)
+        return rank * (self.layers * per_layer + len(vocab_targets) * (self.vocab + self.hidden))
 
     def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
         return 2 * self.layers * self.kv_dim * bytes_per_value

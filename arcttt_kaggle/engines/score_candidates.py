@@ -151,9 +151,15 @@ class Scorer:
 
     # -- public API -----------------------------------------------------------------------------------------
     def score(self, task: Task, test_index: int, grids: Sequence[Grid], views: Sequence[Augmentation],
-              adapter_dir: Path | None, shared_prefix: bool = True) -> np.ndarray:
+              adapter_dir: Path | None, shared_prefix: bool | str = True) -> np.ndarray:
         """``[len(grids), len(views)]``: sum of log-probs of each grid's completion tokens (grid rows + eos),
-        grid and task both augmented by the view, given the view's prompt, with ``adapter_dir`` (None = base)."""
+        grid and task both augmented by the view, given the view's prompt, with ``adapter_dir`` (None = base).
+
+        ``shared_prefix``: True, the prompt once and the candidates' token trie (the default); ``"cache"``, the
+        prompt once and each candidate in its own pass after the prompt's cache (plain prompt-cache reuse, the
+        baseline the trie is measured against); False, prompt + candidate in one pass per candidate."""
+        if shared_prefix not in (True, False, "cache"):
+            raise ValueError(f"shared_prefix must be True, False or 'cache', got {shared_prefix!r}")
         t0 = time.time()
         out = np.zeros((len(grids), len(views)), dtype=np.float64)
         if not len(grids) or not len(views):
@@ -166,7 +172,10 @@ class Scorer:
                 vt = view.apply_task(task)
                 prompt = self.fmt.prompt_ids(vt.train, vt.test[test_index].input)
                 comps = [self.fmt.completion_ids(view.apply_grid(np.asarray(g, dtype=np.uint8))) for g in grids]
-                out[:, v] = self._shared(prompt, comps) if shared else self._naive(prompt, comps)
+                if shared_prefix == "cache" and self.tree_exact:
+                    out[:, v] = self._prompt_cache(prompt, comps)
+                else:
+                    out[:, v] = self._shared(prompt, comps) if shared else self._naive(prompt, comps)
         self.stats.scored += out.size
         self.stats.seconds += time.time() - t0
         return out
@@ -314,6 +323,27 @@ class Scorer:
         for layer in cache.layers:  # DynamicCache has no public reorder along the sequence
             layer.keys = layer.keys.index_select(-2, positions)
             layer.values = layer.values.index_select(-2, positions)
+
+    def _prompt_cache(self, prompt: list[int], comps: list[list[int]]) -> np.ndarray:
+        """The prompt once, then each candidate in its own pass after the prompt's cache (cropped back to the
+        prompt after each): plain prompt-cache reuse, no sharing between candidates."""
+        torch = self.torch
+        body, head = self._decoder()
+        p = body(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+        self._count(len(prompt))
+        cache, last, n = p.past_key_values, p.last_hidden_state[0, -1:], len(prompt)
+        out = np.zeros(len(comps))
+        for r, c in enumerate(comps):
+            rows = last
+            if len(c) > 1:  # the last token is only predicted
+                h = body(input_ids=torch.tensor([c[:-1]], device=self.device),
+                         position_ids=torch.arange(n, n + len(c) - 1, device=self.device)[None],
+                         past_key_values=cache, use_cache=True).last_hidden_state[0]
+                self._count(len(c) - 1)
+                cache.crop(n)
+                rows = torch.cat([last, h])
+            out[r] = float(self._token_logprobs(head, rows, c).sum())
+        return out
 
     def _naive(self, prompt: list[int], comps: list[list[int]]) -> np.ndarray:
         """One full sequence (prompt + candidate) per forward pass: the reference the shared path must match."""

@@ -19,7 +19,9 @@ AdamW with linear warmup/decay -> gradient accumulation -> clipping); only loadi
 - ``"peft"``: plain transformers + bitsandbytes + PEFT, the fallback where Unsloth is absent.
 
 The backend is chosen by the config, never by swallowing an import error. LoRA goes on the attention and MLP
-projections only: vLLM cannot serve LoRA on ``embed_tokens`` / ``lm_head``.
+projections by default; ``embed_tokens`` / ``lm_head`` may be added (NVARC trains them) where transformers
+decodes and scores: vLLM cannot serve LoRA on them, so ``RunConfig`` refuses that pair with ``decode.backend=
+"vllm"`` and the vLLM decoder refuses such an adapter by name.
 
 Cost of the knobs (an 8B Llama at 8192 tokens on a 24 GB GPU as the yardstick):
 
@@ -88,7 +90,8 @@ class TrainConfig:
     lora_dropout: float = field(default=0.0, metadata={
         "help": "dropout on the LoRA input; 0 lets Unsloth use its fused kernels."})
     target_modules: tuple[str, ...] = field(default=TARGET_MODULES, metadata={
-        "help": "projections that get LoRA; never embed_tokens/lm_head (vLLM cannot serve those)."})
+        "help": "modules that get LoRA: the projections, plus embed_tokens/lm_head if wanted (r * (vocab + "
+                "hidden) more params each; transformers decoding only: vLLM cannot serve them)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate."})
     steps: int = field(default=64, metadata={
         "help": "optimizer steps per task (each sees batch_size * grad_accum examples); time linear in it."})
@@ -132,10 +135,6 @@ class TrainConfig:
             raise ValueError("TrainConfig.learning_rate and max_grad_norm must be > 0")
         if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
             raise ValueError(f"TrainConfig.target_modules must be non-empty names, got {self.target_modules!r}")
-        bad = {"embed_tokens", "lm_head"} & set(self.target_modules)
-        if bad:
-            raise ValueError(f"TrainConfig.target_modules {sorted(bad)}: vLLM cannot serve LoRA on the embeddings "
-                             f"or the head; use the attention/MLP projections {TARGET_MODULES}")
 
     @staticmethod
     def help() -> dict[str, str]:

@@ -93,6 +93,10 @@ class RunConfig:
         if self.decode.max_lora_rank < self.train.lora_rank:
             raise ValueError(f"decode.max_lora_rank {self.decode.max_lora_rank} < train.lora_rank {self.train.lora_rank}: "
                              "vLLM could not load the adapters")
+        vocab_lora = sorted({"embed_tokens", "lm_head"} & set(self.train.target_modules))
+        if vocab_lora and self.run_ttt and self.decode.backend == "vllm":
+            raise ValueError(f"train.target_modules {vocab_lora}: vLLM cannot serve LoRA on the embeddings or the "
+                             f"head; set decode.backend='hf' (transformers decodes and scores them) or drop them")
         if self.device == "cpu" and self.train.dtype == "float16":
             raise ValueError("float16 training is a GPU (T4) setting; use 'auto' or 'float32' on CPU")
 
