@@ -245,3 +245,26 @@ def test_one_model_answer_beside_the_program_experts_is_not_fallback_only(tmp_pa
     report = finished(program_run(tmp_path, ttt))
     assert report["per_task"][RIGHT]["attempt_sources"] == [["model", "fallback"]]
     assert report["status"] == "degraded"
+
+
+# -- training data cut for length --------------------------------------------------------------------------------
+
+def test_ttt_examples_left_out_for_length_are_counted_per_task_and_named(tmp_path):
+    """A task whose TTT examples were partly longer than train.max_seq_len (the trainer leaves them out,
+    ``TrainResult.examples_skipped``; the worker's train event carries the count): the report counts them per
+    task and the status names the cut."""
+    r = Run(replace(preset("cpu-tiny"), challenges=write_challenges(tmp_path), out_dir=str(tmp_path / "out"),
+                    run_programs=False))
+    r.load()
+
+    def trained(events: Events) -> None:
+        events.emit("train", "ok", task=RIGHT, start=time.time(), steps=4, examples_used=5, examples_skipped=3)
+        events.emit("train", "ok", task=MIXED, start=time.time(), steps=4, examples_used=8, examples_skipped=0)
+
+    worker_answered(r, trained)
+    report = finished(r)
+    assert report["per_task"][RIGHT]["examples_skipped_for_length"] == 3
+    assert report["per_task"][MIXED]["examples_skipped_for_length"] == 0
+    assert report["status"] == "degraded"
+    assert (f"TTT examples longer than train.max_seq_len were left out: 3 in 1 task(s) ({RIGHT}: 3)"
+            in report["status_reasons"])

@@ -51,6 +51,8 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
     if cfg.run_programs:
         backends["programs"] = "arcttt_kaggle.programs (CPU DSL search)"
     trained = {e["task"] for e in events if e["phase"] == "train" and e["status"] == "ok"}
+    too_long = {e["task"]: int(e.get("examples_skipped") or 0) for e in events
+                if e["phase"] == "train" and e["status"] in ("ok", "error") and e.get("task")}
     train_err = {e["task"]: e.get("reason", "") for e in events if e["phase"] == "train" and e["status"] in ("error", "skipped") and e["task"]}
     allocation = _allocation(run)
     dfs = dfs_summary(events)
@@ -74,6 +76,7 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
             "selection": [s.to_dict() for s in sel], "fallback_reasons": reasons,
             "attempt_sources": [attempt_sources(s.to_dict()) for s in sel],
             "allocation": allocation.get("tasks", {}).get(tid),
+            "examples_skipped_for_length": too_long.get(tid, 0),
         }
         if tid in dfs["candidates"] or tid in dfs["truncated"]:
             per_task[tid]["dfs_candidates"] = dfs["candidates"].get(tid, 0)
@@ -279,6 +282,11 @@ def run_status(report: dict) -> tuple[str, list[str]]:
                         "TTT failed for {n} task(s) ({ids}), decoded with the base model: {reason}")
     reasons += _grouped([(e["task"], _short(e.get("reason"))) for e in train if e.get("task") and e["status"] == "skipped"],
                         "TTT skipped for {n} task(s) ({ids}), decoded with the base model: {reason}")
+    skipped = sorted((t, v["examples_skipped_for_length"]) for t, v in (report.get("per_task") or {}).items()
+                     if v.get("examples_skipped_for_length"))
+    if skipped:
+        reasons.append(f"TTT examples longer than train.max_seq_len were left out: {sum(n for _, n in skipped)} in "
+                       f"{len(skipped)} task(s) ({_ids([f'{t}: {n}' for t, n in skipped])})")
     reasons += [f"decoding on worker {e.get('worker')} {'hung' if e['status'] == 'hang' else 'failed'}: {_short(e.get('reason'))}"
                 for e in of("decode", "error", "hang")]
     reasons += _grouped([(e.get("task") or "?", _short(e.get("reason"))) for e in of("decode", "isolated")],

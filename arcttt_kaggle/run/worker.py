@@ -213,7 +213,9 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
                 info = dict(steps=res.steps_done, tokens=res.tokens_seen, stopped_early=res.stopped_early,
                             loss_first=res.losses[0] if res.losses else None,
                             loss_last=res.losses[-1] if res.losses else None,
-                            skipped_steps=getattr(res, "skipped_steps", 0))
+                            skipped_steps=getattr(res, "skipped_steps", 0),
+                            examples_used=getattr(res, "examples_used", 0),
+                            examples_skipped=getattr(res, "examples_skipped", 0))  # longer than train.max_seq_len
                 if not getattr(res, "finite", True):
                     events.emit("train", "error", task=task.id, start=ts, **info,
                                 reason=f"adapter not used: {getattr(res, 'reason', '') or 'non-finite loss or weights'}")
