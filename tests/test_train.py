@@ -260,6 +260,18 @@ def test_deadline_stops_early_and_still_saves(trainer, tmp_path):
     assert trainer.nll(evals, r.adapter_dir) == pytest.approx(trainer.nll(evals), rel=1e-6)
 
 
+def test_examples_longer_than_max_seq_len_are_left_out_and_counted(trainer32, tmp_path):
+    """The count the worker's train event and the report's ``examples_skipped_for_length`` carry."""
+    task = recolor_task("long", seed=6)
+    fits = [trainer32.fmt.encode_example(e.demos, e.query, "all_outputs") for e in leave_one_out(task)]
+    n = trainer32.config.max_seq_len + 1
+    too_long = [Encoded([fits[0].input_ids[0]] * n, [-100] * (n - 1) + [fits[0].input_ids[0]])] * 2
+    r = trainer32.train_task(task.id, fits + too_long, tmp_path / "long", steps=2)
+    assert (r.examples_used, r.examples_skipped) == (len(fits), 2)
+    with pytest.raises(ValueError, match="no training example fits"):
+        trainer32.train_task(task.id, too_long, tmp_path / "none", steps=2)
+
+
 @pytest.mark.slow
 def test_adapter_reset_makes_each_task_independent_of_the_previous(model_dir, tmp_path):
     a, b = recolor_task("A", seed=3, color=5), recolor_task("B", seed=4)
