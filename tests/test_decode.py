@@ -421,6 +421,28 @@ def test_hf_a_corrupt_adapter_among_good_ones_decodes_its_task_with_the_base_mod
 
 
 @pytest.mark.slow
+def test_hf_a_cuda_error_ends_the_engine_without_retries(hf_decoder, models, sample_tasks, monkeypatch):
+    """A broken CUDA context fails every later call: the decoder raises ``EngineBroken`` after the one call (no
+    bisection, no base-model retry), and the worker that holds it exits to be replaced (``run.worker``)."""
+    from arcttt_kaggle.engines.engine_base import EngineBroken
+
+    _, adapters = models
+    requests = plan_requests(sample_tasks[SMALL_TASKS[0]], adapters[0], 2, 0)
+    engine = hf_decoder._engine
+    real, calls = engine.run, []
+
+    def broken(jobs, *a, **kw):
+        calls.append(len(jobs))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(engine, "run", broken)
+    with pytest.raises(EngineBroken, match="CUDA error ended the decode engine"):
+        hf_decoder.generate(requests)
+    assert calls == [2]
+    monkeypatch.setattr(engine, "run", real)
+
+
+@pytest.mark.slow
 def test_hf_a_failing_batch_is_bisected_and_the_others_keep_their_outputs(hf_decoder, models, sample_tasks,
                                                                           monkeypatch):
     _, adapters = models

@@ -191,3 +191,37 @@ def test_decode_config_validates_quantization_and_retry_calls():
 
 
 
+
+
+def test_a_cuda_context_error_is_told_apart_from_out_of_memory_and_ordinary_errors():
+    from arcttt_kaggle.engines.engine_base import cuda_context_error
+
+    class AcceleratorError(RuntimeError):  # the name torch >= 2.8 gives a CUDA error
+        pass
+
+    assert cuda_context_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert cuda_context_error(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx"))
+    assert cuda_context_error(AcceleratorError("anything"))
+    try:
+        try:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        except RuntimeError as inner:
+            raise ValueError("engine step failed") from inner
+    except ValueError as outer:
+        assert cuda_context_error(outer)  # the cause counts
+    assert not cuda_context_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (CUDA error)"))
+    assert not cuda_context_error(ValueError("prompt too long"))
+
+
+def test_a_cuda_error_is_fatal_at_once_no_retry_or_bisection():
+    from arcttt_kaggle.engines.decode_isolate import run_isolated
+    from arcttt_kaggle.engines.engine_base import cuda_context_error
+
+    calls = []
+
+    def run(batch):
+        calls.append(batch)
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    iso = run_isolated(run, _jobs(8), deadline=None, retry_calls=24, fatal=cuda_context_error)
+    assert len(calls) == 1 and set(iso.dropped) == set(range(8)) and cuda_context_error(iso.fatal)

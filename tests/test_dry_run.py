@@ -99,8 +99,11 @@ def _fault_run(tmp_path: Path, fault: str, overrides: dict | None = None, budget
 
 @pytest.mark.parametrize("fault, expect, status", [
     ("worker-crash", ("exited with code",), "degraded"),
-    # Independent faults share one run: an exception in the worker's first task, a malformed task at load.
-    ("task-exception,bad-task", ("injected fault: task-exception", "rejected at load"), "degraded"),
+    # Independent faults share one run: an exception in the worker's first task, a malformed task at load, and
+    # a CUDA error in the first decode call (the worker ends at once and is replaced).
+    ("task-exception,bad-task,cuda-error", ("injected fault: task-exception", "rejected at load",
+                                            "a CUDA error ended the decode engine", "worker 0 was replaced"),
+     "degraded"),
     ("decode-hang", ("terminated at the deadline",), None),
     ("unparsable", ("all candidates unparsable",), None),
     ("deadline", ("deadline",), None),
@@ -116,6 +119,9 @@ def test_fault_matrix(fault, expect, status, tmp_path):
                          for sources in task.get("attempt_sources", []))
     assert report["status"] == (status or ("degraded" if model_answered else "fallback-only"))
     assert report["status_reasons"]
+    if "cuda-error" in fault:  # the first worker stopped after one failed engine call; its replacement decoded
+        assert [(w["attempt"], w["returncode"]) for w in report["workers"]] == [(0, 4), (1, 0)]
+        assert all(t["candidates"] > 0 for t in report["per_task"].values() if t.get("attempted"))
     if "bad-task" in fault:
         assert report["per_task"][BAD_TASK_ID]["outcome"] == "placeholder"
         assert report["dry_run"]["challenges"].endswith("challenges_with_bad_task.json")

@@ -49,7 +49,8 @@ from arcttt_kaggle.arc.data import Pair, Task
 from .decode_hf import HfBackend
 from .decode_isolate import DecodeFailure, Isolated, bad_adapters, failure_records, run_isolated
 from .decode_vllm import VllmBackend, _bar_factory  # noqa: F401 - _bar_factory: decode_dfs imports it from here
-from .engine_base import DTYPES, QUANTIZATIONS, Job, Sample, adapter_key, fit_prompt, resolve_dtype  # noqa: F401 - re-exported
+from .engine_base import (DTYPES, QUANTIZATIONS, EngineBroken, Job, Sample, adapter_key,  # noqa: F401 - re-exported
+                          cuda_context_error, fit_prompt, resolve_dtype)
 from .format import ArcFormat
 
 _Job, _Sample = Job, Sample  # the names decode_dfs imports from here
@@ -347,11 +348,16 @@ class Decoder:
             return Isolated(results={j.index: None for j in jobs})  # nothing started: cut by the deadline
         calls = self._engine.calls
         try:
-            return run_isolated(lambda batch: self._engine.run(batch, self.config, deadline, progress), jobs,
-                                deadline=deadline, retry_calls=self.config.retry_calls, fatal=self._engine.fatal,
-                                bad=bad_adapters(jobs))
+            iso = run_isolated(lambda batch: self._engine.run(batch, self.config, deadline, progress), jobs,
+                               deadline=deadline, retry_calls=self.config.retry_calls, fatal=self._engine.fatal,
+                               bad=bad_adapters(jobs))
         finally:
             self.stats.engine_calls += self._engine.calls - calls
+        if iso.fatal is not None and cuda_context_error(iso.fatal):
+            # No retry on a broken context: the process must end (the worker exits; the run replaces it).
+            raise EngineBroken(f"a CUDA error ended the decode engine ({self.backend}): "
+                               f"{type(iso.fatal).__name__}: {iso.fatal}"[:600]) from iso.fatal
+        return iso
 
     def _record_isolation(self, iso: Isolated, jobs: Sequence[Job], requests: Sequence[DecodeRequest]) -> None:
         """What ``run_isolated`` did, into ``last_failures``/``failures`` and the stats (sampling and DFS alike)."""

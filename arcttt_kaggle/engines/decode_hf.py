@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .engine_base import EngineConfig, Job, PeftSwitch, Sample, load_causal_lm, resolve_dtype
+from .engine_base import EngineConfig, Job, PeftSwitch, Sample, cuda_context_error, load_causal_lm, resolve_dtype
 from .format import ArcFormat
 
 
@@ -39,8 +39,9 @@ class HfBackend:
                      f"({self.dtype}{quant}, {self.device.type})")
 
     def fatal(self, exc: BaseException) -> bool:
-        """True once a failed first adapter load left the base model modified (``PeftSwitch.broken``)."""
-        return bool(self.adapters.broken)
+        """True once a failed first adapter load left the base model modified (``PeftSwitch.broken``), or a CUDA
+        error broke the context."""
+        return bool(self.adapters.broken) or cuda_context_error(exc)
 
     def run(self, jobs: Sequence[Job], cfg: EngineConfig, deadline: float | None, progress: bool
             ) -> list[list[Sample] | None]:

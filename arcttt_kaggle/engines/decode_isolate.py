@@ -10,7 +10,8 @@ when it raises:
   in halves, each retried, down to the lone request at fault; a lone request with an adapter is retried with
   the base model, and if that succeeds the adapter is marked bad (its other requests go to the base too); a
   lone request that fails with the base model is dropped;
-- an error the backend calls fatal (``fatal(exc)``: its engine died) stops: what has not run is dropped.
+- an error the backend calls fatal (``fatal(exc)``: its engine died, or a CUDA error broke its context) stops:
+  what has not run is dropped, and ``Isolated.fatal`` holds the error.
 
 Retries are bounded (``retry_calls`` engine calls after the first failure) and stop at the deadline; what
 they do not reach is dropped with the reason. Nothing here knows tasks: ``Decoder`` turns ``rerouted`` and
@@ -51,6 +52,7 @@ class Isolated:
     rerouted: dict[int, tuple[str, str]] = field(default_factory=dict)  # -> (adapter, why): decoded with base
     dropped: dict[int, str] = field(default_factory=dict)  # -> why: no result
     failed_calls: int = 0  # engine calls that raised
+    fatal: BaseException | None = None  # the error after which the engine was unusable (nothing retried after it)
 
 
 def _key(adapter: Path) -> str:
@@ -125,6 +127,7 @@ def run_isolated(run: Callable[[list[Job]], list[list[Sample] | None]], jobs: Se
             out.failed_calls += 1
             last = f"{type(e).__name__}: {e}"[:400]
             if fatal(e):
+                out.fatal = e
                 drop([j for b in [batch, *queue] for j in b], f"engine unusable after {last}")
                 break
             named = _named_adapter(e, batch)

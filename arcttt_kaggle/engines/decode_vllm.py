@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .engine_base import (VOCAB_MODULES, AdapterError, EngineConfig, Job, Sample, adapter_key, check_adapter,
-                          resolve_dtype)
+                          cuda_context_error, resolve_dtype)
 from .format import ArcFormat
 
 
@@ -152,10 +152,11 @@ class VllmBackend:
             raise AdapterError(adapter, f"vLLM refuses it: {e}") from None
 
     def fatal(self, exc: BaseException) -> bool:
-        """True when ``exc`` left the engine unusable (its core process died): retrying cannot help."""
+        """True when ``exc`` left the engine unusable (its core process died, or a CUDA error broke the context):
+        retrying cannot help."""
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        return isinstance(exc, EngineDeadError)
+        return isinstance(exc, EngineDeadError) or cuda_context_error(exc)
 
     def _grammar(self, job: Job, cfg: EngineConfig) -> dict:
         """SamplingParams arguments of the grid grammar: the regex works on text, so the token ids are also

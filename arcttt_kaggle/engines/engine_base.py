@@ -112,6 +112,30 @@ class Sample:
 
 VOCAB_MODULES = ("embed_tokens", "lm_head")  # LoRA there: transformers serves it, vLLM cannot
 
+# Messages of errors after which a CUDA context is unusable (every later call fails the same way): no retry or
+# bisection can help, the process must end. An out-of-memory error is not one of them (the allocator recovers).
+CUDA_CONTEXT_ERRORS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error", "device-side assert",
+                       "illegal memory access", "unspecified launch failure", "NCCL error")
+
+
+class EngineBroken(RuntimeError):
+    """The engine's device context is broken (a CUDA error): the process that holds it must end and be
+    replaced; nothing it runs from now on can be trusted."""
+
+
+def cuda_context_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a CUDA error that leaves the context unusable:
+    ``torch.AcceleratorError`` or a message naming one (``CUDA_CONTEXT_ERRORS``); out-of-memory is not."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if type(exc).__name__ in ("AcceleratorError", "CudaError"):
+            return True
+        msg = str(exc)
+        if "out of memory" not in msg and any(m in msg for m in CUDA_CONTEXT_ERRORS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
 
 class AdapterError(ValueError):
     """An adapter folder that cannot be used; ``adapter`` names it, ``reason`` says why."""

@@ -32,7 +32,7 @@ DERIVED_PRESET = "gpu-auto"  # built from the detected GPUs by ``gpu_auto_preset
 # Injected faults for the fault matrix (comma-separate several to share one run): each is a real failure.
 FAULTS = ("worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task",
           "no-vllm", "no-unsloth", "corrupt-adapter", "step-exception", "nonfinite-loss", "train-hang",
-          "programs-killed", "enospc")
+          "programs-killed", "enospc", "cuda-error")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from arcttt_kaggle.arc.candidates import atomic_write_text
+from arcttt_kaggle.engines.engine_base import EngineBroken, cuda_context_error  # engine_base loads no engine at import
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Events:
 
 
 EXIT_NO_DECODER = 3  # the worker's exit code when no decoding engine rung started: the parent replaces it
+EXIT_ENGINE_BROKEN = 4  # a CUDA error broke the engine's context: nothing more can run here; the parent replaces it
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -96,6 +98,14 @@ def run_worker(spec: WorkerSpec) -> int:
     loaded = load_challenges(cfg.challenges, strict=False).tasks
     tasks = {tid: loaded[tid] for tid in spec.task_ids if tid in loaded}
 
+    try:
+        return _run_phases(spec, cfg, tasks, events, faults)
+    except EngineBroken as e:
+        events.emit("worker", "error", reason=f"{e}; the worker ends so the run can replace it")
+        return EXIT_ENGINE_BROKEN
+
+
+def _run_phases(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> int:
     adapters: dict[str, str] = {}
     if spec.train_steps > 0 and cfg.run_ttt:
         adapters = (_train_isolated if cfg.isolate_training else _train_phase)(spec, cfg, tasks, events, faults)
@@ -223,6 +233,9 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
                 adapters[task.id] = str(res.adapter_dir)
                 events.emit("train", "ok", task=task.id, start=ts, **info)
             except Exception as e:  # noqa: BLE001 - per-task edge: this task decodes with the base model
+                if cuda_context_error(e):  # every later step would fail the same way: end the worker
+                    raise EngineBroken(f"a CUDA error ended training on task {task.id}: {type(e).__name__}: "
+                                       f"{e}"[:600]) from e
                 events.emit("train", "error", task=task.id, start=ts, reason=f"{type(e).__name__}: {e}")
     finally:
         trainer.close()
@@ -360,6 +373,8 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
         reqs = [r for tid, task in tasks.items()
                 for r in plan_requests(task, _path(adapters.get(tid)), m, cfg.seed, cfg.decode.keep_background)]
         ts = time.time()
+        if "cuda-error" in faults:
+            _inject_cuda_error(decoder)
         outs = decoder.generate(reqs, progress=True, deadline=spec.decode_deadline)
         if "unparsable" in faults:
             outs = _garbage(decoder, outs, cfg.seed)
@@ -494,6 +509,17 @@ def _garbage(decoder, outs, seed: int):
                                  extra={"parse_error": parsed.error, "fault": "unparsable"}))
         res.append(new)
     return res
+
+
+def _inject_cuda_error(decoder) -> None:
+    """Injected fault 'cuda-error': the decode engine's next call raises what a broken CUDA context raises."""
+    real = decoder._engine.run
+
+    def broken(*args, **kw):
+        decoder._engine.run = real
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected fault: cuda-error)")
+
+    decoder._engine.run = broken
 
 
 def main(argv: list[str] | None = None) -> int:
