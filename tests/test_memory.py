@@ -235,20 +235,20 @@ def test_plan_command_prints_the_memory_plan_from_a_model_folder(tmp_path, capsy
 
 
 def test_the_run_applies_what_the_memory_plan_degraded():
-    """``pipeline._memory_overrides``: Minitron-8B on a T4 becomes a 4-bit base decoded by transformers (vLLM 0.32
+    """``preflight.memory_overrides``: Minitron-8B on a T4 becomes a 4-bit base decoded by transformers (vLLM 0.32
     has no bitsandbytes), shorter sequences, fewer LoRA slots, and voting instead of PoE; a plan that fits as
     configured changes nothing."""
-    from arcttt_kaggle.run.pipeline import _memory_overrides
+    from arcttt_kaggle.run.preflight import memory_overrides
 
     cfg = preset("t4x2")
     plan = plan_memory(ModelShape.from_config(MINITRON_8B, "minitron"), run_from_config(cfg))
-    out = _memory_overrides(plan, cfg)
+    out = memory_overrides(plan, cfg)
     assert out["decode.quantization"] == "bitsandbytes" and out["decode.backend"] == "hf"
     assert out["decode.max_model_len"] == 4096 and out["decode.max_loras"] == 4
     assert out["select.method"] == "two_level"
     cfg.with_overrides(out)  # every key is a real config key, and the result validates
     small = plan_memory(ModelShape.from_config(QWEN25_05B, "qwen"), run_from_config(cfg))
-    assert _memory_overrides(small, cfg) == {}
+    assert memory_overrides(small, cfg) == {}
 
 
 def test_the_public_arc_checkpoints_reduced_vocabularies_relax_the_plan():

@@ -14,7 +14,7 @@ from arcttt_kaggle.run.config import preset
 from arcttt_kaggle.engines.memory import FITS, NOT_PLANNED
 from arcttt_kaggle.run.preflight import (CHALLENGE_SLUGS, OFFLINE_ENV, GpuInfo, PreflightResult, PresetChoice,
                                      check_model, choose_preset, config_for, engines_imported, find_challenges,
-                                     kernel_start_time, must_fail, parse_nvidia_smi, parse_start_time, probe_engines,
+                                     kernel_start_time, must_fail, parse_nvidia_smi, parse_start_time, probe_code, probe_engines,
                                      set_offline_env)
 from arcttt_kaggle.engines.tinymodel import ensure_tiny_model
 
@@ -188,3 +188,21 @@ def test_must_fail_policy():
     table = {(False, False): False, (False, True): False, (True, False): True, (True, True): False}
     for (fatal, rerun), expected in table.items():
         assert must_fail(dud if fatal else ok, rerun=rerun) is expected, (fatal, rerun)
+
+
+def test_the_vllm_probe_starts_the_engine_with_the_runs_decode_settings():
+    """The probe is the run's engine in small: a model whose weights pass a fixed half of the card must not be
+    refused when the run would give vLLM 0.9 of it, and a context the run cannot hold must fail here first."""
+    import ast
+
+    from arcttt_kaggle.engines.decode import DecodeConfig
+
+    dec = DecodeConfig(gpu_memory_utilization=0.85, max_model_len=4096, max_loras=4, max_lora_rank=32)
+    tree = ast.parse(probe_code("vllm", "/kaggle/input/m", True, "bfloat16", dec))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "LLM")
+    kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    assert (kw["gpu_memory_utilization"], kw["max_model_len"], kw["max_loras"], kw["max_lora_rank"]) == (0.85, 4096, 4, 32)
+    assert kw["model"] == "/kaggle/input/m" and kw["dtype"] == "bfloat16"
+    small = next(n for n in ast.walk(ast.parse(probe_code("vllm", "m", True))) if isinstance(n, ast.Call)
+                 and getattr(n.func, "id", "") == "LLM")
+    assert {k.arg: ast.literal_eval(k.value) for k in small.keywords}["max_model_len"] == 256  # no run config: small

@@ -39,6 +39,7 @@ from arcttt_kaggle.arc.data import Task, load_challenges
 from .planning import TokenModel, full_settings, task_works
 from .report import ENGINE_NAMES
 from arcttt_kaggle.arc.submission import build_submission, count_test_inputs, fallback_attempts, write_submission
+from .preflight import memory_overrides
 from .worker import WorkerSpec, read_events
 
 # What a run writes into its output folder. A new run removes these first (never reads them): a second run into
@@ -129,40 +130,20 @@ def clear_previous_run(out: Path) -> list[str]:
     return removed
 
 
-def _memory_overrides(memory, cfg: RunConfig) -> dict:
-    """The config changes the memory plan chose (``memory.MemoryPlan.settings``) that differ from ``cfg``: shorter
-    sequences, fewer LoRA slots, 4-bit decoding, no TTT, no product-of-experts scoring."""
-    if not memory.changes:
-        return {}
-    d, out = cfg.to_dict(), {}
-    for key, value in memory.settings().items():
-        section, _, name = key.partition(".")
-        if name and name in d.get(section, {}) and d[section][name] != value:
-            out[key] = value
-    if out.get("decode.quantization") == "bitsandbytes":
-        # A 4-bit base: vLLM 0.32 has no bitsandbytes method, the transformers backend loads NF4 (slower, fits).
-        out["decode.backend"] = "hf"
-    if memory.settings().get("run_ttt") is False and cfg.run_ttt:
-        out["run_ttt"] = False
-    if memory.settings().get("poe_scoring") is False and cfg.select.method == "poe":
-        out["select.method"] = "two_level"  # no memory for the scorer: vote instead
-    return out
-
-
-# The config key a memory-plan setting (``MemoryPlan.settings``) is applied through (``_memory_overrides``).
+# The config key a memory-plan setting (``MemoryPlan.settings``) is applied through (``preflight.memory_overrides``).
 _APPLIED_AS = {"poe_scoring": "select.method"}
 
 
 def planned_downgrades(cfg: RunConfig, memory=None, ladder=None, preset_choice=None) -> tuple[dict, list[dict]]:
     """What the preflight and the memory plan change before any worker starts: ``(overrides, downgrades)``.
 
-    ``overrides``: the config keys to set (``_memory_overrides``, then the engine ladder's rungs: vLLM ->
+    ``overrides``: the config keys to set (``preflight.memory_overrides``, then the engine ladder's rungs: vLLM ->
     transformers decoding, Unsloth -> PEFT training, no training rung -> no TTT). ``downgrades``: one record per
     change, ``{"source": "memory plan" | "preflight", "setting", "was", "now", "what", "why"}``: ``what`` runs
     instead of what, and ``why`` (``report.run_status`` names each one: the run is degraded). ``memory``: a
     ``memory.MemoryPlan`` (None: not planned); ``ladder``: a ``preflight.EngineLadder`` (None: not probed);
     ``preset_choice``: the preflight's ``PresetChoice`` (a refused ARCTTT_PRESET is one more downgrade)."""
-    overrides = _memory_overrides(memory, cfg) if memory is not None else {}
+    overrides = memory_overrides(memory, cfg) if memory is not None else {}
     downs: list[dict] = []
 
     def record(source: str, setting: str, was, now, what: str, why: str) -> dict:
@@ -279,7 +260,9 @@ class Run:
         model = str(resolve_model(cfg)) if cfg.model == "tiny" else cfg.model
         gpu_mem = min((g.memory_gib for g in pre.gpus), default=0.0) if cfg.device == "cuda" else None
         check = check_model(model, cfg, gpu_mem, tasks=len(self.tasks))
-        ladder = probe_engines(model if check.ok else None, check.ok, dtype=cfg.decode.dtype) \
+        # The vLLM probe starts with the decode settings the run will have: the memory plan's, applied.
+        planned = cfg.with_overrides(memory_overrides(check.memory, cfg)) if check.ok and check.memory else cfg
+        ladder = probe_engines(model if check.ok else None, check.ok, dtype=cfg.decode.dtype, decode=planned.decode) \
             if cfg.probe_engines and check.ok else None
         self.apply_checks(check, ladder, t0)
 

@@ -336,16 +336,43 @@ def _model_bytes(path: Path) -> float:
     return float(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
 
 
+def memory_overrides(memory, cfg: RunConfig) -> dict:
+    """The config changes the memory plan chose (``memory.MemoryPlan.settings``) that differ from ``cfg``: shorter
+    sequences, fewer LoRA slots, 4-bit decoding, no TTT, no product-of-experts scoring."""
+    if not memory.changes:
+        return {}
+    d, out = cfg.to_dict(), {}
+    for key, value in memory.settings().items():
+        section, _, name = key.partition(".")
+        if name and name in d.get(section, {}) and d[section][name] != value:
+            out[key] = value
+    if out.get("decode.quantization") == "bitsandbytes":
+        # A 4-bit base: vLLM 0.32 has no bitsandbytes method, the transformers backend loads NF4 (slower, fits).
+        out["decode.backend"] = "hf"
+    if memory.settings().get("run_ttt") is False and cfg.run_ttt:
+        out["run_ttt"] = False
+    if memory.settings().get("poe_scoring") is False and cfg.select.method == "poe":
+        out["select.method"] = "two_level"  # no memory for the scorer: vote instead
+    return out
+
+
+
 # -- 6. engines ---------------------------------------------------------------------------------------------
-def probe_code(rung: str, model: str | None, start: bool, dtype: str = "auto") -> str:
+def probe_code(rung: str, model: str | None, start: bool, dtype: str = "auto", decode=None) -> str:
     """The child's code for one rung: import it; with ``start`` also start it on ``model`` (vLLM: an engine
-    with max_model_len 256 generating 1 token; Unsloth: from_pretrained in 4-bit)."""
+    generating 1 token, with the run's decode settings when ``decode`` (a ``DecodeConfig``) is given: its
+    gpu_memory_utilization, max_model_len and LoRA slots, so a model that passes the probe starts in the run,
+    and one whose weights pass a fixed share of the card is not refused for it; else a small engine at 0.5 of
+    the card; Unsloth: from_pretrained in 4-bit)."""
     if rung == "vllm":
         body = "import vllm\nv = vllm.__version__\n"
         if start:
+            util, length, loras, rank = ((decode.gpu_memory_utilization, decode.max_model_len, decode.max_loras,
+                                          decode.max_lora_rank) if decode is not None else (0.5, 256, 1, 8))
             body += (f"from vllm import LLM, SamplingParams\n"
-                     f"llm = LLM(model={model!r}, max_model_len=256, enforce_eager=True, dtype={dtype!r}, "
-                     f"gpu_memory_utilization=0.5, enable_lora=True, max_loras=1, max_lora_rank=8)\n"
+                     f"llm = LLM(model={model!r}, max_model_len={length}, enforce_eager=True, dtype={dtype!r}, "
+                     f"gpu_memory_utilization={util}, enable_lora=True, max_loras={loras}, "
+                     f"max_lora_rank={rank})\n"
                      f"out = llm.generate(['0'], SamplingParams(max_tokens=1))\n"
                      f"assert len(out[0].outputs[0].token_ids) == 1, out\n")
     elif rung == "unsloth":
@@ -376,9 +403,10 @@ class EngineLadder:
 
 
 def probe_engines(model: str | None, start: bool, timeout: float = 600.0, env: Mapping[str, str] | None = None,
-                  stages: Sequence[str] = ("train", "decode"), dtype: str = "auto") -> EngineLadder:
+                  stages: Sequence[str] = ("train", "decode"), dtype: str = "auto", decode=None) -> EngineLadder:
     """Walk each stage's ladder (train: unsloth → peft; decode: vllm → hf), one child process per rung, until
-    a rung works. ``start``: the top rungs are started on ``model`` (GPU presets), else imported only."""
+    a rung works. ``start``: the top rungs are started on ``model`` (GPU presets), else imported only;
+    ``decode``: the run's ``DecodeConfig`` (after the memory plan), which the vLLM probe starts with."""
     probes: list[ProbeResult] = []
     result: dict[str, tuple[str | None, str]] = {}
     for stage in ("train", "decode"):
@@ -388,7 +416,7 @@ def probe_engines(model: str | None, start: bool, timeout: float = 600.0, env: M
         errors = []
         result[stage] = (None, "")
         for i, rung in enumerate(LADDER[stage]):
-            p = run_child(rung, probe_code(rung, model, start and i == 0, dtype), timeout, env)
+            p = run_child(rung, probe_code(rung, model, start and i == 0, dtype, decode), timeout, env)
             probes.append(p)
             if p.ok:
                 result[stage] = (rung, "; ".join(errors))
@@ -541,7 +569,9 @@ def run_preflight(requested_preset: str | None = None, challenges: str | None = 
     mem = min((g.memory_gib for g in gpus), default=0.0) if cfg.device == "cuda" else None
     check = check_model(model_path, cfg, mem, timeout=timeout)
     start_engines = cfg.device == "cuda" if start_engines is None else start_engines
-    ladder = probe_engines(model_path if check.ok else None, start_engines and check.ok, timeout)
+    planned = cfg.with_overrides(memory_overrides(check.memory, cfg)) if check.ok and check.memory else cfg
+    ladder = probe_engines(model_path if check.ok else None, start_engines and check.ok, timeout,
+                           decode=planned.decode)
     result = PreflightResult.build(preset=choice, gpus=tuple(gpus), gpu_source=source, device=cfg.device,
                                    kernel_start=start, offline_env_changed=changed, engines_imported_before=before,
                                    challenges=found, challenges_error=err, model=check, engines=ladder,
