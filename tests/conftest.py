@@ -26,6 +26,7 @@ def shared_data() -> Path:
     return d
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n 2 --dist loadgroup`` (the README's command): a test that uses a module- or class-scoped
     fixture (an engine, a model, a dry run shared by the module's tests) runs in its module's group, so the

@@ -306,8 +306,9 @@ def dfs_requests(trained, sample_tasks):
 
 
 def dfs_config(backend: str, **kw) -> DecodeConfig:
-    return DecodeConfig(backend=backend, dtype="float32", max_loras=4, max_lora_rank=8, max_model_len=2048,
-                        enforce_eager=True, method="dfs", constrain_grid=True, dfs_threshold=AGREE_TAU, **kw)
+    return DecodeConfig(**{**dict(backend=backend, dtype="float32", max_loras=4, max_lora_rank=8, max_model_len=2048,
+                                  enforce_eager=True, method="dfs", constrain_grid=True, dfs_threshold=AGREE_TAU),
+                           **kw})
 
 
 @pytest.fixture(scope="module")
@@ -336,12 +337,12 @@ def vllm_dfs(trained, dfs_requests):
                 return real(prompts, params, **kw)
 
             d.stats, d.config, d._engine.llm.generate = DecodeStats(), dfs_config("vllm"), failing
-            faulted = d.generate(dfs_requests)
+            faulted = d.generate(dfs_requests), d.stats, d.last_failures
             d._engine.llm.generate = real
             # the GPU presets' setting: no grid grammar (raw top-k log-probabilities), tau >= 0.05
             d.stats, d.config = DecodeStats(), dfs_config("vllm", constrain_grid=False, dfs_threshold=RAW_TAU)
             raw = d.generate(dfs_requests), d.stats
-            yield full, stats, capped, capped_stats, d.backend, (faulted, d.stats, d.last_failures), raw
+            yield full, stats, capped, capped_stats, d.backend, faulted, raw
         finally:
             d.close()
 

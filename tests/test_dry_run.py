@@ -112,7 +112,8 @@ def test_fault_matrix(fault, expect, status, tmp_path):
     # A hang lasts until the work deadline: a shorter budget tests the same path in half the time.
     report = _fault_run(tmp_path, fault, budget=120.0 if fault == "decode-hang" else 240.0)
     for why in expect:
-        assert any(why in r for r in _reasons(report)), (why, _reasons(report))
+        said = _reasons(report) + report["status_reasons"]
+        assert any(why in r for r in said), (why, said)
     # decode-hang, unparsable and an early deadline can leave no model answer: then the run is fallback-only,
     # whatever the program expert answered; a model answer that made it into an attempt makes it degraded.
     model_answered = any("model" in sources for task in report["per_task"].values()

@@ -440,7 +440,9 @@ class _VllmRounds:
     def __init__(self, engine, jobs: Sequence["_Job"], limits: DfsLimits, grammar: bool, progress: bool, stats=None):
         self.engine, self.jobs, self.grammar, self.progress, self.stats = engine, jobs, grammar, progress, stats
         self.grid = engine.fmt.grid_tokens()
-        self.k = limits.top_k
+        # vLLM's sampler takes top-k over the model's vocabulary: a reduced one (NVARC's 16 tokens) can hold fewer
+        # than floor(1/tau) entries, and asking for more fails every round ("selected index k out of range").
+        self.k = min(limits.top_k, engine.llm.llm_engine.model_config.get_vocab_size())
         for j in jobs:  # register adapters first: the first one also creates the null LoRA (CPU)
             if j.adapter is not None:
                 engine._lora(j.adapter)
