@@ -26,19 +26,6 @@ def shared_data() -> Path:
     return d
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup`` (the README's command): a test that uses a module- or class-scoped
-    fixture (an engine, a model, a dry run shared by the module's tests) runs in its module's group, so the
-    fixture is built once, on one worker; every other test is scheduled on its own, wherever a worker is free
-    (the dry-run fault runs, each its own notebook, spread over both cores)."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        scopes = {d.scope for defs in (info.name2fixturedefs.values() if info else ()) for d in defs}
-        if scopes & {"module", "class", "package"}:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 def pytest_configure(config):
     """Under pytest-xdist each worker process gets its own Unsloth compile cache: the tests that train with
     Unsloth in-process would otherwise write and import one ``./unsloth_compiled_cache`` at the same time (the
