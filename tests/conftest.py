@@ -33,3 +33,20 @@ def pytest_configure(config):
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         os.environ["UNSLOTH_COMPILE_LOCATION"] = str(Path(tempfile.gettempdir()) / f"arcttt-unsloth-{os.getpid()}-{worker}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest work first. Under ``--dist loadfile --no-loadscope-reorder`` xdist hands out whole files in this
+    order, so the files that run whole notebooks (``test_dry_run*``), then the files with the most ``slow`` tests,
+    go out first and the last file handed to a worker is a short one (a long file last would leave the other
+    worker idle). Within a file the order is unchanged; without xdist the order only changes which file runs
+    first."""
+    slow_per_file: dict[str, int] = {}
+    for item in items:
+        slow_per_file[item.location[0]] = slow_per_file.get(item.location[0], 0) + bool(item.get_closest_marker("slow"))
+
+    def weight(item) -> tuple[bool, int]:
+        path = item.location[0]
+        return (not Path(path).name.startswith("test_dry_run"), -slow_per_file[path])
+
+    items.sort(key=weight)  # stable: a file's tests stay in their order

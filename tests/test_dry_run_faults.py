@@ -1,0 +1,46 @@
+"""The dry run's fault matrix: each fault a real failure injected in the run through the notebook; independent
+faults share one run.
+
+Slow (minutes on 2 cores): marked ``slow``; CI runs them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from arcttt_kaggle.kaggle.dryrun import BAD_TASK_ID
+
+from dry_run_common import fault_run, reasons
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("fault, expect, status", [
+    ("worker-crash", ("exited with code",), "degraded"),
+    # Independent faults share one run: an exception in the worker's first task, a malformed task at load, and
+    # a CUDA error in the first decode call (the worker ends at once and is replaced).
+    ("task-exception,bad-task,cuda-error", ("injected fault: task-exception", "rejected at load",
+                                            "a CUDA error ended the decode engine", "worker 0 was replaced"),
+     "degraded"),
+    ("decode-hang", ("terminated at the deadline",), None),
+    ("unparsable", ("all candidates unparsable",), None),
+    ("deadline", ("deadline",), None),
+])
+def test_fault_matrix(fault, expect, status, tmp_path):
+    # A hang lasts until the work deadline: a shorter budget tests the same path in half the time.
+    report = fault_run(tmp_path, fault, budget=120.0 if fault == "decode-hang" else 240.0)
+    for why in expect:
+        said = reasons(report) + report["status_reasons"]
+        assert any(why in r for r in said), (why, said)
+    # decode-hang, unparsable and an early deadline can leave no model answer: then the run is fallback-only,
+    # whatever the program expert answered; a model answer that made it into an attempt makes it degraded.
+    model_answered = any("model" in sources for task in report["per_task"].values()
+                         for sources in task.get("attempt_sources", []))
+    assert report["status"] == (status or ("degraded" if model_answered else "fallback-only"))
+    assert report["status_reasons"]
+    if "cuda-error" in fault:  # the first worker stopped after one failed engine call; its replacement decoded
+        assert [(w["attempt"], w["returncode"]) for w in report["workers"]] == [(0, 4), (1, 0)]
+        assert all(t["candidates"] > 0 for t in report["per_task"].values() if t.get("attempted"))
+    if "bad-task" in fault:
+        assert report["per_task"][BAD_TASK_ID]["outcome"] == "placeholder"
+        assert report["dry_run"]["challenges"].endswith("challenges_with_bad_task.json")
