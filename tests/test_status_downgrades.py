@@ -26,7 +26,7 @@ from arcttt_kaggle.run.pipeline import Run
 from arcttt_kaggle.run.preflight import (EngineLadder, ModelCheck, PreflightResult, choose_preset, config_for,
                                          parse_nvidia_smi)
 from arcttt_kaggle.run.report import run_status
-from arcttt_kaggle.run.worker import Events, _ladder
+from arcttt_kaggle.run.worker import Events, _ladder, planned_for_rung
 from test_memory import MINITRON_8B, QWEN25_05B
 
 SAMPLE = package_sample_dir()
@@ -114,44 +114,71 @@ def test_a_model_that_fits_and_engines_that_start_change_nothing_and_the_run_is_
 # -- one test per source of a downgrade ------------------------------------------------------------------------
 
 def test_a_memory_plan_that_degrades_makes_the_run_degraded_and_names_each_change(tmp_path):
-    """Minitron-8B on 4 x L4: its 16-bit weights do not fit vLLM's share of the card, so the plan takes a 4-bit
-    base, which vLLM 0.32 cannot load: decoding runs on transformers. The run is degraded and says so."""
-    r = gpu_run(tmp_path, *[L4_LINE] * 4)
-    assert (r.cfg.preset, r.cfg.decode.backend, r.cfg.decode.quantization) == ("l4x4", "vllm", "none")
+    """Minitron-8B on 2 x T4: its 16-bit weights alone pass vLLM's share of the card at every slot count and
+    context, so the plan takes a 4-bit base, which vLLM 0.32 cannot load: decoding runs on transformers, whose
+    whole batch fits only at 4096 tokens; the 16-bit scorer does not fit the card: voting instead of PoE. The run
+    is degraded and says so, one reason per cause."""
+    r = gpu_run(tmp_path, T4_LINE, T4_LINE)
+    assert (r.cfg.preset, r.cfg.decode.backend, r.cfg.decode.quantization) == ("t4x2", "vllm", "none")
     check = model_check(r, MINITRON_8B)
     assert check.memory.verdict == DEGRADED
     r.apply_checks(check, top_rungs_work())
-    assert (r.cfg.decode.backend, r.cfg.decode.quantization) == ("hf", "bitsandbytes")  # what the workers run
+    assert (r.cfg.decode.backend, r.cfg.decode.quantization, r.cfg.decode.max_model_len, r.cfg.select.method) == (
+        "hf", "bitsandbytes", 4096, "two_level")  # what the workers run
     worker_answered(r)
     report = finished(r)
     assert report["status"] == "degraded"
     memory = [x for x in report["status_reasons"] if x.startswith("memory plan: ")]
-    assert len(memory) == 1, report["status_reasons"]  # one cause: the decoder does not fit as configured
+    assert len(memory) == 2, report["status_reasons"]  # two causes: the decoder and the scorer do not fit
     assert memory[0].startswith("memory plan: decoding on transformers instead of vLLM")
     assert "a 4-bit (bitsandbytes NF4) base model instead of its 16-bit weights" in memory[0]
-    assert "with 16-bit weights, 8 LoRA slots and 8 sequences of 8192 tokens vLLM needs" in memory[0]
+    assert "a 4096-token decoding context instead of 8192" in memory[0]
+    assert "with 16-bit weights, 8 LoRA slots and 8192-token sequences vLLM needs" in memory[0]
+    assert memory[1].startswith("memory plan: voting alone instead of product-of-experts scoring (the scorer with "
+                                "16-bit weights needs")
     assert [(d["source"], d["setting"], d["was"], d["now"]) for d in report["downgrades"]] == [
-        ("memory plan", "decode.backend", "vllm", "hf"), ("memory plan", "decode.quantization", "none", "bitsandbytes")]
+        ("memory plan", "decode.backend", "vllm", "hf"), ("memory plan", "decode.quantization", "none", "bitsandbytes"),
+        ("memory plan", "decode.max_model_len", 8192, 4096), ("memory plan", "select.method", True, "two_level")]
     assert json.loads((r.out / "config.json").read_text())["decode"]["backend"] == "hf"
     page = (r.out / "report.html").read_text(encoding="utf-8")
-    assert '<table class="downgrades">' in page and page.count("<td>memory plan</td>") == 2
+    assert '<table class="downgrades">' in page and page.count("<td>memory plan</td>") == 4
 
 
-def test_a_memory_plan_that_drops_scoring_and_slots_names_what_ran_instead(tmp_path):
-    """Minitron-8B on 2 x T4: fewer LoRA slots, a shorter context and no product-of-experts scoring (the 16-bit
-    scorer does not fit the card): one reason per cause, every change named."""
-    r = gpu_run(tmp_path, T4_LINE, T4_LINE)
-    assert r.cfg.select.method == "poe"
-    r.apply_checks(model_check(r, MINITRON_8B), top_rungs_work())
-    assert (r.cfg.select.method, r.cfg.decode.max_loras, r.cfg.decode.max_model_len) == ("two_level", 4, 4096)
+def test_a_memory_plan_that_lowers_vllms_own_knobs_keeps_vllm_and_names_them(tmp_path):
+    """A 45-layer Minitron (9.4B) on 4 x L4: fewer LoRA slots and a shorter context, vLLM kept (its own knobs come
+    before a change of backend): each named."""
+    r = gpu_run(tmp_path, *[L4_LINE] * 4)
+    r.apply_checks(model_check(r, {**MINITRON_8B, "num_hidden_layers": 45}), top_rungs_work())
+    assert (r.cfg.decode.backend, r.cfg.decode.max_loras, r.cfg.decode.max_model_len) == ("vllm", 2, 4096)
     worker_answered(r)
     report = finished(r)
     assert report["status"] == "degraded"
     text = "\n".join(report["status_reasons"])
-    assert "4 LoRA slot(s) in the decoder instead of 8" in text
+    assert "2 LoRA slot(s) in the decoder instead of 8" in text
     assert "a 4096-token decoding context instead of 8192" in text
-    assert "memory plan: voting alone instead of product-of-experts scoring (the scorer with 16-bit weights needs" \
-        in text
+    assert "transformers" not in text
+
+
+def test_an_engine_fallback_at_the_preflight_is_planned_again_for_the_engine_that_runs(tmp_path):
+    """Qwen3-4B on 2 x T4 fits vLLM as planned; the preflight finds vLLM broken, so transformers decodes, and its
+    whole left-padded batch of 8192-token rows does not fit the card: the run plans again for the engines that
+    run and decodes at 4096 tokens, and the status names both the fallback and what the new plan lowered."""
+    from test_memory import QWEN3_4B
+
+    r = gpu_run(tmp_path, T4_LINE, T4_LINE)
+    check = model_check(r, QWEN3_4B)
+    assert check.memory.verdict == FITS
+    error = "vllm: ImportError: libcudart.so.13: cannot open shared object file"
+    r.apply_checks(check, EngineLadder(train=("unsloth", ""), decode=("hf", error), probes=()))
+    assert (r.cfg.decode.backend, r.cfg.decode.max_model_len) == ("hf", 4096)
+    worker_answered(r)
+    report = finished(r)
+    assert report["status"] == "degraded"
+    text = "\n".join(report["status_reasons"])
+    assert f"preflight: decoding on transformers instead of vLLM ({error})" in text
+    assert "a 4096-token decoding context instead of 8192 (re-planned for Unsloth training and transformers " \
+           "decoding: with 16-bit weights and 8192-token sequences the transformers decoder (8 rows at once) needs" \
+           in text, text
 
 
 def test_an_engine_the_preflight_found_broken_makes_the_run_degraded(tmp_path):
@@ -206,6 +233,42 @@ def test_a_worker_whose_decoding_ladder_falls_is_degraded_and_names_what_ran(tmp
     assert report["status"] == "degraded"
     assert ("decode engine fell back (rung vllm) on worker 0: RuntimeError: vLLM engine failed to start: no CPU KV "
             "cache space; decoding on transformers instead of vLLM") in report["status_reasons"]
+
+
+def test_a_workers_fallback_engine_is_planned_again_and_starts_with_what_fits(tmp_path):
+    """On 2 x T4 (simulated inventory) with Qwen3-4B, vLLM fails to start inside a worker. Its ladder plans again
+    for transformers, whose whole batch of 8192-token rows does not fit the card, and starts it at 4096 tokens;
+    the event names the change and the run's status reports it. On CPU, or for the configured rung, nothing is
+    planned again."""
+    from test_memory import QWEN3_4B
+
+    r = gpu_run(tmp_path, T4_LINE, T4_LINE)
+    model = tmp_path / "qwen3-4b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(QWEN3_4B))
+    started = {}
+
+    def start(rung: str):
+        if rung == "vllm":
+            raise RuntimeError("vLLM engine failed to start: CUDA out of memory")
+        started.update(planned_for_rung(str(model), r.cfg, "decode", rung, events_of["w"]))
+        return SimpleNamespace(backend="transformers")
+
+    events_of = {}
+
+    def worker_events(events):
+        events_of["w"] = events
+        assert planned_for_rung(str(model), r.cfg, "decode", "vllm", events) == {}  # the rung planned for
+        _ladder("decode", ["vllm", "hf"], start, events, "none")
+
+    worker_answered(r, worker_events)
+    assert started == {"max_model_len": 4096}
+    report = finished(r)
+    assert report["status"] == "degraded"
+    (line,) = [x for x in report["status_reasons"] if "re-planned" in x]
+    assert line.startswith("decode engine re-planned for transformers on worker 0: decode.max_model_len 8192 -> 4096")
+    cpu = replace(preset("cpu-tiny"), challenges=r.cfg.challenges, out_dir=str(tmp_path / "cpu"))
+    assert planned_for_rung(str(model), cpu, "decode", "hf", Events(tmp_path / "cpu-events.jsonl", 0)) == {}
 
 
 # -- no model answer at all ------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Pure functions over a ``ModelShape`` (read from the model's ``config.json``) and
 settings: ``run_from_config`` takes them from a ``RunConfig``). Every number is bytes; ``GIB`` = 2**30. The
 three GPU stages run one after the other in a worker (train, then decode, then score; each frees the GPU
 before the next, ``isolate_training`` makes that exact for training), so each is checked alone against the
-card. The formulas, with their assumptions (the constants below are assumptions, not measurements):
+card. ``benchmarks/memory_check.py`` measures each stage (the kit's own trainer, decoder and scorer) and prints
+plan vs measured; ``tests/test_memory_measured.py`` holds the planner to those measurements. The formulas, in
+``value_bytes`` (b: 2 for bf16/fp16 on a GPU, 4 for fp32 on CPU; the constants below are assumptions):
 
 Parameters (``ModelShape``), a Llama-style decoder (Llama, Mistral, Qwen2, Qwen3):
   per layer: q ``h*q`` + k,v ``2*h*kv`` + o ``q*h`` (+ q/k/v biases for Qwen2) + MLP ``3*h*i`` + 2 norms ``2*h``
@@ -14,34 +16,41 @@ Parameters (``ModelShape``), a Llama-style decoder (Llama, Mistral, Qwen2, Qwen3
   plus embeddings ``V*h``, the lm_head ``V*h`` unless tied, the final norm ``h``.
   The projections are the "linear" parameters (what 4-bit quantizes and LoRA targets); the rest stays 16-bit.
 
-Training (Unsloth or PEFT, 4-bit base, LoRA, one process on one GPU):
-  context      CUDA_CONTEXT_BYTES (CUDA context, cuBLAS workspace, allocator slack);
-  weights      linear * NF4_BYTES_PER_PARAM + (embeddings, lm_head, norms) * 2 (16-bit);
+Training (Unsloth or PEFT, LoRA, one process on one GPU):
+  context      ``context_bytes`` (CUDA_CONTEXT_BYTES: CUDA context, cuBLAS workspace, allocator slack);
+  weights      4-bit: linear * NF4_BYTES_PER_PARAM + (embeddings, lm_head, norms) * b; else all params * b;
   lora+adam    lora_params * 16: fp32 weights 4 + fp32 grads 4 + two fp32 AdamW moments 8 (train.py keeps LoRA
                in fp32); lora_params = r * sum(d_in + d_out) over the target projections * layers;
-  checkpoints  with gradient checkpointing one 16-bit hidden state per layer, ``layers * s * h * 2``; Unsloth's
+  checkpoints  with gradient checkpointing one hidden state per layer, ``layers * s * h * b``; Unsloth's
                checkpointing offloads them to host RAM, so 0 on GPU for the unsloth backend;
                without checkpointing every layer keeps its working set: ``layers * layer_working_set``;
-  layer        the recompute of one layer in backward: its 16-bit intermediates and their gradients,
-               ``2 * s * (4h + 2q + 2kv + 3i) * 2`` (norm in/out, q, k, v, attention out, o out, gate, up,
+  layer        the recompute of one layer in backward: its intermediates and their gradients,
+               ``2 * s * (4h + 2q + 2kv + 3i) * b`` (norm in/out, q, k, v, attention out, o out, gate, up,
                act*up, down out; attention by SDPA/flash, never an s x s matrix);
-  logits       ``s * V`` elements: peft (transformers' loss) keeps the 16-bit logits, an fp32 upcast and its
-               fp32 gradient, 10 bytes each; Unsloth's fused chunked cross-entropy never holds more than the
-               16-bit logits, 2 bytes each (an upper bound of its chunks);
+  loss         peft (``train.label_row_loss``): the R label rows gathered and their gradient ``2 * R * h * b``,
+               and one chunk of ``c = min(LOSS_CHUNK_ROWS, R)`` rows through the head: ``c * V`` entries of
+               logits (b), their fp32 copy (none in fp32), the fp32 log-softmax and its fp32 gradient; R is
+               ``label_rows`` (0: every row, the worst case); Unsloth's fused chunked cross-entropy never holds
+               more than the 16-bit logits, ``s * V * 2`` (an upper bound of its chunks);
   with ``s = train.max_seq_len * train.batch_size`` tokens.
 
-vLLM decoding (one engine, multi-LoRA), against ``gpu_memory_utilization * card``:
-  context      CUDA_CONTEXT_BYTES; graphs VLLM_CUDA_GRAPH_BYTES unless enforce_eager;
-  weights      16-bit: all params * 2; bitsandbytes 4-bit: linear * NF4_BYTES_PER_PARAM + the rest * 2;
-  lora slots   ``max_loras * max_lora_rank * sum(d_in + d_out) * layers * 2`` (16-bit slots);
-  activations  vLLM's profiling pass: VLLM_BATCHED_TOKENS tokens through one layer's widest intermediates,
-               ``T * (2i + q + 2kv + 2h) * 2``, plus the sampler's fp32 logits ``VLLM_MAX_NUM_SEQS * V * 4``;
-  kv cache     ``2 * layers * kv * 2`` bytes per token (16-bit K and V) * max_model_len * concurrent sequences
-               (default: the views of one test input, ``decode.views_per_test``, decoded together).
+Decoding, by ``decode_backend``:
+  vLLM (one engine, multi-LoRA) against ``gpu_memory_utilization * card``: context; CUDA graphs
+  VLLM_CUDA_GRAPH_BYTES unless enforce_eager; weights 16-bit (all params * 2); LoRA slots
+  ``max_loras * max_lora_rank * sum(d_in + d_out) * layers * 2``; activations, vLLM's profiling pass:
+  VLLM_BATCHED_TOKENS tokens through one layer's widest intermediates ``T * (2i + q + 2kv + 2h) * 2`` plus the
+  sampler's fp32 logits ``VLLM_MAX_NUM_SEQS * V * 4``; the KV cache of ONE max_model_len sequence,
+  ``2 * layers * kv * 2`` bytes per token (what vLLM needs to start; what is left of its share becomes more KV
+  blocks, i.e. concurrency, not a requirement).
+  transformers (``decode_hf``: one adapter at a time, left-padded ``generate`` batches of ``hf_batch_rows``)
+  against the whole card: context, weights (4-bit with bitsandbytes), one adapter ``lora_params * b``, the
+  batch's KV cache ``rows * max_model_len * 2 * layers * kv * b``, the batch's prefill through one layer's
+  widest intermediates ``rows * max_model_len * (2h + q + 2kv + 2i) * b``, and a step's fp32 scores, their
+  log-softmax and the grammar's mask ``rows * V * 12``.
 
-Scoring (transformers + PEFT, one sequence at a time; today always 16-bit): context + weights (16-bit, or
-4-bit if ``score_quantization`` says so) + the KV cache of one max_model_len sequence + one layer's prefill
-working set ``s * (2h + q + 2kv + 2i) * 2`` + the fp32 log-softmax of one block of SCORE_HEAD_ROWS rows.
+Scoring (transformers + PEFT, ``score_candidates``, one sequence at a time; 16-bit unless ``score_quantization``):
+context + weights + one adapter + the KV cache of one max_model_len sequence + its prefill through one layer's
+widest intermediates + one block of ``Scorer.HEAD_ROWS`` rows through the head (logits, fp32 copy, log-softmax).
 
 Disk (/kaggle/working, DISK_CAPACITY_BYTES): adapters alive at once * adapter size + a model copy (the tiny
 model is built into the output folder; a real model is read from /kaggle/input) + DISK_RESERVE_BYTES. A worker
@@ -49,13 +58,16 @@ holds its tasks' adapters until they are decoded and scored (worker.py trains al
 task's adapter is alive at the peak unless ``adapters_alive`` says otherwise.
 
 The degradation ladder (``plan_memory``): training shortens ``train.max_seq_len`` (halving, not below
-MIN_SEQ_LEN), then gives up TTT (decode with the base model); decoding tries, in order of preference, fewer
-LoRA slots, then bitsandbytes 4-bit weights, then a shorter ``max_model_len`` (halving, not below MIN_SEQ_LEN);
-scoring falls back to no product-of-experts scoring; the disk caps the adapters alive at once (the worker then
-has to delete each adapter once its task is decoded and scored). The verdict is "fits" (nothing changed), "fits after
-degrading" (the returned settings differ), or "does not fit" (no decoding setting fits: the GPUs cannot run).
+MIN_SEQ_LEN), then gives up TTT (decode with the base model); decoding first tries the decoder's own knobs (fewer
+LoRA slots, then a shorter ``max_model_len``, halving, not below MIN_SEQ_LEN), and only then a bitsandbytes 4-bit
+base, which the transformers decoder loads (vLLM 0.32 has no bitsandbytes; it is slower); scoring falls back to no
+product-of-experts scoring; the disk caps the adapters alive at once (the worker then has to delete each adapter
+once its task is decoded and scored). The verdict is "fits" (nothing changed), "fits after degrading" (the
+returned settings differ), or "does not fit" (no decoding setting fits: the GPUs cannot run).
 ``MemoryPlan.downgrades`` words each lowered setting as what runs instead of what, and why (the stage that did not
-fit as configured); the run applies them and its report's status names each one (``run/pipeline.py``).
+fit as configured); the run applies them and its report's status names each one (``run/pipeline.py``). When the
+engine ladder then picks another engine than the one planned for, the run plans again for the engine that runs
+(``pipeline._replan_for_rungs``).
 """
 
 from __future__ import annotations
@@ -65,6 +77,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from .score_candidates import Scorer
+from .train import LOSS_CHUNK_ROWS
+
 GIB = 1024 ** 3
 # NF4 (bitsandbytes, blocksize 64, double quantization): 4 bits per weight + one 8-bit absmax per 64 weights
 # + one fp32 second-level scale per 256 blocks. Without double quantization it would be 0.5 + 4/64 = 0.5625.
@@ -73,7 +88,6 @@ CUDA_CONTEXT_BYTES = 0.5 * GIB  # assumption: torch's CUDA context + cuBLAS work
 VLLM_CUDA_GRAPH_BYTES = 0.5 * GIB  # assumption: captured CUDA graphs' private pools (0 with enforce_eager)
 VLLM_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens for the offline LLM (chunked prefill)
 VLLM_MAX_NUM_SEQS = 256  # vLLM's default max_num_seqs: the sampler's logits rows in the profiling pass
-SCORE_HEAD_ROWS = 1024  # rows of lm_head + log_softmax the scorer computes at a time (bounded blocks)
 DISK_CAPACITY_BYTES = 20e9  # /kaggle/working: "about 20 GB"
 DISK_RESERVE_BYTES = 0.5e9  # submission, candidates, logs, reports, the executed notebook
 MIN_SEQ_LEN = 2048  # the shortest training/decoding length the ladder goes down to
@@ -203,8 +217,11 @@ class MemoryRun:
         "help": "decode.quantization: vLLM's base weights 16-bit or bitsandbytes 4-bit"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "decode.gpu_memory_utilization"})
     enforce_eager: bool = field(default=False, metadata={"help": "decode.enforce_eager (no CUDA graphs)"})
-    concurrent_sequences: int = field(default=8, metadata={
-        "help": "full-length sequences the KV cache must hold at once (default: decode.views_per_test)"})
+    decode_backend: Literal["vllm", "hf"] = field(default="vllm", metadata={
+        "help": "decode.backend: vLLM (planned against gpu_memory_utilization of the card) or the transformers "
+                "decoder (the whole card)"})
+    hf_batch_rows: int = field(default=8, metadata={
+        "help": "rows the transformers decoder generates at once: decode.hf_batch_size x samples_per_view"})
     poe_scoring: bool = field(default=True, metadata={"help": "select.method == 'poe': the scorer runs"})
     score_quantization: Literal["none", "bitsandbytes"] = field(default="none", metadata={
         "help": "the scorer's weights (score_candidates loads 16-bit today)"})
@@ -213,6 +230,13 @@ class MemoryRun:
     adapter_bytes_per_param: int = field(default=2, metadata={"help": "2: adapters saved 16-bit; 4: fp32"})
     model_copy_bytes: float = field(default=0.0, metadata={"help": "a model written under /kaggle/working"})
     disk_capacity_bytes: float = field(default=DISK_CAPACITY_BYTES, metadata={"help": "the output disk"})
+    value_bytes: int = field(default=2, metadata={
+        "help": "bytes of one weight or activation in the compute dtype: 2 on a GPU (bf16/fp16), 4 in fp32 (CPU)"})
+    context_bytes: float = field(default=CUDA_CONTEXT_BYTES, metadata={
+        "help": "per-process device overhead (CUDA context, cuBLAS workspace); 0 for a CPU measured above its "
+                "baseline"})
+    label_rows: int = field(default=0, metadata={
+        "help": "label rows of the longest training sequence (the loss's head rows); 0 = every row, the worst case"})
 
     def __post_init__(self):
         if isinstance(self.targets, list):
@@ -220,12 +244,17 @@ class MemoryRun:
         if self.gpu_memory_gib < 0:
             raise ValueError(f"gpu_memory_gib must be >= 0, got {self.gpu_memory_gib}")
         for name in ("lora_rank", "train_max_seq_len", "batch_size", "max_model_len", "max_lora_rank",
-                     "max_loras", "concurrent_sequences", "adapter_bytes_per_param"):
+                     "max_loras", "hf_batch_rows", "adapter_bytes_per_param"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MemoryRun.{name} must be >= 1, got {getattr(self, name)}")
         if self.quantization not in ("none", "bitsandbytes") or self.score_quantization not in ("none", "bitsandbytes"):
             raise ValueError(f"quantization must be 'none' or 'bitsandbytes', got {self.quantization!r}, "
                              f"{self.score_quantization!r}")
+        if self.decode_backend not in ("vllm", "hf"):
+            raise ValueError(f"decode_backend must be 'vllm' or 'hf', got {self.decode_backend!r}")
+        if self.value_bytes not in (2, 4) or self.label_rows < 0 or self.context_bytes < 0:
+            raise ValueError(f"value_bytes must be 2 or 4 and label_rows, context_bytes >= 0, got {self.value_bytes}, "
+                             f"{self.label_rows}, {self.context_bytes}")
         if self.train_backend not in ("unsloth", "peft"):
             raise ValueError(f"train_backend must be 'unsloth' or 'peft', got {self.train_backend!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -243,7 +272,8 @@ def run_from_config(cfg, gpu_memory_gib: float | None = None, tasks: int = 120, 
                      gradient_checkpointing=t.gradient_checkpointing, run_ttt=cfg.run_ttt,
                      max_model_len=d.max_model_len, max_lora_rank=d.max_lora_rank, max_loras=d.max_loras,
                      quantization=getattr(d, "quantization", "none"), gpu_memory_utilization=d.gpu_memory_utilization,
-                     enforce_eager=d.enforce_eager, concurrent_sequences=d.views_per_test * d.samples_per_view,
+                     enforce_eager=d.enforce_eager, decode_backend=d.backend,
+                     hf_batch_rows=d.hf_batch_size * d.samples_per_view,
                      poe_scoring=cfg.select.method == "poe", tasks=tasks, model_copy_bytes=model_copy_bytes)
 
 
@@ -276,47 +306,78 @@ class StageMemory:
                 + ", ".join(f"{k} {v / GIB:.2f}" for k, v in top))
 
 
-def _weights(shape: ModelShape, four_bit: bool) -> float:
-    return shape.linear_params * NF4_BYTES_PER_PARAM + shape.other_params * 2 if four_bit else shape.params * 2.0
+def _weights(shape: ModelShape, four_bit: bool, value_bytes: int = 2) -> float:
+    return (shape.linear_params * NF4_BYTES_PER_PARAM + shape.other_params * value_bytes if four_bit
+            else shape.params * float(value_bytes))
 
 
-def _layer_working_set(shape: ModelShape, tokens: int) -> float:
-    """16-bit intermediates of one layer's recompute and their gradients (see the module docstring)."""
+def _layer_working_set(shape: ModelShape, tokens: int, value_bytes: int = 2) -> float:
+    """Intermediates of one layer's recompute and their gradients (see the module docstring)."""
     h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
-    return 2 * tokens * (4 * h + 2 * q + 2 * kv + 3 * i) * 2
+    return 2 * tokens * (4 * h + 2 * q + 2 * kv + 3 * i) * value_bytes
+
+
+def _forward_working_set(shape: ModelShape, tokens: int, value_bytes: int = 2) -> float:
+    """One layer's widest live intermediates in a forward without gradients (prefill): ``tokens`` rows."""
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    return tokens * (2 * h + q + 2 * kv + 2 * i) * value_bytes
+
+
+def _head_block(rows: int, vocab: int, value_bytes: int) -> float:
+    """The LM head and log-softmax of ``rows`` hidden states: the logits in the compute dtype, their fp32 copy
+    (none in fp32), the fp32 log-softmax."""
+    return rows * vocab * (value_bytes + (4 if value_bytes != 4 else 0) + 4)
 
 
 def train_memory(shape: ModelShape, run: MemoryRun) -> StageMemory:
-    s = run.train_max_seq_len * run.batch_size
-    checkpoints = 0.0 if run.train_backend == "unsloth" else shape.layers * s * shape.hidden * 2
-    layer = _layer_working_set(shape, s)
+    s, vb = run.train_max_seq_len * run.batch_size, run.value_bytes
+    checkpoints = 0.0 if run.train_backend == "unsloth" else shape.layers * s * shape.hidden * vb
+    layer = _layer_working_set(shape, s, vb)
     if not run.gradient_checkpointing:  # every layer keeps its intermediates until backward
         checkpoints, layer = 0.0, shape.layers * layer
-    logits = s * shape.vocab * (2 if run.train_backend == "unsloth" else 10)
-    terms = (("context", CUDA_CONTEXT_BYTES), ("weights", _weights(shape, run.load_in_4bit)),
+    if run.train_backend == "unsloth":
+        loss = s * shape.vocab * 2.0  # its fused chunked cross-entropy: at most the 16-bit logits
+    else:  # label_row_loss: the label rows gathered (and their gradient); one chunk's head, log-softmax, gradient
+        rows = min(run.label_rows or s, s)
+        chunk = min(LOSS_CHUNK_ROWS, rows)
+        loss = 2 * rows * shape.hidden * vb + _head_block(chunk, shape.vocab, vb) + chunk * shape.vocab * 4.0
+    terms = (("context", run.context_bytes), ("weights", _weights(shape, run.load_in_4bit, vb)),
              ("lora+adam", shape.lora_params(run.lora_rank, run.targets) * 16.0), ("checkpoints", float(checkpoints)),
-             ("layer", float(layer)), ("logits", float(logits)))
+             ("layer", float(layer)), ("loss", float(loss)))
     return StageMemory("train", terms, run.gpu_memory_gib * GIB)
 
 
 def decode_memory(shape: ModelShape, run: MemoryRun) -> StageMemory:
-    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    """vLLM (``decode_backend="vllm"``) against its share of the card, or the transformers decoder against all
+    of it. vLLM needs room for one full-length sequence's KV cache to start (more only buys concurrency); the
+    transformers decoder holds a whole batch's: ``hf_batch_rows`` rows of ``max_model_len`` tokens."""
+    h, q, kv, i, vb = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate, run.value_bytes
+    four_bit = run.quantization == "bitsandbytes"
+    if run.decode_backend == "hf":
+        rows = run.hf_batch_rows
+        terms = (("context", run.context_bytes), ("weights", _weights(shape, four_bit, vb)),
+                 ("adapter", float(shape.lora_params(run.max_lora_rank, run.targets) * vb)),
+                 ("kv cache", float(shape.kv_bytes_per_token(vb) * run.max_model_len * rows)),
+                 ("prefill", _forward_working_set(shape, rows * run.max_model_len, vb)),
+                 ("logits", float(rows * shape.vocab * 4 * 3)))  # fp32 scores, the recorder's log-softmax, a mask
+        return StageMemory("decode", terms, run.gpu_memory_gib * GIB)
     activations = VLLM_BATCHED_TOKENS * (2 * i + q + 2 * kv + 2 * h) * 2 + VLLM_MAX_NUM_SEQS * shape.vocab * 4
     slots = run.max_loras * shape.lora_params(run.max_lora_rank, run.targets) * 2
-    kv_cache = shape.kv_bytes_per_token() * run.max_model_len * run.concurrent_sequences
-    terms = (("context", CUDA_CONTEXT_BYTES), ("graphs", 0.0 if run.enforce_eager else VLLM_CUDA_GRAPH_BYTES),
-             ("weights", _weights(shape, run.quantization == "bitsandbytes")), ("lora slots", float(slots)),
+    kv_cache = shape.kv_bytes_per_token() * run.max_model_len
+    terms = (("context", run.context_bytes), ("graphs", 0.0 if run.enforce_eager else VLLM_CUDA_GRAPH_BYTES),
+             ("weights", _weights(shape, four_bit)), ("lora slots", float(slots)),
              ("activations", float(activations)), ("kv cache", float(kv_cache)))
     return StageMemory("decode", terms, run.gpu_memory_utilization * run.gpu_memory_gib * GIB)
 
 
 def score_memory(shape: ModelShape, run: MemoryRun) -> StageMemory:
-    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
-    s = run.max_model_len
-    terms = (("context", CUDA_CONTEXT_BYTES), ("weights", _weights(shape, run.score_quantization == "bitsandbytes")),
-             ("kv cache", float(shape.kv_bytes_per_token() * s)),
-             ("prefill", float(s * (2 * h + q + 2 * kv + 2 * i) * 2)),
-             ("log-softmax", float(SCORE_HEAD_ROWS * shape.vocab * 4)))
+    s, vb = run.max_model_len, run.value_bytes
+    terms = (("context", run.context_bytes),
+             ("weights", _weights(shape, run.score_quantization == "bitsandbytes", vb)),
+             ("adapter", float(shape.lora_params(run.max_lora_rank, run.targets) * vb)),
+             ("kv cache", float(shape.kv_bytes_per_token(vb) * s)),
+             ("prefill", _forward_working_set(shape, s, vb)),
+             ("log-softmax", _head_block(Scorer.HEAD_ROWS, shape.vocab, vb)))
     return StageMemory("score", terms, run.gpu_memory_gib * GIB)
 
 
@@ -372,7 +433,8 @@ class MemoryPlan:
         agent's DecodeConfig has it) and ``run_ttt``/PoE flags."""
         r = self.run
         return {"train.max_seq_len": r.train_max_seq_len, "run_ttt": r.run_ttt, "decode.max_model_len": r.max_model_len,
-                "decode.max_loras": r.max_loras, "decode.quantization": r.quantization, "poe_scoring": r.poe_scoring,
+                "decode.max_loras": r.max_loras, "decode.quantization": r.quantization,
+                "decode.backend": r.decode_backend, "poe_scoring": r.poe_scoring,
                 "max_adapters_alive": self.disk.adapters_alive}
 
     def downgrades(self) -> list[dict]:
@@ -398,13 +460,20 @@ class MemoryPlan:
             add("train.max_seq_len", req.train_max_seq_len, run.train_max_seq_len,
                 f"training sequences of {run.train_max_seq_len} tokens instead of {req.train_max_seq_len}",
                 f"training at {req.train_max_seq_len} tokens {stage['train'].need()}")
-        decode = (f"with {'16-bit' if req.quantization == 'none' else '4-bit'} weights, {req.max_loras} LoRA slots "
-                  f"and {req.concurrent_sequences} sequences of {req.max_model_len} tokens vLLM "
-                  f"{stage['decode'].need(f' ({req.gpu_memory_utilization:g} of the card)')}")
+        engine = ("vLLM" if req.decode_backend == "vllm" else
+                  f"the transformers decoder ({req.hf_batch_rows} rows at once)")
+        decode = (f"with {'16-bit' if req.quantization == 'none' else '4-bit'} weights"
+                  + (f", {req.max_loras} LoRA slots" if req.decode_backend == "vllm" else "")
+                  + f" and {req.max_model_len}-token sequences {engine} "
+                  + stage['decode'].need(f" ({req.gpu_memory_utilization:g} of the card)"
+                                         if req.decode_backend == "vllm" else ""))
+        if run.decode_backend != req.decode_backend:
+            add("decode.backend", req.decode_backend, run.decode_backend,
+                "decoding on transformers instead of vLLM (vLLM 0.32 loads no bitsandbytes 4-bit base; slower)", decode)
         if run.quantization != req.quantization:
             add("decode.quantization", req.quantization, run.quantization,
                 "a 4-bit (bitsandbytes NF4) base model instead of its 16-bit weights", decode)
-        if run.max_loras != req.max_loras:
+        if run.max_loras != req.max_loras and run.decode_backend == "vllm":
             add("decode.max_loras", req.max_loras, run.max_loras,
                 f"{run.max_loras} LoRA slot(s) in the decoder instead of {req.max_loras}", decode)
         if run.max_model_len != req.max_model_len:
@@ -467,26 +536,20 @@ def plan_memory(shape: ModelShape, run: MemoryRun, allow_bitsandbytes: bool = Tr
         else:
             chosen = replace(chosen, train_max_seq_len=fit)
             changes.append(f"train.max_seq_len {run.train_max_seq_len} -> {fit}")
-    decode_fit = None
-    if decode_memory(shape, chosen).fits:
-        decode_fit = chosen
-    else:
-        quants = ["none", "bitsandbytes"] if run.quantization == "none" and allow_bitsandbytes else [run.quantization]
+    decode_fit = chosen if decode_memory(shape, chosen).fits else None
+    if decode_fit is None:
+        # The decoder's own knobs first (fewer LoRA slots, then a shorter context), then the 4-bit base, which
+        # only the transformers decoder loads (vLLM 0.32 has no bitsandbytes method): slower, so it comes last.
         loras = sorted({run.max_loras, *[n for n in (4, 2, 1) if n < run.max_loras]}, reverse=True)
-        for length in _halvings(run.max_model_len):
-            for quant in quants:
-                for n in loras:
-                    cand = replace(chosen, max_model_len=length, quantization=quant, max_loras=n)
-                    if decode_memory(shape, cand).fits:
-                        decode_fit = cand
-                        break
-                if decode_fit:
-                    break
-            if decode_fit:
-                break
+        rungs = [replace(chosen, max_model_len=length, max_loras=n) for length in _halvings(run.max_model_len)
+                 for n in loras]
+        if run.quantization == "none" and allow_bitsandbytes:
+            rungs += [replace(chosen, max_model_len=length, quantization="bitsandbytes", decode_backend="hf")
+                      for length in _halvings(run.max_model_len)]
+        decode_fit = next((r for r in rungs if decode_memory(shape, r).fits), None)
         if decode_fit is not None:
-            for name, label in (("max_loras", "decode.max_loras"), ("quantization", "decode.quantization"),
-                                ("max_model_len", "decode.max_model_len")):
+            for name, label in (("max_loras", "decode.max_loras"), ("decode_backend", "decode.backend"),
+                                ("quantization", "decode.quantization"), ("max_model_len", "decode.max_model_len")):
                 if getattr(decode_fit, name) != getattr(run, name):
                     changes.append(f"{label} {getattr(run, name)} -> {getattr(decode_fit, name)}")
     if decode_fit is None:

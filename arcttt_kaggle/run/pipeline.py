@@ -156,11 +156,6 @@ def planned_downgrades(cfg: RunConfig, memory=None, ladder=None, preset_choice=N
         key = _APPLIED_AS.get(d["setting"], d["setting"])
         if key not in overrides:
             continue
-        if overrides.get("decode.backend") == "hf" and cfg.decode.backend != "hf" and key == "decode.quantization":
-            # The switch the 4-bit base forces comes first: it is the one a competitor notices.
-            was = ENGINE_NAMES.get(cfg.decode.backend, cfg.decode.backend)
-            downs.append(record("memory plan", "decode.backend", cfg.decode.backend, "hf", f"decoding on transformers "
-                                f"instead of {was} (vLLM 0.32 loads no bitsandbytes 4-bit base)", d["why"]))
         downs.append(record("memory plan", key, d["was"], overrides[key], d["what"], d["why"]))
     if ladder is not None:
         for stage, verb in (("train", "training"), ("decode", "decoding")):
@@ -177,7 +172,39 @@ def planned_downgrades(cfg: RunConfig, memory=None, ladder=None, preset_choice=N
             if cfg.run_ttt:
                 downs.append(record("preflight", "run_ttt", True, False, "no TTT: the base model decodes every task "
                                     "instead of per-task adapters", f"no training engine works: {ladder.train[1]}"))
+        downs += _replan_for_rungs(cfg, memory, overrides)
     return overrides, downs
+
+
+def _replan_for_rungs(cfg: RunConfig, memory, overrides: dict) -> list[dict]:
+    """The memory plan was made for the configured engines; when the ladder picked others (transformers decoding
+    instead of vLLM, PEFT training instead of Unsloth), plan again for the engines that will run and apply what
+    that plan lowers (``overrides`` is updated). One downgrade record per lowered setting, its reason naming the
+    rung it was planned for."""
+    from arcttt_kaggle.engines.memory import NO_FIT, NOT_PLANNED, plan_memory
+
+    if memory is None or memory.shape is None or memory.verdict == NOT_PLANNED:
+        return []
+    rungs = {"train_backend": overrides.get("train.backend", memory.run.train_backend),
+             "decode_backend": overrides.get("decode.backend", memory.run.decode_backend)}
+    if all(getattr(memory.run, k) == v for k, v in rungs.items()):
+        return []
+    again = plan_memory(memory.shape, replace(memory.run, **rungs))
+    engines = f"{ENGINE_NAMES.get(rungs['train_backend'], rungs['train_backend'])} training and " \
+              f"{ENGINE_NAMES.get(rungs['decode_backend'], rungs['decode_backend'])} decoding"
+    applied = memory_overrides(again, cfg)
+    downs = []
+    for d in again.downgrades():
+        key = _APPLIED_AS.get(d["setting"], d["setting"])
+        if key in applied and overrides.get(key) != applied[key]:
+            overrides[key] = applied[key]
+            downs.append({"source": "memory plan", "setting": key, "was": d["was"], "now": applied[key],
+                          "what": d["what"], "why": f"re-planned for {engines}: {d['why']}"})
+    if again.verdict == NO_FIT:
+        downs.append({"source": "memory plan", "setting": "memory", "was": memory.verdict, "now": again.verdict,
+                      "what": f"{engines} do not fit the card at any setting the plan tries",
+                      "why": "; ".join(again.changes)})
+    return downs
 
 
 def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

@@ -346,9 +346,6 @@ def memory_overrides(memory, cfg: RunConfig) -> dict:
         section, _, name = key.partition(".")
         if name and name in d.get(section, {}) and d[section][name] != value:
             out[key] = value
-    if out.get("decode.quantization") == "bitsandbytes":
-        # A 4-bit base: vLLM 0.32 has no bitsandbytes method, the transformers backend loads NF4 (slower, fits).
-        out["decode.backend"] = "hf"
     if memory.settings().get("run_ttt") is False and cfg.run_ttt:
         out["run_ttt"] = False
     if memory.settings().get("poe_scoring") is False and cfg.select.method == "poe":

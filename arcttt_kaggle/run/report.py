@@ -171,7 +171,7 @@ def _score(cfg) -> dict:
 
 STATUSES = ("ok", "degraded", "fallback-only")
 # Events that make a run degraded, kept in ``report["incidents"]`` so the status can be recomputed from report.json.
-INCIDENT_KINDS = {("engine", "fallback"), ("worker", "replaced"), ("worker", "error"), ("score", "skipped"),
+INCIDENT_KINDS = {("engine", "fallback"), ("engine", "replanned"), ("worker", "replaced"), ("worker", "error"), ("score", "skipped"),
                   ("score", "error"), ("train", "error"), ("train", "skipped"), ("decode", "error"),
                   ("decode", "hang"), ("decode", "isolated"), ("programs", "error"), ("run", "error")}
 
@@ -262,6 +262,11 @@ def run_status(report: dict) -> tuple[str, list[str]]:
     reasons += [f"{stage} engine fell back (rung {rung}) on worker {_ids([str(w) for w in sorted(ws, key=str)])}"
                 + (f": {err}" if err else "") + _instead(stage, rung, nxt)
                 for (stage, rung, err, nxt), ws in engine.items()]
+    replans: dict[tuple, set] = defaultdict(set)
+    for e in of("engine", "replanned"):
+        replans[(e.get("stage", "?"), e.get("rung", "?"), _short(e.get("reason")))].add(e.get("worker"))
+    reasons += [f"{stage} engine re-planned for {ENGINE_NAMES.get(rung, rung)} on worker "
+                f"{_ids([str(w) for w in sorted(ws, key=str)])}: {why}" for (stage, rung, why), ws in replans.items()]
     # Workers: a replacement (event, or a second attempt in report["workers"]) and workers that ended badly.
     workers = report.get("workers") or []
     replaced = {w["worker"] for w in workers if w.get("attempt", 0) > 0}

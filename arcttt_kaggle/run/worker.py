@@ -146,10 +146,36 @@ def _start_trainer(spec: WorkerSpec, cfg, events: Events):
 
     rungs = [cfg.train.backend] + (["peft"] if cfg.train.backend != "peft" else [])
     trainer = _ladder("train", rungs, lambda rung: Trainer(spec.model_path, replace(
-        cfg.train, backend=rung, steps=spec.train_steps)), events, "none (decode with the base model)")
+        cfg.train, backend=rung, steps=spec.train_steps, **planned_for_rung(spec.model_path, cfg, "train", rung, events))),
+        events, "none (decode with the base model)")
     if trainer is None:
         events.emit("train", "error", reason="no training engine started: every task decodes with the base model")
     return trainer
+
+
+# The settings of a stage a re-plan may lower when its engine changes (``MemoryPlan.settings`` keys).
+_REPLANNED = {"train": ("train.max_seq_len",), "decode": ("decode.max_model_len", "decode.quantization",
+                                                           "decode.max_loras")}
+
+
+def planned_for_rung(model_path: str, cfg, stage: str, rung: str, events: Events) -> dict:
+    """The settings a fallback rung starts with. The run's memory plan was made for the configured engines and
+    does not hold for another (the transformers decoder holds a whole padded batch's KV cache; PEFT keeps its
+    checkpoints on the GPU), so on a GPU the worker plans again for ``rung`` and starts it with what that plan
+    lowers; an ``engine`` ``replanned`` event names each change (the run's status reports it). {} for the
+    configured rung, on CPU, or when nothing changes."""
+    if rung == getattr(cfg, stage).backend or cfg.device != "cuda" or not cfg.gpu_memory_gib:
+        return {}
+    from arcttt_kaggle.engines.memory import NO_FIT, ModelShape, plan_memory, run_from_config
+
+    plan = plan_memory(ModelShape.from_dir(model_path), replace(run_from_config(cfg), **{f"{stage}_backend": rung}))
+    settings, section = plan.settings(), getattr(cfg, stage)
+    out = {key.partition(".")[2]: settings[key] for key in _REPLANNED[stage]
+           if settings[key] != getattr(section, key.partition(".")[2])}
+    if out or plan.verdict == NO_FIT:
+        events.emit("engine", "replanned", stage=stage, rung=rung, settings=out, verdict=plan.verdict,
+                    reason="; ".join(plan.changes))
+    return out
 
 
 def _ladder(stage: str, rungs: list[str], start, events: Events, last: str):
@@ -352,7 +378,8 @@ def _start_decoder(spec: WorkerSpec, cfg, adapters: dict[str, str], events: Even
     slots = max(cfg.decode.max_cpu_loras or 0, len(adapters) + 1, cfg.decode.max_loras)
     rungs = [cfg.decode.backend] + (["hf"] if cfg.decode.backend != "hf" else [])
     return _ladder("decode", rungs, lambda rung: Decoder(spec.model_path, replace(
-        cfg.decode, backend=rung, max_cpu_loras=slots)), events, "none (every task keeps its fallback and program answers)")
+        cfg.decode, backend=rung, max_cpu_loras=slots, **planned_for_rung(spec.model_path, cfg, "decode", rung, events))),
+        events, "none (every task keeps its fallback and program answers)")
 
 
 def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, faults: set[str]):
