@@ -42,33 +42,19 @@ RANK = 32
 GIB = 2 ** 30
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
 def _start(cuda: bool) -> int:
-    """The row's baseline (bytes), after the imports and before the model; resets the peak."""
+    """The row's baseline (bytes), after the imports and before the model: ``train_throughput.reset_peak`` once
+    the heap the imports freed is handed back (so it is not in the baseline)."""
     import ctypes
     import gc
 
     import torch
+    from train_throughput import reset_peak
 
     gc.collect()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # heap the imports freed goes back, so it is not in the baseline
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    return _status("VmRSS")
-
-
-def _peak(cuda: bool) -> int:
-    import torch
-
-    return torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+    if not cuda:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return reset_peak(torch.device("cuda" if cuda else "cpu"))
 
 
 def child(row: str, model: str, adapter: str, work: str) -> None:
@@ -83,7 +69,7 @@ def child(row: str, model: str, adapter: str, work: str) -> None:
     from arcttt_kaggle.engines.format import ArcFormat
     from arcttt_kaggle.engines.score_candidates import Scorer
     from arcttt_kaggle.engines.train import Trainer, TrainConfig
-    from train_throughput import examples_near
+    from train_throughput import examples_near, peak_bytes
 
     cuda = torch.cuda.is_available()
     fmt = ArcFormat.for_model(transformers.AutoTokenizer.from_pretrained(model), model)
@@ -120,9 +106,9 @@ def child(row: str, model: str, adapter: str, work: str) -> None:
             views = sample_augmentations(2, 0, num_train=len(task.train))
             scorer.score(task, 0, grids, views, Path(adapter))
             comp = max(len(fmt.completion_ids(g)) for g in grids)
-            info.update(length=max(len(fmt.prompt_ids(v.apply_task(task).train, v.apply_task(task).test[0].input))
-                                   for v in views) + comp)
-    info["measured"] = _peak(cuda) - base
+            info.update(length=max(len(fmt.prompt_ids(t.train, t.test[0].input))
+                                   for t in (v.apply_task(task) for v in views)) + comp)
+    info["measured"] = peak_bytes(torch.device("cuda" if cuda else "cpu")) - base
     info["cuda"] = cuda
     print(json.dumps(info), flush=True)
 

@@ -171,8 +171,8 @@ def _score(cfg) -> dict:
 
 STATUSES = ("ok", "degraded", "fallback-only")
 # Events that make a run degraded, kept in ``report["incidents"]`` so the status can be recomputed from report.json.
-INCIDENT_KINDS = {("engine", "fallback"), ("engine", "replanned"), ("worker", "replaced"), ("worker", "error"), ("score", "skipped"),
-                  ("score", "error"), ("train", "error"), ("train", "skipped"), ("decode", "error"),
+INCIDENT_KINDS = {("engine", "fallback"), ("engine", "replanned"), ("worker", "replaced"), ("worker", "error"),
+                  ("score", "skipped"), ("score", "error"), ("train", "error"), ("train", "skipped"), ("decode", "error"),
                   ("decode", "hang"), ("decode", "isolated"), ("programs", "error"), ("run", "error")}
 
 

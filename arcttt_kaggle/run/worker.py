@@ -153,25 +153,22 @@ def _start_trainer(spec: WorkerSpec, cfg, events: Events):
     return trainer
 
 
-# The settings of a stage a re-plan may lower when its engine changes (``MemoryPlan.settings`` keys).
-_REPLANNED = {"train": ("train.max_seq_len",), "decode": ("decode.max_model_len", "decode.quantization",
-                                                           "decode.max_loras")}
-
-
 def planned_for_rung(model_path: str, cfg, stage: str, rung: str, events: Events) -> dict:
     """The settings a fallback rung starts with. The run's memory plan was made for the configured engines and
     does not hold for another (the transformers decoder holds a whole padded batch's KV cache; PEFT keeps its
     checkpoints on the GPU), so on a GPU the worker plans again for ``rung`` and starts it with what that plan
-    lowers; an ``engine`` ``replanned`` event names each change (the run's status reports it). {} for the
-    configured rung, on CPU, or when nothing changes."""
+    lowers in ``stage``'s section (``preflight.memory_overrides``, as the run applies the first plan); an
+    ``engine`` ``replanned`` event names each change (the run's status reports it). {} for the configured rung,
+    on CPU, or when nothing changes."""
     if rung == getattr(cfg, stage).backend or cfg.device != "cuda" or not cfg.gpu_memory_gib:
         return {}
     from arcttt_kaggle.engines.memory import NO_FIT, ModelShape, plan_memory, run_from_config
 
+    from .preflight import memory_overrides
+
     plan = plan_memory(ModelShape.from_dir(model_path), replace(run_from_config(cfg), **{f"{stage}_backend": rung}))
-    settings, section = plan.settings(), getattr(cfg, stage)
-    out = {key.partition(".")[2]: settings[key] for key in _REPLANNED[stage]
-           if settings[key] != getattr(section, key.partition(".")[2])}
+    out = {name: value for key, value in memory_overrides(plan, cfg).items()
+           for section, _, name in [key.partition(".")] if section == stage and name != "backend"}  # rung is set
     if out or plan.verdict == NO_FIT:
         events.emit("engine", "replanned", stage=stage, rung=rung, settings=out, verdict=plan.verdict,
                     reason="; ".join(plan.changes))
