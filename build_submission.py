@@ -27,7 +27,7 @@ STARTER = Path(__file__).resolve().parent / "models" / "arc-starter"  # the mode
 
 
 def cmd_dry_run(a) -> int:
-    from arcttt_kaggle.kaggle.dryrun import dry_run
+    from arcttt_kaggle.kaggle.dryrun import MODEL_SETTINGS, dry_run, model_settings
     from arcttt_kaggle.run.report import format_summary
     from arcttt_kaggle.arc.submission import validate_submission_file
 
@@ -45,6 +45,11 @@ def cmd_dry_run(a) -> int:
         throughput = model / "measured_throughput.json"  # the model's own measured speed on this machine: the priors
     print(f"dry-run: model {model or 'tiny (random weights)'}; throughput priors {throughput or 'the preset'}",
           flush=True)
+    settings = model_settings(model, overrides)
+    if settings != overrides:
+        print(f"dry-run: settings from {model / MODEL_SETTINGS} (under --overrides): "
+              f"{json.dumps({k: v for k, v in settings.items() if k not in overrides})}", flush=True)
+    overrides = settings
     report = dry_run(preset=a.preset, challenges=challenges, solutions=solutions, budget_seconds=a.budget_seconds,
                      out_dir=out, fault=a.inject_fault or "", overrides=overrides, throughput_file=throughput,
                      model=model)

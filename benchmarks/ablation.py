@@ -246,7 +246,10 @@ def main() -> int:
     (out / "ablation.json").write_text(json.dumps({"tasks": ids, "held_out": held, "args": vars(a),
                                                    "rows": [{"name": r.name, "solved": r.solved(tasks),
                                                              "nll": r.nll, "seconds": r.seconds} for r in rows],
-                                                   "solved_outputs": solved}, indent=1))
+                                                   "solved_outputs": solved,
+                                                   "attempts": {r.name: {f"{k[0]}:{k[1]}": [np.asarray(g).tolist() for g in gs]
+                                                                         for k, gs in sorted(r.attempts.items())}
+                                                                for r in rows}}, indent=1))
     ratio = nll["ttt"] / nll["base"]
     print(f"ablation: base {rows[0].solved(tasks)}/{n_out}, ttt {rows[1].solved(tasks)}/{n_out}, "
           f"full {rows[4].solved(tasks)}/{n_out}; ttt nll ratio {ratio:.3f}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from arcttt_kaggle.run.planning import adapter_quotas
 from arcttt_kaggle.run.budget import (Budget, BudgetConfig, CostModel, Settings, TaskWork, Throughput, balance, ladder,
                                   make_plan)
 
@@ -225,3 +228,15 @@ def test_plans_count_tokens_in_the_profiles_layout_and_price_dfs(sample_tasks):
     dfs = task_works(tasks, cfg.ttt, 1, s, tokens=TokenModel.of(dfs_cfg, "kit"))
     model = CostModel(replace(cfg.throughput, decode_output_fill=1.0, dfs_decode_multiple=2.0))
     assert all(d.dfs and model.generated(d) == 2 * model.generated(k) for d, k in zip(dfs, w_kit))
+
+
+@given(st.integers(0, 500), st.lists(st.integers(0, 200), min_size=1, max_size=8))
+def test_adapter_quotas_split_the_disks_limit_over_workers_by_their_tasks(max_adapters, counts):
+    quotas = adapter_quotas(max_adapters, counts)
+    if max_adapters == 0:
+        assert quotas == [0] * len(counts)  # no limit
+        return
+    assert sum(quotas) == min(max_adapters, sum(counts))  # the whole limit is used, never more
+    assert all(0 <= q <= n for q, n in zip(quotas, counts))
+    share = max_adapters / max(1, sum(counts))
+    assert all(abs(q - min(n, share * n)) < 1 for q, n in zip(quotas, counts))  # proportional to the tasks

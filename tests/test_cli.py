@@ -96,3 +96,15 @@ def test_programs_cli_writes_candidates_submission_and_accuracy(tmp_path):
     line = next(x for x in r.stdout.splitlines() if x.startswith("tasks 10"))
     solved = int(line.split("solved ")[1].split()[0])
     assert solved >= 1 and "verified but wrong" in line
+
+
+def test_a_model_folders_run_settings_are_the_dry_runs_overrides_under_the_users(tmp_path):
+    from arcttt_kaggle.kaggle.dryrun import model_settings
+
+    assert model_settings(None, {"train.steps": 8}) == {"train.steps": 8}
+    assert model_settings(tmp_path, {}) == {}  # a model folder without the file
+    (tmp_path / "run_settings.json").write_text(json.dumps({"train.steps": 96, "train.load_in_4bit": False}))
+    assert model_settings(tmp_path, {"train.steps": 8}) == {"train.steps": 8, "train.load_in_4bit": False}
+    (tmp_path / "run_settings.json").write_text(json.dumps({"train.stepz": 96}))
+    with pytest.raises(ValueError, match=r"run_settings.json: unknown config key 'train.stepz'"):
+        model_settings(tmp_path)

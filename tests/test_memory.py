@@ -167,17 +167,21 @@ def test_disk_peak_caps_the_adapters_alive():
     assert d.peak_bytes == 120 * adapter + 0.5e9 > 20e9  # every task's adapter alive: 23.07 GB
     assert d.max_adapters_alive == int((20e9 - 0.5e9) // adapter) == 103
     plan = plan_memory(shape, l4_run())
-    assert plan.disk.adapters_alive == 103 and plan.disk.fits and plan.settings()["max_adapters_alive"] == 103
+    assert plan.disk.adapters_alive == 103 and plan.disk.fits and plan.settings()["max_adapters"] == 103
 
 
 def test_downgrades_are_what_runs_differently_with_the_stage_that_did_not_fit():
     """Minitron-8B on a T4: the plan moves decoding to a 4-bit base on transformers at 4096 tokens, drops PoE
-    scoring and caps the adapters on disk; all but the last run differently (workers delete each adapter after
-    its task anyway), so they are the downgrades, each with the stage that did not fit as configured."""
+    scoring and caps the adapters on disk (103 of the 120 tasks get one): each runs differently, so each is a
+    downgrade, with the stage that did not fit as configured."""
     plan = plan_memory(ModelShape.from_config(MINITRON_8B), t4_run())
     assert any(c.startswith("at most 103 adapters on disk") for c in plan.changes)
     downs = {d["setting"]: d for d in plan.downgrades()}
-    assert set(downs) == {"decode.backend", "decode.quantization", "decode.max_model_len", "poe_scoring"}
+    assert set(downs) == {"decode.backend", "decode.quantization", "decode.max_model_len", "poe_scoring",
+                          "max_adapters"}
+    assert (downs["max_adapters"]["was"], downs["max_adapters"]["now"]) == (0, 103)
+    assert downs["max_adapters"]["what"].startswith("TTT adapters for 103 of 120 tasks")
+    assert "120 adapters of 188 MB need 23.1 GB of the 20.0 GB disk at once" in downs["max_adapters"]["why"]
     assert (downs["decode.backend"]["was"], downs["decode.backend"]["now"]) == ("vllm", "hf")
     assert "instead of vLLM" in downs["decode.backend"]["what"]
     assert "8 LoRA slots and 8192-token sequences vLLM needs" in downs["decode.backend"]["why"]

@@ -159,6 +159,27 @@ def test_a_memory_plan_that_lowers_vllms_own_knobs_keeps_vllm_and_names_them(tmp
     assert "transformers" not in text
 
 
+def test_a_disk_that_holds_fewer_adapters_than_tasks_caps_them_and_the_run_says_so(tmp_path):
+    """Minitron-8B on 4 x L4 with a disk that holds one of its 188 MB adapters besides the reserve: the plan lets
+    one task train (``max_adapters``; each worker then trains its share, cheapest first: ``adapter_quotas`` and
+    the dry-run test of the cap) and the status names it."""
+    r = gpu_run(tmp_path, *[L4_LINE] * 4)
+    shape = ModelShape.from_config(MINITRON_8B)
+    run = run_from_config(r.cfg, 22.5, tasks=len(r.tasks))
+    memory = plan_memory(shape, replace(run, disk_capacity_bytes=0.5e9 + 1.5 * 188_088_320))
+    assert memory.verdict == DEGRADED and memory.disk.fits and memory.disk.adapters_alive == 1
+    r.apply_checks(ModelCheck(r.cfg.model, True, shape=shape, memory=memory), top_rungs_work())
+    assert r.cfg.max_adapters == 1 and r.cfg.run_ttt
+    worker_answered(r)
+    report = finished(r)
+    assert report["status"] == "degraded"
+    assert [(d["source"], d["setting"], d["was"], d["now"]) for d in report["downgrades"]
+            if d["setting"] == "max_adapters"] == [("memory plan", "max_adapters", 0, 1)]
+    assert any(x.startswith("memory plan: TTT adapters for 1 of 2 tasks (the cheapest; the others decode with the "
+                            "base model) (2 adapters of 188 MB need 0.9 GB of the 0.8 GB disk at once")
+               for x in report["status_reasons"]), report["status_reasons"]
+
+
 def test_an_engine_fallback_at_the_preflight_is_planned_again_for_the_engine_that_runs(tmp_path):
     """Qwen3-4B on 2 x T4 fits vLLM as planned; the preflight finds vLLM broken, so transformers decodes, and its
     whole left-padded batch of 8192-token rows does not fit the card: the run plans again for the engines that

@@ -63,8 +63,8 @@ The degradation ladder (``plan_memory``): training shortens ``train.max_seq_len`
 MIN_SEQ_LEN), then gives up TTT (decode with the base model); decoding first tries the decoder's own knobs (fewer
 LoRA slots, then a shorter ``max_model_len``, halving, not below MIN_SEQ_LEN), and only then a bitsandbytes 4-bit
 base, which the transformers decoder loads (vLLM 0.32 has no bitsandbytes; it is slower); scoring falls back to no
-product-of-experts scoring; the disk caps the adapters alive at once (the worker then has to delete each adapter
-once its task is decoded and scored). The verdict is "fits" (nothing changed), "fits after degrading" (the
+product-of-experts scoring; the disk caps the adapters alive at once (``max_adapters``: that many tasks, the
+cheapest, get an adapter; the others decode with the base model). The verdict is "fits" (nothing changed), "fits after degrading" (the
 returned settings differ), or "does not fit" (no decoding setting fits: the GPUs cannot run).
 ``MemoryPlan.downgrades`` words each lowered setting as what runs instead of what, and why (the stage that did not
 fit as configured); the run applies them and its report's status names each one (``run/pipeline.py``). When the
@@ -276,7 +276,8 @@ def run_from_config(cfg, gpu_memory_gib: float | None = None, tasks: int = 120, 
                      quantization=getattr(d, "quantization", "none"), gpu_memory_utilization=d.gpu_memory_utilization,
                      enforce_eager=d.enforce_eager, decode_backend=d.backend,
                      hf_batch_rows=d.hf_batch_size * d.samples_per_view,
-                     poe_scoring=cfg.select.method == "poe", tasks=tasks, model_copy_bytes=model_copy_bytes)
+                     poe_scoring=cfg.select.method == "poe", tasks=tasks, model_copy_bytes=model_copy_bytes,
+                     adapters_alive=min(cfg.max_adapters, tasks))
 
 
 @dataclass(frozen=True)
@@ -441,14 +442,13 @@ class MemoryPlan:
         return {"train.max_seq_len": r.train_max_seq_len, "run_ttt": r.run_ttt, "decode.max_model_len": r.max_model_len,
                 "decode.max_loras": r.max_loras, "decode.quantization": r.quantization,
                 "decode.backend": r.decode_backend, "poe_scoring": r.poe_scoring,
-                "max_adapters_alive": self.disk.adapters_alive}
+                "max_adapters": self.run.adapters_alive}
 
     def downgrades(self) -> list[dict]:
         """What the plan lowered, one record per setting of ``settings()``: ``setting``, ``was`` (as configured),
         ``now`` (as chosen), ``what`` (what runs instead of what) and ``why`` (the stage that did not fit as
         configured, its need against its capacity). Only a plan that fits after degrading has any: "does not fit"
-        stops the run. The disk cap is not one: workers delete each adapter once its task is decoded and scored
-        whatever the plan says, so nothing runs differently."""
+        stops the run."""
         if self.verdict != DEGRADED:
             return []
         req, run = self.requested, self.run
@@ -489,6 +489,13 @@ class MemoryPlan:
             scorer = score_memory(self.shape, run) if self.shape is not None else stage["score"]
             add("poe_scoring", True, False, "voting alone instead of product-of-experts scoring",
                 f"the scorer with {'16-bit' if run.score_quantization == 'none' else '4-bit'} weights {scorer.need()}")
+        if run.adapters_alive != req.adapters_alive and run.run_ttt:
+            whole = disk_plan(self.shape, req) if self.shape is not None else self.disk
+            add("max_adapters", req.adapters_alive, run.adapters_alive,
+                f"TTT adapters for {run.adapters_alive} of {run.tasks} tasks (the cheapest; the others decode with "
+                f"the base model)",
+                f"{whole.adapters_alive} adapters of {whole.adapter_bytes / 1e6:.0f} MB need "
+                f"{whole.peak_bytes / 1e9:.1f} GB of the {whole.capacity_bytes / 1e9:.1f} GB disk at once")
         return out
 
     def lines(self) -> list[str]:
@@ -574,7 +581,7 @@ def plan_memory(shape: ModelShape, run: MemoryRun, allow_bitsandbytes: bool = Tr
             return MemoryPlan(NO_FIT, chosen, run, tuple(changes), stages(chosen), disk, requested, shape)
         chosen = replace(chosen, adapters_alive=disk.max_adapters_alive)
         changes.append(f"at most {disk.max_adapters_alive} adapters on disk at once (of {disk.adapters_alive}): "
-                       f"delete each once its task is decoded and scored")
+                       f"TTT for the {disk.max_adapters_alive} cheapest tasks, the others decode with the base model")
         disk = disk_plan(shape, chosen)
     return MemoryPlan(DEGRADED if changes else FITS, chosen, run, tuple(changes), stages(chosen), disk, requested,
                       shape)

@@ -26,6 +26,26 @@ BAD_TASK_ID = "badtask0"
 IMPORT_FAULTS = {"no-vllm": "vllm", "no-unsloth": "unsloth"}
 
 
+MODEL_SETTINGS = "run_settings.json"  # in a model folder: the run settings its card recommends (dotted keys)
+
+
+def model_settings(model: Path | None, overrides: dict | None = None) -> dict:
+    """The dry run's config overrides: the model folder's ``run_settings.json`` (the TTT settings a model was
+    tuned with, e.g. the starter's full-precision LoRA and its step count), then ``overrides`` on top (the
+    user's win). Each key must be a config key: a wrong one is an error naming the file."""
+    from arcttt_kaggle.run.config import preset
+
+    path = Path(model) / MODEL_SETTINGS if model is not None else None
+    base = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else {}
+    if not isinstance(base, dict):
+        raise ValueError(f"{path}: expected a JSON object of dotted config keys, got {type(base).__name__}")
+    try:
+        preset("cpu-tiny").with_overrides(base)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    return {**base, **(overrides or {})}
+
+
 def broken_import_shims(faults: set[str], out_dir: Path) -> list[str]:
     """Folders holding a package that raises ImportError on import, one per import fault in ``faults``."""
     paths = []

@@ -67,6 +67,10 @@ class RunConfig:
                                 "off on CPU, where each worker's own engine ladder is the check"})
     keep_adapters: bool = field(default=False, metadata={"help": "keep each task's adapter after it is decoded and "
                                 "scored (default: delete it; /kaggle/working holds ~20 GB)"})
+    max_adapters: int = field(default=0, metadata={"help": "at most this many tasks of the run get a TTT adapter "
+                              "(0 = every task): the memory plan sets it when the disk cannot hold every adapter at "
+                              "once (each worker keeps its own until it has decoded and scored); each worker trains "
+                              "its share, cheapest tasks first, and the others decode with the base model"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     format: FormatConfig = field(default_factory=FormatConfig, metadata={"help": "prompt layout (profile) and base model preparation: reduced vocabulary, bnb 4-bit (format.py, model_prep.py)"})
     ttt: TTTDataConfig = field(default_factory=TTTDataConfig, metadata={"help": "TTT data"})
@@ -90,6 +94,8 @@ class RunConfig:
             raise ValueError("second_pass_ratio must be >= 0")
         if self.max_tasks < 0:
             raise ValueError("max_tasks must be >= 0")
+        if self.max_adapters < 0:
+            raise ValueError("max_adapters must be >= 0 (0 = every task gets an adapter)")
         if self.decode.max_lora_rank < self.train.lora_rank:
             raise ValueError(f"decode.max_lora_rank {self.decode.max_lora_rank} < train.lora_rank {self.train.lora_rank}: "
                              "vLLM could not load the adapters")

@@ -36,7 +36,7 @@ from .budget import Budget, CostModel, make_plan
 from arcttt_kaggle.arc.candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
 from arcttt_kaggle.arc.data import Task, load_challenges
-from .planning import TokenModel, full_settings, task_works
+from .planning import TokenModel, adapter_quotas, full_settings, task_works
 from .report import ENGINE_NAMES
 from arcttt_kaggle.arc.submission import build_submission, count_test_inputs, fallback_attempts, write_submission
 from .preflight import memory_overrides
@@ -393,7 +393,9 @@ class Run:
                           work_dir=str(wdir), train_steps=train_steps, views_per_test=views,
                           train_deadline=now + span * train_share, decode_deadline=now + span * decode_share,
                           deadline=work_deadline, fault=cfg.fault, attempt=attempt, profile=self.prepared.profile,
-                          extra_view_units=cfg.second_pass_ratio * views * sum(len(self.tasks[t].test) for t in task_ids))
+                          extra_view_units=cfg.second_pass_ratio * views * sum(len(self.tasks[t].test) for t in task_ids),
+                          max_adapters=adapter_quotas(cfg.max_adapters, [len(x.task_ids) for x in self.the_plan.workers]
+                                                      )[worker] if cfg.max_adapters and w else 0)
         spec.write(wdir / "spec.json")
         env = worker_env(os.environ, self.threads["worker"], device=cfg.device, worker=worker, work_dir=wdir,
                          cpu_kvcache_gib=cfg.decode.cpu_kvcache_gib)

@@ -140,3 +140,19 @@ def replan(events: list[dict], prior: Throughput, tasks: Mapping[str, Task], unt
     decode_share = min(1.0 - 0.5 * secs["score"] / total, max(decode_share, train_share))
     return Replan(plan.settings, now + available * train_share, now + available * decode_share, dict(secs), available,
                   plan.fits, fitted)
+
+
+def adapter_quotas(max_adapters: int, task_counts: Sequence[int]) -> list[int]:
+    """Each worker's share of the run's ``max_adapters`` (the disk's limit on adapters alive at once: a worker
+    keeps its adapters until it has decoded and scored): proportional to its tasks, largest remainders first,
+    never more than its tasks, summing to at most ``max_adapters``. 0 = no limit: every worker gets 0."""
+    if max_adapters <= 0:
+        return [0] * len(task_counts)
+    total = sum(task_counts)
+    if max_adapters >= total:
+        return list(task_counts)
+    exact = [max_adapters * n / total for n in task_counts]
+    quotas = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: (quotas[i] - exact[i], i))[: max_adapters - sum(quotas)]:
+        quotas[i] += 1
+    return quotas

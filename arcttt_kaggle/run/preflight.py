@@ -338,7 +338,7 @@ def _model_bytes(path: Path) -> float:
 
 def memory_overrides(memory, cfg: RunConfig) -> dict:
     """The config changes the memory plan chose (``memory.MemoryPlan.settings``) that differ from ``cfg``: shorter
-    sequences, fewer LoRA slots, 4-bit decoding, no TTT, no product-of-experts scoring."""
+    sequences, fewer LoRA slots, 4-bit decoding, no TTT, fewer adapters, no product-of-experts scoring."""
     if not memory.changes:
         return {}
     d, out = cfg.to_dict(), {}
@@ -346,8 +346,8 @@ def memory_overrides(memory, cfg: RunConfig) -> dict:
         section, _, name = key.partition(".")
         if name and name in d.get(section, {}) and d[section][name] != value:
             out[key] = value
-    if memory.settings().get("run_ttt") is False and cfg.run_ttt:
-        out["run_ttt"] = False
+        elif not name and key in d and not isinstance(d[key], dict) and d[key] != value:
+            out[key] = value  # run_ttt, max_adapters
     if memory.settings().get("poe_scoring") is False and cfg.select.method == "poe":
         out["select.method"] = "two_level"  # no memory for the scorer: vote instead
     return out

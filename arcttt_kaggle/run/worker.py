@@ -54,6 +54,7 @@ class WorkerSpec:
     fault: str = ""
     attempt: int = 0  # 0 = first launch; a replacement worker has attempt 1 (faults fire on attempt 0 only)
     profile: str = "kit"  # the prepared model's format profile: the re-plan counts tokens in its layout
+    max_adapters: int = 0  # at most this many adapters (the disk's share of this worker; 0 = one per task)
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.__dict__, indent=1))
@@ -221,6 +222,11 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
                 events.emit("replan", "ok", **rp.to_event(current), train_deadline=rp.train_deadline,
                             decode_deadline=rp.decode_deadline)
                 replanned += 1
+            if spec.max_adapters and trained >= spec.max_adapters:
+                # The disk holds no more adapters at once (memory plan): this task decodes with the base model.
+                events.emit("train", "skipped", task=task.id, reason=f"disk: this worker's {spec.max_adapters} "
+                            f"adapter(s) are trained (the memory plan's limit on adapters alive at once)")
+                continue
             if steps == 0 or time.time() >= train_deadline:
                 why = "re-plan: no TTT for the remaining tasks" if steps == 0 else "training phase deadline reached"
                 events.emit("train", "skipped", task=task.id, reason=why)
