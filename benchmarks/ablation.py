@@ -14,10 +14,22 @@ Rows (each includes the stages above it, as in the MIT TTT paper and the ARChite
 5. ``+ DFS``: every completion with probability >= ``--tau`` per view (``decode.method="dfs"``), added to the
    sampled candidates, then the same PoE selection.
 
-Columns: test outputs solved (pass@2, Kaggle's metric counted per test output), mean NLL per token of the true
-test outputs (identity view; the base model on row 1, the task's adapter from row 2 on), and seconds (every stage
+After the chain, one variant row (``--contrast L``, 0 leaves it out): row 5's candidates and PoE, with each view's
+log-likelihood minus L x the base model's (no adapter) under the same view: a small model puts much of its
+probability on background-only grids with or without the adapter, and the difference keeps what the task's
+adapter added (contrastive scoring). It is measured beside the chain, not part of it.
+
+Columns: test outputs solved (pass@2, Kaggle's metric counted per test output); partial credit, which moves
+before a model solves anything: test outputs whose attempt 1 has the right shape, and the cells right (per test
+output, the better attempt's share of cells equal to the true output's, 0 for a wrong shape, averaged); mean NLL
+per token of the true test outputs (identity view; the base model on row 1, the task's adapter from row 2 on), and seconds (every stage
 the row runs: TTT training counts in each TTT row). The last line is
 ``ablation: base A/N, ttt B/N, full C/N; ttt nll ratio R`` with R = NLL with TTT / NLL without.
+
+TTT settings (steps, learning rate, LoRA rank, augmentations, examples per task) are the model folder's
+``run_settings.json`` (the ones the dry run uses with that model), with ``--ttt-steps``/``--ttt-lr``/``--rank``
+on top; a folder without one gets 48 steps, lr 3e-3, rank 16, 8 augmentations, 64 examples. The line
+``ttt settings:`` says which ran.
 
 Held out, by content: the tasks must not be in the model's training data. The model folder's ``pretrain.json``
 names its data files; every evaluated task is checked against them by id and by (input, output) pair (the ARC
@@ -42,6 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arcttt_kaggle.arc.candidates import atomic_write_text  # noqa: E402
 from arcttt_kaggle.arc.data import Task, grid_key, load_challenges, shared_data_dir  # noqa: E402
 
 FIT_TOKENS = 1024
@@ -94,12 +107,42 @@ def check_held_out(model: Path, tasks: list[Task]) -> str:
     return f"held out by id and content from the {len(trained)} tasks the model was trained on"
 
 
+def ttt_settings(model: Path, a: argparse.Namespace) -> dict:
+    """The TTT settings of the chain: the model folder's ``run_settings.json`` (what the dry run uses with this
+    model), the command line on top, the kit's CPU ablation defaults for what neither says."""
+    from arcttt_kaggle.kaggle.dryrun import model_settings
+
+    ms = model_settings(model)
+    keys = {"steps": ("train.steps", a.ttt_steps, 48), "lr": ("train.learning_rate", a.ttt_lr, 3e-3),
+            "rank": ("train.lora_rank", a.rank, 16), "augmentations": ("ttt.augmentations_per_task", None, 8),
+            "max_examples": ("ttt.max_examples_per_task", None, 64)}
+    out = {name: cli if cli is not None else ms.get(key, default) for name, (key, cli, default) in keys.items()}
+    out["source"] = "the model's run_settings.json" if ms else "the ablation's defaults"
+    if any(cli is not None for _, cli, _ in keys.values()):
+        out["source"] += ", the command line on top"
+    return out
+
+
 @dataclass
 class Row:
     name: str
     attempts: dict = field(default_factory=dict)  # (task id, test index) -> list of grids (at most 2)
     seconds: float = 0.0
     nll: float = float("nan")
+
+    def shape_right(self, tasks: dict[str, Task]) -> int:
+        """Test outputs whose attempt 1 has the true output's shape."""
+        return sum(bool(gs) and np.shape(gs[0]) == np.shape(tasks[tid].test[i].output)
+                   for (tid, i), gs in self.attempts.items())
+
+    def cells_right(self, tasks: dict[str, Task]) -> float:
+        """Mean over test outputs of the better attempt's share of cells equal to the truth (0: wrong shape)."""
+        def share(g, truth) -> float:
+            g, truth = np.asarray(g), np.asarray(truth)
+            return float((g == truth).mean()) if g.shape == truth.shape else 0.0
+        per = [max((share(g, tasks[tid].test[i].output) for g in gs[:2]), default=0.0)
+               for (tid, i), gs in self.attempts.items()]
+        return float(np.mean(per)) if per else 0.0
 
     def solved(self, tasks: dict[str, Task]) -> int:
         return sum(any(g is not None and grid_key(g) == grid_key(tasks[tid].test[i].output) for g in gs[:2])
@@ -115,12 +158,15 @@ def main() -> int:
     ap.add_argument("--model", default="models/arc-starter")
     ap.add_argument("--tasks", help="comma-separated ARC-AGI-1 evaluation task ids (default: DEFAULT_TASKS)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N tasks of the list")
-    ap.add_argument("--ttt-steps", type=int, default=48)
-    ap.add_argument("--ttt-lr", type=float, default=3e-3)
-    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--ttt-steps", type=int, default=None, help="default: the model's run_settings.json, else 48")
+    ap.add_argument("--ttt-lr", type=float, default=None, help="default: the model's run_settings.json, else 3e-3")
+    ap.add_argument("--rank", type=int, default=None, help="default: the model's run_settings.json, else 16")
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--poe-views", type=int, default=8)
     ap.add_argument("--tau", type=float, default=0.1)
+    ap.add_argument("--contrast", type=float, default=0.5,
+                    help="a variant row after the chain: the full chain's PoE with each view's log-likelihood "
+                         "minus CONTRAST x the base model's (no adapter); 0 leaves the row out")
     ap.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
     ap.add_argument("--out", default="out/ablation")
     a = ap.parse_args()
@@ -147,22 +193,27 @@ def main() -> int:
     tasks = {t: all_tasks[t] for t in ids}
     model = Path(a.model).resolve()
     held = check_held_out(model, list(tasks.values()))
+    ttt = ttt_settings(model, a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     n_out = sum(len(t.test) for t in tasks.values())
     print(f"ablation: {len(tasks)} tasks, {n_out} test outputs, model {model} ({held})", flush=True)
+    print(f"ttt settings: {ttt['steps']} steps, lr {ttt['lr']}, rank {ttt['rank']}, {ttt['augmentations']} "
+          f"augmentations, <= {ttt['max_examples']} examples ({ttt['source']})", flush=True)
 
     # -- TTT: one adapter per task ----------------------------------------------------------------------------
-    tcfg = TrainConfig(backend="peft", load_in_4bit=False, dtype="float32", lora_rank=a.rank,
-                       lora_alpha=2 * a.rank, steps=a.ttt_steps, learning_rate=a.ttt_lr, warmup_steps=4,
+    rank = ttt["rank"]
+    tcfg = TrainConfig(backend="peft", load_in_4bit=False, dtype="float32", lora_rank=rank,
+                       lora_alpha=2 * rank, steps=ttt["steps"], learning_rate=ttt["lr"], warmup_steps=4,
                        gradient_checkpointing=False, max_seq_len=2048)
     adapters: dict[str, Path | None] = {}
     t0 = time.time()
     with Trainer(model, tcfg) as trainer:
         for tid, task in tasks.items():
-            ex = build_ttt_examples(task, TTTDataConfig(augmentations_per_task=8, max_examples_per_task=64,
+            ex = build_ttt_examples(task, TTTDataConfig(augmentations_per_task=ttt["augmentations"],
+                                                        max_examples_per_task=ttt["max_examples"],
                                                         max_tokens=2048), trainer.fmt.token_count)
             r = trainer.train_task(tid, ex, out / "adapters" / tid)
             adapters[tid] = r.adapter_dir if r.finite else None
@@ -170,7 +221,7 @@ def main() -> int:
     print(f"ttt: {len(tasks)} adapters in {ttt_s:.0f} s", flush=True)
 
     # -- decoding: greedy views with and without adapters, then DFS -------------------------------------------
-    dcfg = DecodeConfig(backend=a.backend, dtype="float32", max_loras=4, max_lora_rank=max(8, a.rank),
+    dcfg = DecodeConfig(backend=a.backend, dtype="float32", max_loras=4, max_lora_rank=max(8, rank),
                         max_cpu_loras=max(4, len(tasks)), max_model_len=2048, enforce_eager=True,
                         constrain_grid=True, views_per_test=a.views)
     base_req = [q for t in tasks.values() for q in plan_requests(t, None, 1, seed=0)]
@@ -230,6 +281,15 @@ def main() -> int:
             cands = view_by[key] + dfs_by.get(key, [])
             rows[4].attempts[key] = top_two(select_attempts(tasks[key[0]], key[1], cands, poe, fn))
         dfs_poe_s = time.time() - t0
+        if a.contrast > 0:  # what the adapter adds over the base model, which likes background-only grids too
+            base_fn = scorer.score_fn({})
+            contrast_fn = lambda t, i, g, v: fn(t, i, g, v) - a.contrast * base_fn(t, i, g, v)  # noqa: E731
+            rows.append(Row(f"variant: + DFS, PoE minus {a.contrast:g} x base"))
+            t0 = time.time()
+            for key in sorted(view_by):
+                cands = view_by[key] + dfs_by.get(key, [])
+                rows[5].attempts[key] = top_two(select_attempts(tasks[key[0]], key[1], cands, poe, contrast_fn))
+            rows[5].seconds, rows[5].nll = ttt_s + view_s + dfs_s + time.time() - t0, nll["ttt"]
     share = 1 / max(1, a.views)  # the identity view's share of the views pass
     rows[0].seconds, rows[0].nll = base_s, nll["base"]
     rows[1].seconds, rows[1].nll = ttt_s + view_s * share, nll["ttt"]
@@ -237,14 +297,18 @@ def main() -> int:
     rows[3].seconds, rows[3].nll = ttt_s + view_s + poe_s, nll["ttt"]
     rows[4].seconds, rows[4].nll = ttt_s + view_s + dfs_s + dfs_poe_s, nll["ttt"]
 
-    print(f"\n| row | solved (pass@2, of {n_out}) | NLL/token of the true outputs | seconds |")
-    print("|---|---|---|---|")
+    print(f"\n| row | solved (pass@2, of {n_out}) | attempt 1 right shape | cells right | "
+          f"NLL/token of the true outputs | seconds |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.name} | {r.solved(tasks)} | {r.nll:.4f} | {r.seconds:.0f} |")
+        print(f"| {r.name} | {r.solved(tasks)} | {r.shape_right(tasks)} | {r.cells_right(tasks):.3f} | {r.nll:.4f} "
+              f"| {r.seconds:.0f} |")
     solved = {r.name: sorted(f"{k[0]}:{k[1]}" for k in r.attempts if Row(r.name, {k: r.attempts[k]}).solved(tasks))
               for r in rows}
-    (out / "ablation.json").write_text(json.dumps({"tasks": ids, "held_out": held, "args": vars(a),
+    atomic_write_text(out / "ablation.json", json.dumps({"tasks": ids, "held_out": held, "args": vars(a), "ttt": ttt,
                                                    "rows": [{"name": r.name, "solved": r.solved(tasks),
+                                                             "shape_right": r.shape_right(tasks),
+                                                             "cells_right": r.cells_right(tasks),
                                                              "nll": r.nll, "seconds": r.seconds} for r in rows],
                                                    "solved_outputs": solved,
                                                    "attempts": {r.name: {f"{k[0]}:{k[1]}": [np.asarray(g).tolist() for g in gs]

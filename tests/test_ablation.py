@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -34,3 +36,35 @@ def test_the_starter_model_never_saw_the_ablation_tasks(shared_data):
     train = load_challenges(shared_data / "arc-agi-1" / "arc-agi_training_challenges.json").tasks
     with pytest.raises(SystemExit, match="not held out"):
         ablation.check_held_out(starter, [next(iter(train.values()))])
+
+
+def test_the_chain_trains_with_the_model_folders_settings_and_the_command_line_wins(tmp_path):
+    """The starter's TTT settings (its run_settings.json) are the ones its ablation rows are measured with."""
+    starter = REPO / "models" / "arc-starter"
+    if not (starter / "run_settings.json").exists():
+        pytest.skip("models/arc-starter is not in this checkout")
+    shipped = json.loads((starter / "run_settings.json").read_text())
+    none = argparse.Namespace(ttt_steps=None, ttt_lr=None, rank=None)
+    got = ablation.ttt_settings(starter, none)
+    assert (got["steps"], got["lr"], got["rank"]) == (shipped["train.steps"], shipped["train.learning_rate"],
+                                                      shipped["train.lora_rank"])
+    assert "run_settings.json" in got["source"]
+    cli = ablation.ttt_settings(starter, argparse.Namespace(ttt_steps=5, ttt_lr=None, rank=4))
+    assert (cli["steps"], cli["lr"], cli["rank"]) == (5, shipped["train.learning_rate"], 4)
+    assert "command line" in cli["source"]
+    plain = ablation.ttt_settings(tmp_path, none)  # a folder without settings: the ablation's own defaults
+    assert (plain["steps"], plain["rank"]) == (48, 16) and "defaults" in plain["source"]
+
+
+def test_partial_credit_counts_shapes_on_attempt_one_and_cells_on_the_better_attempt():
+    import numpy as np
+
+    from arcttt_kaggle.arc.data import Pair, Task
+
+    truth = np.array([[1, 2], [3, 4]], dtype=np.uint8)
+    task = Task("t", train=(Pair(truth, truth),), test=(Pair(truth, truth), Pair(truth, truth)))
+    row = ablation.Row("r", {("t", 0): [np.zeros((3, 3), np.uint8), np.array([[1, 2], [0, 0]], np.uint8)],
+                             ("t", 1): [truth, np.zeros((2, 2), np.uint8)]})
+    assert row.solved({"t": task}) == 1
+    assert row.shape_right({"t": task}) == 1  # output 0's attempt 1 is 3x3
+    assert row.cells_right({"t": task}) == (0.5 + 1.0) / 2  # output 0: its 2nd attempt has half the cells
