@@ -83,6 +83,15 @@ def default_tasks(challenges: Path, solutions: Path, count: int = 60, fit: int =
     return out
 
 
+def evaluation_files() -> tuple[Path, Path] | None:
+    """ARC-AGI-1 evaluation's challenges and solutions under ``../shared/data``; None where it is absent."""
+    data = shared_data_dir()
+    if data is None:
+        return None
+    ev = data / "arc-agi-1"
+    return ev / "arc-agi_evaluation_challenges.json", ev / "arc-agi_evaluation_solutions.json"
+
+
 def check_held_out(model: Path, tasks: list[Task]) -> str:
     """Stop when an evaluated task shares an id or an (input, output) pair with what the model was trained on:
     the tasks of its ``pretrain.json`` data files less those its ``exclude`` files removed."""
@@ -121,6 +130,44 @@ def ttt_settings(model: Path, a: argparse.Namespace) -> dict:
     if any(cli is not None for _, cli, _ in keys.values()):
         out["source"] += ", the command line on top"
     return out
+
+
+def train_adapters(model: Path, tasks: dict[str, Task], ttt: dict, out: Path, desc: str = "ttt") -> dict:
+    """One LoRA adapter per task (PEFT backend, fp32) with the settings ``ttt`` (``ttt_settings``' keys):
+    {task id: TrainResult}; ``result.adapter_dir`` is None where training was not finite."""
+    from tqdm import tqdm
+
+    from arcttt_kaggle.engines.train import TrainConfig, Trainer
+    from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
+
+    rank = ttt["rank"]
+    cfg = TrainConfig(backend="peft", load_in_4bit=False, dtype="float32", lora_rank=rank, lora_alpha=2 * rank,
+                      steps=ttt["steps"], learning_rate=ttt["lr"], warmup_steps=4, gradient_checkpointing=False,
+                      max_seq_len=2048)
+    data = TTTDataConfig(augmentations_per_task=ttt["augmentations"], max_examples_per_task=ttt["max_examples"],
+                         max_tokens=2048)
+    results = {}
+    with Trainer(model, cfg) as trainer:
+        for tid, task in tqdm(tasks.items(), desc=desc, leave=False):
+            results[tid] = trainer.train_task(tid, build_ttt_examples(task, data, trainer.fmt.token_count), out / tid)
+    return results
+
+
+def true_output_nll(scorer, tasks: dict[str, Task], adapters: dict) -> dict[str, tuple[float, int]]:
+    """{task id: (summed NLL, tokens)} of the task's true test outputs under the identity view, with the task's
+    adapter from ``adapters`` (the base model where it has none)."""
+    from arcttt_kaggle.arc.augment import Augmentation
+
+    ident, res = Augmentation(), {}
+    for tid, t in tasks.items():
+        nll = sum(-float(scorer.score(t, i, [p.output], [ident], adapters.get(tid))[0, 0]) for i, p in enumerate(t.test))
+        res[tid] = (nll, sum(len(scorer.fmt.completion_ids(p.output)) for p in t.test))
+    return res
+
+
+def mean_nll(per_task: dict[str, tuple[float, int]]) -> float:
+    """Token-weighted mean of ``true_output_nll``'s result."""
+    return sum(v[0] for v in per_task.values()) / sum(v[1] for v in per_task.values())
 
 
 @dataclass
@@ -171,20 +218,15 @@ def main() -> int:
     ap.add_argument("--out", default="out/ablation")
     a = ap.parse_args()
 
-    from arcttt_kaggle.arc.augment import Augmentation
     from arcttt_kaggle.engines.decode import DecodeConfig, Decoder, plan_requests
     from arcttt_kaggle.engines.score_candidates import Scorer
-    from arcttt_kaggle.engines.train import TrainConfig, Trainer
-    from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples
     from arcttt_kaggle.selection.select import SelectConfig, select_attempts
 
-    data = shared_data_dir()
-    if data is None:
+    files = evaluation_files()
+    if files is None:
         print("ablation: skipped: ../shared/data is absent (ARC-AGI-1 evaluation is read from there)")
         return 0
-    ev = data / "arc-agi-1"
-    all_tasks = load_challenges(ev / "arc-agi_evaluation_challenges.json",
-                                solutions=ev / "arc-agi_evaluation_solutions.json").tasks
+    all_tasks = load_challenges(files[0], solutions=files[1]).tasks
     ids = a.tasks.split(",") if a.tasks else list(DEFAULT_TASKS)
     ids = ids[: a.limit] if a.limit else ids
     unknown = [t for t in ids if t not in all_tasks]
@@ -205,18 +247,9 @@ def main() -> int:
 
     # -- TTT: one adapter per task ----------------------------------------------------------------------------
     rank = ttt["rank"]
-    tcfg = TrainConfig(backend="peft", load_in_4bit=False, dtype="float32", lora_rank=rank,
-                       lora_alpha=2 * rank, steps=ttt["steps"], learning_rate=ttt["lr"], warmup_steps=4,
-                       gradient_checkpointing=False, max_seq_len=2048)
-    adapters: dict[str, Path | None] = {}
     t0 = time.time()
-    with Trainer(model, tcfg) as trainer:
-        for tid, task in tasks.items():
-            ex = build_ttt_examples(task, TTTDataConfig(augmentations_per_task=ttt["augmentations"],
-                                                        max_examples_per_task=ttt["max_examples"],
-                                                        max_tokens=2048), trainer.fmt.token_count)
-            r = trainer.train_task(tid, ex, out / "adapters" / tid)
-            adapters[tid] = r.adapter_dir if r.finite else None
+    adapters = {tid: r.adapter_dir if r.finite else None
+                for tid, r in train_adapters(model, tasks, ttt, out / "adapters").items()}
     ttt_s = time.time() - t0
     print(f"ttt: {len(tasks)} adapters in {ttt_s:.0f} s", flush=True)
 
@@ -255,15 +288,8 @@ def main() -> int:
         SelectConfig(method="poe", poe_top_c=8, poe_views=a.poe_views, use_program_expert=False)
     rows = [Row("base greedy"), Row("+ TTT greedy"), Row("+ views, vote"), Row("+ PoE"), Row("+ DFS")]
     with Scorer(model, dtype="float32", device="cpu") as scorer:
-        ident = Augmentation()  # the identity view
-        nll = {}
-        for which, ad in (("base", lambda t: None), ("ttt", lambda t: adapters[t])):
-            tot = toks = 0.0
-            for tid, t in tasks.items():
-                for i, p in enumerate(t.test):
-                    tot -= float(scorer.score(t, i, [p.output], [ident], ad(tid))[0, 0])
-                    toks += len(scorer.fmt.completion_ids(p.output))
-            nll[which] = tot / toks
+        nll = {"base": mean_nll(true_output_nll(scorer, tasks, {})),
+               "ttt": mean_nll(true_output_nll(scorer, tasks, adapters))}
         fn = scorer.score_fn(adapters)
         t0 = time.time()
         for key in sorted(view_by):

@@ -68,3 +68,19 @@ def test_partial_credit_counts_shapes_on_attempt_one_and_cells_on_the_better_att
     assert row.solved({"t": task}) == 1
     assert row.shape_right({"t": task}) == 1  # output 0's attempt 1 is 3x3
     assert row.cells_right({"t": task}) == (0.5 + 1.0) / 2  # output 0: its 2nd attempt has half the cells
+
+
+def test_the_ttt_sweep_tunes_on_tasks_the_ablation_does_not_report(shared_data):
+    import ttt_sweep
+
+    from arcttt_kaggle.pretrain.corpus import Exclusion
+
+    ev = shared_data / "arc-agi-1"
+    ch, so = ev / "arc-agi_evaluation_challenges.json", ev / "arc-agi_evaluation_solutions.json"
+    val = ttt_sweep.validation_ids(ch, so, 16)
+    assert len(val) == 16 and not set(val) & set(ablation.DEFAULT_TASKS)
+    tasks = load_challenges(ch, solutions=so).tasks
+    # disjoint by content too: no validation task shares an (input, output) pair with a reported one
+    reported = Exclusion.from_tasks([tasks[t] for t in ablation.DEFAULT_TASKS])
+    assert not [t for t in val if reported.reason(tasks[t])]
+    assert sorted(val) == val and val[0] > ablation.DEFAULT_TASKS[-1]
