@@ -14,10 +14,12 @@ Rows (each includes the stages above it, as in the MIT TTT paper and the ARChite
 5. ``+ DFS``: every completion with probability >= ``--tau`` per view (``decode.method="dfs"``), added to the
    sampled candidates, then the same PoE selection.
 
-After the chain, one variant row (``--contrast L``, 0 leaves it out): row 5's candidates and PoE, with each view's
+Every row selects as the kit does, with ``SelectConfig.demote_inconsistent`` on (``selection.consistency``: grids
+the demonstrations rule out go after the others). After the chain, variant rows measured beside it, not part of
+it: row 5 without the consistency check; and (``--contrast L``, 0 leaves it out) row 5 with each view's
 log-likelihood minus L x the base model's (no adapter) under the same view: a small model puts much of its
 probability on background-only grids with or without the adapter, and the difference keeps what the task's
-adapter added (contrastive scoring). It is measured beside the chain, not part of it.
+adapter added (contrastive scoring).
 
 Columns: test outputs solved (pass@2, Kaggle's metric counted per test output); partial credit, which moves
 before a model solves anything: test outputs whose attempt 1 has the right shape, and the cells right (per test
@@ -307,15 +309,19 @@ def main() -> int:
             cands = view_by[key] + dfs_by.get(key, [])
             rows[4].attempts[key] = top_two(select_attempts(tasks[key[0]], key[1], cands, poe, fn))
         dfs_poe_s = time.time() - t0
+        variants = [("variant: + DFS, PoE, no consistency check", replace(poe, demote_inconsistent=False), fn)]
         if a.contrast > 0:  # what the adapter adds over the base model, which likes background-only grids too
             base_fn = scorer.score_fn({})
             contrast_fn = lambda t, i, g, v: fn(t, i, g, v) - a.contrast * base_fn(t, i, g, v)  # noqa: E731
-            rows.append(Row(f"variant: + DFS, PoE minus {a.contrast:g} x base"))
+            variants.append((f"variant: + DFS, PoE minus {a.contrast:g} x base", poe, contrast_fn))
+        for name, cfg, score in variants:
+            row = Row(name)
             t0 = time.time()
             for key in sorted(view_by):
                 cands = view_by[key] + dfs_by.get(key, [])
-                rows[5].attempts[key] = top_two(select_attempts(tasks[key[0]], key[1], cands, poe, contrast_fn))
-            rows[5].seconds, rows[5].nll = ttt_s + view_s + dfs_s + time.time() - t0, nll["ttt"]
+                row.attempts[key] = top_two(select_attempts(tasks[key[0]], key[1], cands, cfg, score))
+            row.seconds, row.nll = ttt_s + view_s + dfs_s + time.time() - t0, nll["ttt"]
+            rows.append(row)
     share = 1 / max(1, a.views)  # the identity view's share of the views pass
     rows[0].seconds, rows[0].nll = base_s, nll["base"]
     rows[1].seconds, rows[1].nll = ttt_s + view_s * share, nll["ttt"]

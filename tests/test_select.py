@@ -23,7 +23,10 @@ B = np.array([[1, 0], [0, 1]], dtype=np.uint8)  # cell sum 2
 C = np.array([[3]], dtype=np.uint8)
 P = np.array([[4, 4]], dtype=np.uint8)
 Q = np.array([[6, 6]], dtype=np.uint8)
-TASK = Task("t1", (Pair(np.zeros((2, 2), np.uint8), np.ones((2, 2), np.uint8)),),
+# Demonstrations that rule none of the grids above out (selection.consistency): their outputs hold every colour
+# used here, one of them has a single colour, and they change their inputs' shapes.
+TASK = Task("t1", (Pair(np.zeros((2, 2), np.uint8), np.array([[9, 1, 0, 3, 4, 6]], np.uint8)),
+                   Pair(np.zeros((2, 2), np.uint8), np.ones((1, 1), np.uint8))),
             (Pair(np.zeros((2, 2), np.uint8)),))
 TASK2 = Task("t2", TASK.train, (Pair(np.zeros((2, 2), np.uint8)), Pair(np.ones((3, 3), np.uint8))))
 

@@ -318,7 +318,7 @@ def _task_view(tid: str, files: RunFiles, sel_list: list | None) -> TaskView:
             progs = files.programs.get(tid, [])
             rows = _candidate_rows(sel, list(progs[i]) if i < len(progs) else [], attempts)
             stats = (f"{sel.considered} candidates considered, {sel.unparsable} unparsable, {len(sel.ranked)} distinct "
-                     f"grids; method {sel.method}")
+                     f"grids ({sel.demoted} put last: the demonstrations rule them out); method {sel.method}")
             table = (f'<p class="muted">{esc(stats)}</p>' + ('<table class="candidates"><tr><th>grid</th><th>votes</th>'
                      "<th>PoE log-lik.</th><th>score</th><th>source</th><th>detail</th><th>submitted as</th></tr>" +
                      "".join(f"<tr><td>{grid_svg(g, 'candidate', 90, 10)}</td><td class=num>{esc(v)}</td>"

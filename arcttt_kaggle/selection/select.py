@@ -16,7 +16,10 @@ Pipeline for one test input (``select_attempts``):
    gives it the same say as one scoring view: it decides between grids whose PoE sums are close (4 votes
    against 1 moves the score by 1.4 nats) but cannot overturn a clear PoE verdict (gaps between a right and a
    wrong grid summed over 8 views are typically tens of nats). ``vote_weight = 0`` is pure ARChitects PoE.
-3. **Program-expert ensemble** (the BARC rule, Li et al. 2024, as used by Akyürek et al. 2024), with the
+3. **Consistency with the demonstrations** (``consistency``, on by default): grids the demonstrations rule out
+   (one colour where no demonstration output has one, a colour from nowhere, a shape the task never changes) follow
+   every other grid, before and after the product of experts; none is dropped.
+4. **Program-expert ensemble** (the BARC rule, Li et al. 2024, as used by Akyürek et al. 2024), with the
    verified program answers (programs that reproduce every demonstration), see ``ensemble_with_programs``.
 
 Scores come either from a callable ``score_fn(task, test_index, grids, views) -> ndarray [len(grids),
@@ -43,6 +46,7 @@ import numpy as np
 from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
 from arcttt_kaggle.arc.candidates import Candidate, CandidateSet
 from arcttt_kaggle.arc.data import Grid, Task, grid_key, grid_to_list
+from .consistency import Evidence, demote_inconsistent
 from .vote import Ranked, count_unparsable, vote
 
 ScoreFn = Callable[[Task, int, list[Grid], list[Augmentation]], np.ndarray]
@@ -71,6 +75,9 @@ class SelectConfig:
     vote_weight: float = field(default=1.0, metadata={
         "help": "poe: score = sum of view log-likelihoods + vote_weight * log(votes); 1 = votes count as one more "
                 "expert on the nat scale, 0 = pure product of experts"})
+    demote_inconsistent: bool = field(default=True, metadata={
+        "help": "put grids the demonstrations rule out (selection.consistency: single colour, a new colour, a changed "
+                "shape) after every other grid; never drops one; costs nothing"})
     use_program_expert: bool = field(default=True, metadata={
         "help": "ensemble verified program answers with TTT by the BARC rule (see ensemble_with_programs)"})
     seed: int = field(default=0, metadata={"help": "seed of the PoE scoring views (deterministic selection)"})
@@ -87,6 +94,8 @@ class SelectConfig:
         if isinstance(self.vote_weight, bool) or not isinstance(self.vote_weight, (int, float)) \
                 or not math.isfinite(self.vote_weight) or self.vote_weight < 0:
             raise ValueError(f"vote_weight must be a finite number >= 0, got {self.vote_weight!r}")
+        if not isinstance(self.demote_inconsistent, bool):
+            raise ValueError(f"demote_inconsistent must be a bool, got {self.demote_inconsistent!r}")
         if not isinstance(self.use_program_expert, bool):
             raise ValueError(f"use_program_expert must be a bool, got {self.use_program_expert!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -123,13 +132,16 @@ class Selection:
     program_filled: bool = field(default=False, metadata={"help": "a program answer filled an empty attempt"})
     program_answers: int = field(default=0, metadata={"help": "distinct verified program answers"})
     note: str = field(default="", metadata={"help": "why a fallback happened, if one did"})
+    demoted: int = field(default=0, metadata={
+        "help": "distinct grids put last because the demonstrations rule them out (selection.consistency)"})
 
     def to_dict(self) -> dict:
         return {"attempts": [None if g is None else grid_to_list(g) for g in self.attempts],
                 "method": self.method, "decided_by_program": self.decided_by_program, "scored": self.scored,
                 "considered": self.considered, "unparsable": self.unparsable, "program_role": self.program_role,
                 "program_filled": self.program_filled, "program_answers": self.program_answers,
-                "distinct": len(self.ranked), "top": [r.to_dict() for r in self.ranked[:2]], "note": self.note}
+                "distinct": len(self.ranked), "demoted": self.demoted, "top": [r.to_dict() for r in self.ranked[:2]],
+                "note": self.note}
 
 
 # -- product of experts ---------------------------------------------------------------------------------------
@@ -274,23 +286,30 @@ def select_attempts(task: Task, test_index: int, candidates: list[Candidate], co
 
     ``candidates`` are this test input's TTT candidates (any source; all of them vote). Verified program answers go
     in ``program_candidates`` and only act through the ensemble rule (when ``config.use_program_expert``).
-    ``task`` is only read when ``score_fn`` is called. Pure apart from calling ``score_fn``.
+    With ``config.demote_inconsistent`` the grids ``task``'s demonstrations rule out go last, before the product of
+    experts (so its pool holds consistent grids first) and after it. Pure apart from calling ``score_fn``.
     """
     method, note, scored = config.method, "", 0
+    evidence = Evidence.of(task, test_index) if config.demote_inconsistent else None
+
+    def demote(items: list[Ranked]) -> tuple[list[Ranked], int]:
+        return demote_inconsistent(items, [r.grid for r in items], evidence) if evidence else (items, 0)
+
     if config.method == "poe":
-        ranked = vote(candidates, config.poe_prerank, config.family_top)
+        ranked, demoted = demote(vote(candidates, config.poe_prerank, config.family_top))
         rr = poe_rerank(task, test_index, ranked, candidates, config, score_fn)
         ranked, scored, note = rr.ranked, rr.scored, rr.note
+        ranked = demote(ranked)[0]  # the pool may hold inconsistent grids when too few others exist
         if rr.fell_back:  # nothing could be scored: the pre-ranking stands
             method = config.poe_prerank
     else:
-        ranked = vote(candidates, config.method, config.family_top)
+        ranked, demoted = demote(vote(candidates, config.method, config.family_top))
     ttt = (ranked[0].grid if ranked else None, ranked[1].grid if len(ranked) > 1 else None)
     ens = ensemble_with_programs(ttt, program_candidates if config.use_program_expert else ())
     return Selection(attempts=ens.attempts, method=method, ranked=tuple(ranked),
                      decided_by_program=ens.decided_by_program, scored=scored, considered=len(candidates),
                      unparsable=count_unparsable(candidates), program_role=ens.role, program_filled=ens.filled,
-                     program_answers=ens.program_answers, note=note)
+                     program_answers=ens.program_answers, note=note, demoted=demoted)
 
 
 def select_all(tasks: Mapping[str, Task], candidate_set: CandidateSet, config: SelectConfig,
