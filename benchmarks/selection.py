@@ -17,7 +17,9 @@ table row per method:
 Inputs are standard candidate files (``arcttt_kaggle.arc.candidates``), e.g. produced on a GPU with a real model; the
 candidate file's tasks that also have solutions are evaluated (a task without candidates in the file is not
 counted). ``--challenges`` defaults to the solutions path with "solutions" replaced by "challenges"; the tasks are
-only needed for their test-input counts, since no model is run here. ``--scores`` is any candidate file whose
+read for their test-input counts and their demonstrations (the selection's consistency check,
+``selection.consistency``, is on as in the kit; ``--consistency both`` adds each method without it, ``off`` runs
+only that). No model is run here. ``--scores`` is any candidate file whose
 candidates carry ``extra["view_logprobs"] = {view_string: log_likelihood}``; they are matched to the candidates by
 exact grid.
 
@@ -81,14 +83,18 @@ def evaluate(tasks: Mapping[str, Task], solutions: Mapping[str, Sequence[Grid]],
 
 
 def run_methods(tasks: Mapping[str, Task], solutions: Mapping[str, Sequence[Grid]], candidate_set: CandidateSet,
-                program_set: CandidateSet | None = None, seed: int = 0) -> list[dict]:
-    """Every applicable method on the same candidates (PoE only when scores are present)."""
+                program_set: CandidateSet | None = None, seed: int = 0, consistency: str = "on") -> list[dict]:
+    """Every applicable method on the same candidates (PoE only when scores are present); ``consistency`` "on"
+    (the kit's selection), "off" or "both" (each method with and without the consistency check)."""
     methods = ["flat", "two_level"] + (["poe"] if has_view_logprobs(candidate_set) else [])
+    checks = {"on": [True], "off": [False], "both": [True, False]}[consistency]
     rows = []
     for expert in ([False, True] if program_set is not None else [False]):
         for m in methods:
-            rows.append(evaluate(tasks, solutions, candidate_set,
-                                 SelectConfig(method=m, use_program_expert=expert, seed=seed), program_set))
+            for check in checks:
+                cfg = SelectConfig(method=m, use_program_expert=expert, seed=seed, demote_inconsistent=check)
+                name = None if check else m + ("+programs" if expert else "") + " (no consistency check)"
+                rows.append(evaluate(tasks, solutions, candidate_set, cfg, program_set, name))
     return rows
 
 
@@ -118,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--synthetic", action="store_true", help="fabricate candidates (tests the harness only)")
     ap.add_argument("--write-synthetic", type=Path, help="with --synthetic: also write the fabricated files here")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator and of PoE views")
+    ap.add_argument("--consistency", choices=["on", "off", "both"], default="on",
+                    help="the selection's consistency check: on (as the kit), off, or both (a row each)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON to this path")
     args = ap.parse_args(argv)
 
@@ -159,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(BANNER)
     print(f"candidates: {'synthetic' if args.synthetic else args.candidates}  tasks evaluated: {len(tasks)}"
           + (f"  (skipped, no challenge/solution: {len(missing)})" if missing else ""))
-    rows = run_methods(tasks, solutions, candidates, programs, seed=args.seed)
+    rows = run_methods(tasks, solutions, candidates, programs, seed=args.seed, consistency=args.consistency)
     print(format_table(rows))
     if synthetic:
         print("(synthetic: harness logic only, no accuracy claimed)")

@@ -256,6 +256,10 @@ def test_harness_on_a_synthetic_file(sample_tasks, tmp_path, capsys):
 def test_harness_synthetic_flag_without_scores_or_programs(tmp_path, capsys):
     rows = _harness().main(["--synthetic"])
     assert "SYNTHETIC CANDIDATES" in capsys.readouterr().out and len(rows) == 6
+    both = _harness().main(["--synthetic", "--consistency", "both"])
+    assert [r["method"] for r in both[:2]] == ["flat", "flat (no consistency check)"] and len(both) == 12
+    assert both[::2] == rows  # the check-on rows are the default run's
+    capsys.readouterr()
     # a real-format file without view_logprobs and without programs: no poe row, no expert rows
     cands = {"00576224": [[cand(A)]]}
     write_candidate_file(tmp_path / "c.json", cands, "ttt")

@@ -14,7 +14,7 @@ task when
 Each rule is a statement about ARC tasks, measured rather than assumed: ``benchmarks/consistency_rules.py``
 counts, per ARC file, the test outputs a rule applies to and those it would wrongly rule out. On the 1,492 test
 outputs of ARC-AGI-1 and ARC-AGI-2 training, where the rules were chosen, none of the three rules out a true
-output (2,922 applications); a fourth candidate, "every demonstration output has one shape", breaks 29 of 691
+output (3,922 applications); a fourth candidate, "every demonstration output has one shape", breaks 29 of 691
 and is not used.
 
 The selection *demotes* inconsistent grids (they follow every consistent grid, in their own order) and never
