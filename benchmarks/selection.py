@@ -75,7 +75,8 @@ def evaluate(tasks: Mapping[str, Task], solutions: Mapping[str, Sequence[Grid]],
             decided += sel.decided_by_program
         kaggle += task_hits / len(sels)
     n_tasks = len(selections)
-    method = name or config.method + ("+programs" if progs else "")
+    method = name or (config.method + ("+programs" if progs else "")
+                      + ("" if config.demote_inconsistent else " (no consistency check)"))
     return {"method": method, "tasks": n_tasks, "outputs": outputs,
             "top2": hits / outputs if outputs else 0.0, "kaggle": kaggle / n_tasks if n_tasks else 0.0,
             "oracle": oracle / outputs if outputs else 0.0, "cands": considered, "scorings": scorings,
@@ -93,8 +94,7 @@ def run_methods(tasks: Mapping[str, Task], solutions: Mapping[str, Sequence[Grid
         for m in methods:
             for check in checks:
                 cfg = SelectConfig(method=m, use_program_expert=expert, seed=seed, demote_inconsistent=check)
-                name = None if check else m + ("+programs" if expert else "") + " (no consistency check)"
-                rows.append(evaluate(tasks, solutions, candidate_set, cfg, program_set, name))
+                rows.append(evaluate(tasks, solutions, candidate_set, cfg, program_set))
     return rows
 
 
