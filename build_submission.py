@@ -158,10 +158,17 @@ def cmd_pretrain(a) -> int:
     from arcttt_kaggle.pretrain.corpus import CorpusConfig
     from arcttt_kaggle.pretrain.loop import PretrainConfig, pretrain
 
+    if a.init and (a.shape or a.profile):
+        raise SystemExit(f"pretrain: --init {a.init} is a model folder with its own shape and profile: drop "
+                         f"{' and '.join(f for f, v in (('--shape', a.shape), ('--profile', a.profile)) if v)}")
+    if not a.exclude:
+        print("pretrain: WARNING: no --exclude: nothing is held out, so no ARC task may be used to evaluate this "
+              "model (benchmarks/ablation.py refuses tasks it was trained on)", file=sys.stderr)
     corpus = CorpusConfig(views_per_task=a.views_per_task, examples_per_task=a.examples_per_task,
                           tokens_per_batch=a.tokens_per_batch, seed=a.seed,
                           synthetic_tasks=a.synthetic_tasks)
-    cfg = PretrainConfig(shape=a.shape, profile=a.profile, max_seq_len=a.max_seq_len, minutes=a.minutes,
+    cfg = PretrainConfig(shape=a.shape or "arc-tiny", profile=a.profile or "kit", max_seq_len=a.max_seq_len,
+                         minutes=a.minutes,
                          tokens=a.tokens, lr=a.lr, checkpoint_minutes=a.checkpoint_minutes, seed=a.seed, corpus=corpus)
     rec = pretrain(a.data, a.out, cfg, exclude=a.exclude or (), init=a.init, resume=a.resume)
     d = rec["data"]
@@ -175,6 +182,10 @@ def cmd_pretrain(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from arcttt_kaggle.engines.format import PROFILES
+    from arcttt_kaggle.pretrain.shapes import SHAPES
+    from arcttt_kaggle.pretrain.synthetic import FAMILIES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dry-run", help="execute the notebook locally on the sample with the starter model")
@@ -236,24 +247,32 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--data", nargs="+", required=True,
                     help="*_challenges.json files; a *_solutions.json beside one adds its test pairs")
     pt.add_argument("--exclude", nargs="*", help="challenges files whose tasks are held out: any training task "
-                    "sharing an id or an (input, output) pair with them is dropped")
+                    "sharing an id or an (input, output) pair (up to rotations, flips and colours) with them is "
+                    "dropped; without it nothing is held out (a warning says so)")
     pt.add_argument("--out", required=True, help="the model folder to write")
-    pt.add_argument("--shape", default="arc-tiny", help="arc-tiny (this CPU) or arc-small (a GPU)")
-    pt.add_argument("--profile", default="kit", choices=["kit", "architects", "nvarc"])
+    pt.add_argument("--shape", choices=sorted(SHAPES), help="model shape from scratch (default arc-tiny: this CPU; "
+                    "arc-small or larger: a GPU); refused with --init")
+    pt.add_argument("--profile", choices=list(PROFILES), help="prompt layout of a new model (default kit); refused "
+                    "with --init (the model folder has its own)")
     pt.add_argument("--init", help="continue from this model folder instead of a new model")
-    pt.add_argument("--resume", action="store_true", help="continue OUT/checkpoint with the same arguments")
-    pt.add_argument("--minutes", type=float, default=0.0, help="training time budget")
-    pt.add_argument("--tokens", type=int, default=0, help="token budget")
-    pt.add_argument("--max-seq-len", type=int, default=2048)
-    pt.add_argument("--tokens-per-batch", type=int, default=8192)
-    pt.add_argument("--views-per-task", type=int, default=4)
-    pt.add_argument("--examples-per-task", type=int, default=8)
+    pt.add_argument("--resume", action="store_true", help="continue OUT/checkpoint with the same arguments (the data "
+                    "files' SHA-256, exclusions and init are checked; a mismatch is refused by name)")
+    pt.add_argument("--minutes", type=float, default=0.0, help="training time budget in minutes (0: none)")
+    pt.add_argument("--tokens", type=int, default=0, help="token budget (0: none; set this or --minutes)")
+    pt.add_argument("--max-seq-len", type=int, default=2048, help="longest training sequence in tokens; longer "
+                    "examples lose demonstrations, then are dropped")
+    pt.add_argument("--tokens-per-batch", type=int, default=8192, help="padded tokens per batch (memory grows "
+                    "linearly with it)")
+    pt.add_argument("--views-per-task", type=int, default=256, help="each task's pool of distinct views (dihedral x "
+                    "colour permutation, identity first); every example draws one uniformly (1: no augmentation)")
+    pt.add_argument("--examples-per-task", type=int, default=8, help="sequences per task per epoch, each with its "
+                    "own view, query and demonstration order")
     pt.add_argument("--synthetic-tasks", type=int, default=0,
-                    help="fresh synthetic tasks per epoch (copy, flip, tile, upscale, colour map, halves logic, "
-                         "gravity, crop: arcttt_kaggle/pretrain/synthetic.py), beside the real ones")
-    pt.add_argument("--lr", type=float, default=1e-3)
-    pt.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    pt.add_argument("--seed", type=int, default=0)
+                    help="fresh synthetic tasks per epoch beside the real ones, from the families "
+                         f"{', '.join(FAMILIES)} (arcttt_kaggle/pretrain/synthetic.py)")
+    pt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warmup, then cosine to 0.1x)")
+    pt.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between atomic checkpoints")
+    pt.add_argument("--seed", type=int, default=0, help="weight and data seed")
     pt.set_defaults(fn=cmd_pretrain)
     a = p.parse_args(argv)
     return a.fn(a)

@@ -13,8 +13,8 @@ import pytest
 from arcttt_kaggle.arc.data import Task, load_challenges, package_sample_dir
 from arcttt_kaggle.engines.format import IGNORE_INDEX, ArcFormat, FormatSpec
 from arcttt_kaggle.engines.tinymodel import build_tokenizer
-from arcttt_kaggle.pretrain.corpus import (CorpusConfig, Exclusion, apply_exclusion, bucket_batches, epoch_sequences,
-                                           load_task_files, pairs_too_long)
+from arcttt_kaggle.pretrain.corpus import (CorpusConfig, EpochViews, Exclusion, apply_exclusion, bucket_batches,
+                                           epoch_sequences, load_task_files, pairs_too_long)
 from arcttt_kaggle.pretrain.loop import PretrainConfig, pretrain
 from arcttt_kaggle.pretrain.shapes import build_arc_model
 
@@ -55,7 +55,8 @@ def test_arc_agi_2_training_minus_arc_agi_1_evaluation_drops_its_376_copies(shar
     ex = Exclusion.from_files([shared_data / "arc-agi-1" / "arc-agi_evaluation_challenges.json"])
     tasks = load_task_files([shared_data / "arc-agi-2" / "arc-agi_training_challenges.json"])
     kept, stats = apply_exclusion(tasks, ex)
-    assert stats.excluded_by_id + stats.excluded_by_content == 376 and len(kept) == 624
+    # 376 copies by id; one more task shares a pair with an evaluation task up to a rotation or flip and colours
+    assert (stats.excluded_by_id, stats.excluded_by_content, len(kept)) == (376, 1, 623)
     # and nothing kept shares a pair with the evaluation set, whatever its id
     assert not any(ex.reason(t) for t in kept)
     # the sample (10 ARC-AGI-1 evaluation tasks) is inside what was dropped
@@ -75,8 +76,39 @@ def test_an_epoch_is_augmented_leave_one_out_with_loss_on_outputs_only():
         assert learned and set(learned) <= digits  # outputs only: never a marker of the prompt
         assert ids.count(fmt.eos_id) == learned.count(fmt.eos_id)
     again = epoch_sequences(tasks, fmt, 4096, epoch=0, cfg=CorpusConfig(views_per_task=2, examples_per_task=6))
-    other = epoch_sequences(tasks, fmt, 4096, epoch=1, cfg=CorpusConfig(views_per_task=2, examples_per_task=6))
-    assert again == seqs and other != seqs  # each epoch is new views, and the same epoch is the same data
+    assert again == seqs  # the same epoch is the same data
+
+
+def sample_tasks_solved() -> list[Task]:
+    return list(load_challenges(SAMPLE, solutions=SAMPLE.with_name("arc-agi_test_solutions.json")).tasks.values())
+
+
+@pytest.mark.parametrize("views", [4, 8])
+def test_every_example_draws_its_view_uniformly_from_the_pool(views):
+    """The identity view's share is about 1/views even for tasks with many pairs (the old builder ordered
+    examples view by view, identity first, so a capped task only ever saw the identity view)."""
+    fmt = ArcFormat(build_tokenizer())
+    drawn = EpochViews()
+    for epoch in range(3):
+        epoch_sequences(sample_tasks_solved(), fmt, 4096, epoch, CorpusConfig(views_per_task=views,
+                                                                                examples_per_task=40), drawn)
+    assert drawn.examples > 1000
+    assert abs(drawn.identity_share - 1 / views) < 0.4 / views, drawn.as_dict()
+    assert len(drawn.distinct) == 10 * views  # every view of every task was drawn
+
+
+def test_a_task_capped_at_four_examples_sees_four_views_and_another_set_next_epoch():
+    fmt = ArcFormat(build_tokenizer())
+    tasks = sample_tasks_solved()
+    cfg = CorpusConfig(examples_per_task=4)  # the starter's cap, the default pool of 256 views
+    per_epoch = []
+    for epoch in (0, 1):
+        drawn = EpochViews()
+        seqs = epoch_sequences(tasks, fmt, 4096, epoch, cfg, drawn)
+        assert len(seqs) == 40 and drawn.identity <= 1 and len(drawn.distinct) >= 38
+        per_epoch.append([tuple(seqs[4 * i + j][0]) for i in range(10) for j in range(4)])
+    changed = sum(set(per_epoch[0][4 * i:4 * i + 4]) != set(per_epoch[1][4 * i:4 * i + 4]) for i in range(10))
+    assert changed == 10  # every task's examples differ from one epoch to the next
 
 
 def test_length_buckets_cover_every_sequence_once_within_the_token_budget_and_pad_less_than_random_batches():
@@ -125,7 +157,7 @@ def test_a_new_model_folder_speaks_its_profile(tmp_path, profile):
 
 # -- a one-minute run, shared by the tests below ------------------------------------------------------------------
 TINY_RUN = dict(shape="arc-nano", max_seq_len=1024, tokens=40_000, lr=3e-3, warmup=0.05, log_every=2,
-                corpus=CorpusConfig(views_per_task=2, examples_per_task=4, tokens_per_batch=2048))
+                corpus=CorpusConfig(examples_per_task=4, tokens_per_batch=2048))
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +175,8 @@ def test_a_short_run_learns_and_records_itself(short_run):
     assert curve[-1] < 0.8 * curve[0], curve  # the loss fell
     assert rec["final_loss"] == pytest.approx(np.mean(curve[-5:]))
     assert json.loads((out / "pretrain.json").read_text())["steps"] == rec["steps"]
+    views = rec["views"]  # each example drew its own view from a pool of 256
+    assert views["identity_view_share"] <= 0.25 and views["distinct_views"] >= 0.9 * views["examples"], views
     assert (out / "loss.png").stat().st_size > 1000 and (out / "checkpoint" / "optimizer.pt").exists()
     from safetensors.numpy import load_file
 
@@ -181,6 +215,17 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="another config"):
         pretrain([SAMPLE], tmp_path / "cut", PretrainConfig(**{**TINY_RUN, "tokens": 13_000}), resume=True,
                  progress=False)
+
+
+@pytest.mark.parametrize("change", ["data", "exclude", "init"])
+def test_a_resume_on_other_data_exclusions_or_init_is_refused_by_name(short_run, tmp_path, change):
+    out, _ = short_run
+    other = write_tasks(tmp_path / "other_challenges.json", {"aaaa0001": task_dict(1)})
+    kwargs = {"data": {"data": [other]}, "exclude": {"exclude": [other]}, "init": {"init": out}}[change]
+    args = {"data": [SAMPLE], "exclude": (), "init": None, **kwargs}
+    with pytest.raises(ValueError, match=f"{change} differs from the checkpoint"):
+        pretrain(args["data"], out, PretrainConfig(**TINY_RUN), exclude=args["exclude"], init=args["init"],
+                 resume=True, progress=False)
 
 
 @pytest.mark.slow

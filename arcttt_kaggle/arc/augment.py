@@ -90,6 +90,9 @@ class Augmentation:
             g = np.asarray(self.colors, dtype=np.uint8)[g]
         return g
 
+    def apply_pair(self, pair: Pair) -> Pair:
+        return Pair(self.apply_grid(pair.input), None if pair.output is None else self.apply_grid(pair.output))
+
     def invert_grid(self, grid: Grid) -> Grid:
         return self.inverse().apply_grid(grid)
 
@@ -101,10 +104,8 @@ class Augmentation:
         return [items[i] for i in self.order]
 
     def apply_task(self, task: Task) -> Task:
-        def pair(p: Pair) -> Pair:
-            return Pair(self.apply_grid(p.input), None if p.output is None else self.apply_grid(p.output))
-
-        return Task(task.id, tuple(pair(p) for p in self.reorder(task.train)), tuple(pair(p) for p in task.test))
+        return Task(task.id, tuple(self.apply_pair(p) for p in self.reorder(task.train)),
+                    tuple(self.apply_pair(p) for p in task.test))
 
     # -- group structure ------------------------------------------------------------------------------------
     def inverse(self) -> "Augmentation":

@@ -92,7 +92,7 @@ class TTTExample:
     @property
     def key(self) -> tuple[bytes, ...]:
         """Exact content identity (grids only): two examples with the same key have the same text."""
-        return _content_key(self.demos, self.query)
+        return content_key(self.demos, self.query)
 
     def original_query_output(self) -> Grid:
         return self.aug.invert_grid(self.query.output)
@@ -168,11 +168,11 @@ def build_ttt_examples(task: Task, config: TTTDataConfig = TTTDataConfig(),
                 indices = [rest[o] for o in order]
                 demos = [augmented(v, i) for i in indices]
                 query = augmented(v, held[0])
-                kept = _trim(demos, indices, query, config.max_tokens, count_tokens)
+                kept = trim_demos(demos, indices, query, config.max_tokens, count_tokens)
                 if kept is None:
                     continue
                 demos, indices = kept
-                key = _content_key(demos, query)
+                key = content_key(demos, query)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -181,7 +181,7 @@ def build_ttt_examples(task: Task, config: TTTDataConfig = TTTDataConfig(),
     return out
 
 
-def _trim(demos: list[Pair], indices: list[int], query: Pair, max_tokens: int,
+def trim_demos(demos: list[Pair], indices: list[int], query: Pair, max_tokens: int,
           count_tokens: TokenCounter) -> tuple[list[Pair], list[int]] | None:
     """Drop demonstrations, largest first, until the example fits; ``None`` when even one is too many.
 
@@ -198,7 +198,7 @@ def _trim(demos: list[Pair], indices: list[int], query: Pair, max_tokens: int,
     return demos, indices
 
 
-def _content_key(demos: Sequence[Pair], query: Pair) -> tuple[bytes, ...]:
+def content_key(demos: Sequence[Pair], query: Pair) -> tuple[bytes, ...]:
     # grid_key includes the shape, so the tuple identifies the example's text exactly.
     parts = [grid_key(g) for p in demos for g in (p.input, p.output)]
     parts.append(b"Q" + grid_key(query.input))

@@ -1,16 +1,22 @@
 """The pretraining corpus: ARC tasks from Kaggle-format files, exclusion by id and by content, and token-bucketed
-batches of leave-one-out examples under fresh augmentations every epoch.
+batches of leave-one-out examples, each under a view of its own.
 
 Exclusion is by content as well as by id because the public ARC sets share tasks under reordered pairs: the
 ARC-AGI-2 training split holds 376 ARC-AGI-1 evaluation tasks, their demonstrations shuffled (and one with a
 modified pair), so an id check alone, or an equality check on the task, would train on the evaluation set.
 A training task is dropped when its id is excluded or when any of its (input, output) pairs, demonstrations or
-solved test pairs, equals a pair of an excluded task; pair order never matters.
+solved test pairs, shares a canonical key with a pair of an excluded task (``arc.heldout.canonical_pair_key``:
+equal up to rotations, flips and a colour relabelling, which the augmentations below reproduce); pair order never
+matters.
 
-Each epoch draws new views of every task (the TTT example builder with the epoch as its seed: dihedral
-transforms, color permutations, demonstration order), so a small corpus gives a long stream of distinct
-sequences. Examples are grouped into batches of similar length (length bucketing) so a short task never pays
-for a long one's padding: the measured padding share is in ``Batch.padding``.
+Views: each task has a pool of ``views_per_task`` distinct views (the identity first; the others cycle the 8
+dihedral transforms, each with a random colour permutation, background kept where the config says), fixed for the
+run. Every example draws its own view uniformly from the pool, its own query (the task's pairs in a fresh random
+order, cycled) and its own demonstration order, so no view is favoured: the identity view's share of an epoch is
+about 1 / ``views_per_task``, a task capped at a few examples still sees many views, and consecutive epochs differ.
+``EpochViews`` counts what an epoch drew (``pretrain.json`` records it). Examples are grouped into batches of
+similar length (length bucketing) so a short task never pays for a long one's padding: the measured padding share
+is in ``Batch.padding``.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from arcttt_kaggle.arc.data import Pair, Task, grid_key, load_challenges
+from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
+from arcttt_kaggle.arc.data import Task, load_challenges
+from arcttt_kaggle.arc.heldout import CanonicalKey, canonical_pair_keys
 from arcttt_kaggle.engines.format import IGNORE_INDEX, ArcFormat, LossOn
-from arcttt_kaggle.engines.ttt_data import TTTDataConfig, build_ttt_examples, stable_seed
+from arcttt_kaggle.engines.ttt_data import TokenCounter, TTTExample, content_key, stable_seed, trim_demos
 
 from .synthetic import synthetic_tasks
-
-PairKey = tuple[bytes, bytes]
 
 
 def solutions_beside(challenges: Path) -> Path | None:
@@ -54,17 +60,12 @@ def load_task_files(paths: Iterable[str | Path]) -> list[Task]:
     return list(out.values())
 
 
-def pair_keys(task: Task) -> set[PairKey]:
-    """The task's (input, output) pairs as content keys: demonstrations and the test pairs with known outputs."""
-    return {(grid_key(p.input), grid_key(p.output)) for p in (*task.train, *task.test) if p.output is not None}
-
-
 @dataclass(frozen=True)
 class Exclusion:
-    """What may not be trained on: task ids and (input, output) pair contents."""
+    """What may not be trained on: task ids and (input, output) pair contents (canonical keys)."""
 
     ids: frozenset[str] = frozenset()
-    pairs: frozenset[PairKey] = frozenset()
+    pairs: frozenset[CanonicalKey] = frozenset()
     sources: tuple[str, ...] = ()
 
     @classmethod
@@ -73,7 +74,7 @@ class Exclusion:
         pairs: set[PairKey] = set()
         for task in tasks:
             ids.add(task.id)
-            pairs |= pair_keys(task)
+            pairs |= canonical_pair_keys(task)
         return cls(frozenset(ids), frozenset(pairs), tuple(sources))
 
     @classmethod
@@ -89,7 +90,7 @@ class Exclusion:
         """Why ``task`` is excluded ("id", "content"), or "" when it may be trained on."""
         if task.id in self.ids:
             return "id"
-        if pair_keys(task) & self.pairs:
+        if canonical_pair_keys(task) & self.pairs:
             return "content"
         return ""
 
@@ -132,9 +133,15 @@ def training_task(task: Task) -> Task:
 class CorpusConfig:
     """How each epoch's sequences are drawn from the tasks."""
 
-    views_per_task: int = field(default=4, metadata={"help": "augmented views per held-out pair per epoch"})
-    examples_per_task: int = field(default=8, metadata={"help": "cap on sequences per task per epoch (spreads "
-                                   "the tokens over tasks; large tasks would otherwise dominate)"})
+    views_per_task: int = field(default=256, metadata={"help": "the pool of distinct views of each task (identity "
+                                "first, then the 8 dihedral transforms in turn, each with a random colour "
+                                "permutation), fixed for the run; every example draws one uniformly, so the "
+                                "identity view's share is ~1/views_per_task. 1: no augmentation"})
+    examples_per_task: int = field(default=8, metadata={"help": "sequences per task per epoch, each with its own "
+                                   "view, query and demonstration order (spreads the tokens over tasks; large "
+                                   "tasks would otherwise dominate)"})
+    keep_background: bool = field(default=True, metadata={"help": "colour permutations keep colour 0 (the usual "
+                                  "ARC background) fixed"})
     loss_on: LossOn = field(default="all_outputs", metadata={"help": "loss on every output (each demonstration "
                             "output predicted from those before it) or on the query output only"})
     tokens_per_batch: int = field(default=8192, metadata={"help": "padded tokens per batch (memory is linear in "
@@ -153,6 +160,73 @@ class CorpusConfig:
             raise ValueError(f"pretrain corpus: loss_on must be all_outputs or query_output, got {self.loss_on!r}")
 
 
+def task_views(task_id: str, cfg: CorpusConfig) -> list[Augmentation]:
+    """The task's pool of views (geometry and colours; demonstration order is drawn per example), fixed for the
+    run: deterministic from the config seed and the task id, the identity first."""
+    return sample_augmentations(cfg.views_per_task, stable_seed(cfg.seed, f"views\x00{task_id}"), None,
+                                include_identity=True, keep_background=cfg.keep_background, order=False)
+
+
+def sample_examples(task: Task, n: int, views: Sequence[Augmentation], rng: np.random.Generator, max_tokens: int,
+                    count_tokens: TokenCounter) -> list[TTTExample]:
+    """``n`` leave-one-out examples of ``task``'s demonstrations, each under a view drawn uniformly from ``views``,
+    its query taken from the pairs in a fresh random order (cycled, so every pair is a query about n/K times) and
+    its demonstrations in a random order, trimmed to ``max_tokens`` (largest demonstrations dropped first).
+    Exact duplicates are drawn again (at most 3n draws in all), so fewer than ``n`` come back only from a task
+    with fewer distinct examples."""
+    k = len(task.train)
+    out: list[TTTExample] = []
+    seen: set[tuple[bytes, ...]] = set()
+    queue: list[int] = []
+    for _ in range(3 * n):
+        if len(out) == n:
+            break
+        if not queue:
+            queue = [int(i) for i in rng.permutation(k)]
+        q = queue.pop()
+        view = views[int(rng.integers(len(views)))]
+        rest = [i for i in range(k) if i != q]
+        order = tuple(int(o) for o in rng.permutation(len(rest)))
+        indices = [rest[o] for o in order]
+        demos = [view.apply_pair(task.train[i]) for i in indices]
+        query = view.apply_pair(task.train[q])
+        kept = trim_demos(demos, indices, query, max_tokens, count_tokens)
+        if kept is None:
+            continue
+        demos, indices = kept
+        key = content_key(demos, query)
+        if key in seen:
+            continue
+        seen.add(key)
+        aug = Augmentation(view.dihedral, view.colors, order if order else None)
+        out.append(TTTExample(task.id, tuple(demos), query, q, aug, (q,), tuple(indices)))
+    return out
+
+
+@dataclass
+class EpochViews:
+    """What the examples of one or more epochs drew: examples, those in the identity view (identity geometry and
+    colours), and distinct (task, view) pairs."""
+
+    examples: int = 0
+    identity: int = 0
+    distinct: set = field(default_factory=set)
+
+    def add(self, ex: TTTExample) -> None:
+        self.examples += 1
+        view = Augmentation(ex.aug.dihedral, ex.aug.colors)
+        self.identity += view.is_identity
+        self.distinct.add((ex.task_id, view.to_string()))
+
+    @property
+    def identity_share(self) -> float:
+        return self.identity / self.examples if self.examples else 0.0
+
+    def as_dict(self) -> dict:
+        return {"examples": self.examples, "identity_view_share": round(self.identity_share, 4),
+                "distinct_views": len(self.distinct)}
+
+
 @dataclass(frozen=True)
 class Batch:
     input_ids: np.ndarray  # (rows, length) int64, right-padded with pad_id
@@ -165,17 +239,19 @@ class Batch:
         return 1.0 - self.tokens / self.input_ids.size
 
 
-def epoch_sequences(tasks: Sequence[Task], fmt: ArcFormat, max_len: int, epoch: int,
-                    cfg: CorpusConfig) -> list[tuple[list[int], list[int]]]:
-    """(ids, labels) of every sequence of one epoch: each task's augmented leave-one-out examples (the epoch is
-    the augmentation seed), demonstrations dropped, largest first, until an example fits ``max_len``."""
-    ttt = TTTDataConfig(augmentations_per_task=cfg.views_per_task, max_examples_per_task=cfg.examples_per_task,
-                        max_tokens=max_len, seed=cfg.seed + epoch)
+def epoch_sequences(tasks: Sequence[Task], fmt: ArcFormat, max_len: int, epoch: int, cfg: CorpusConfig,
+                    views: EpochViews | None = None) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of every sequence of one epoch: ``cfg.examples_per_task`` examples of each task
+    (``sample_examples``; the epoch seeds the draws), counted into ``views`` when given."""
     seqs = []
     for task in tasks:
-        for ex in build_ttt_examples(training_task(task), ttt, fmt.token_count):
+        rng = np.random.default_rng(stable_seed(cfg.seed + epoch, f"examples\x00{task.id}"))
+        pool = task_views(task.id, cfg)
+        for ex in sample_examples(training_task(task), cfg.examples_per_task, pool, rng, max_len, fmt.token_count):
             enc = fmt.encode_example(ex.demos, ex.query, cfg.loss_on)
             seqs.append((enc.input_ids, enc.labels))
+            if views is not None:
+                views.add(ex)
     return seqs
 
 
@@ -234,13 +310,14 @@ def epoch_tasks(tasks: Sequence[Task], epoch: int, cfg: CorpusConfig,
 
 
 def batch_stream(tasks: Sequence[Task], fmt: ArcFormat, max_len: int, pad_id: int, cfg: CorpusConfig,
-                 start_epoch: int = 0, skip_batches: int = 0,
-                 excluded_pairs: frozenset = frozenset()) -> Iterator[tuple[int, int, Batch]]:
+                 start_epoch: int = 0, skip_batches: int = 0, excluded_pairs: frozenset = frozenset(),
+                 views: EpochViews | None = None) -> Iterator[tuple[int, int, Batch]]:
     """(epoch, index within the epoch, batch) forever; deterministic from the config, so a resumed run that
-    skips the batches it already saw continues on exactly the same data."""
+    skips the batches it already saw continues on exactly the same data. ``views`` counts the examples of every
+    epoch the stream builds."""
     epoch = start_epoch
     while True:
-        seqs = epoch_sequences(epoch_tasks(tasks, epoch, cfg, excluded_pairs), fmt, max_len, epoch, cfg)
+        seqs = epoch_sequences(epoch_tasks(tasks, epoch, cfg, excluded_pairs), fmt, max_len, epoch, cfg, views)
         if not seqs:
             raise ValueError(f"no pretraining sequence fits max_seq_len {max_len}")
         batches = bucket_batches(seqs, cfg.tokens_per_batch, pad_id, stable_seed(cfg.seed + epoch, "batches"))

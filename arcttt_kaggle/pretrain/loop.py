@@ -16,6 +16,7 @@ Precision: fp32 on CPU; on a GPU, bf16 autocast over fp32 weights and optimizer 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,12 +24,15 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from arcttt_kaggle.arc.candidates import atomic_write_text
 from arcttt_kaggle.engines.format import PROFILE_FILE, PROFILES, ArcFormat
 
-from .corpus import Batch, CorpusConfig, Exclusion, apply_exclusion, batch_stream, load_task_files, pairs_too_long
+from arcttt_kaggle.arc.data import Task
+
+from .corpus import (Batch, CorpusConfig, EpochViews, Exclusion, apply_exclusion, batch_stream, load_task_files,
+                     pairs_too_long)
 from .shapes import SHAPES, build_arc_model
 
 CHECKPOINT = "checkpoint"
@@ -163,7 +167,8 @@ class RunState:
     curve: list = field(default_factory=list)  # [step, tokens, seconds, mean loss since the last point, lr]
 
 
-def _write_checkpoint(trainer: Pretrainer, out: Path, src: Path, state: RunState, cfg: PretrainConfig) -> None:
+def _write_checkpoint(trainer: Pretrainer, out: Path, src: Path, state: RunState, cfg: PretrainConfig,
+                      sources: dict) -> None:
     """Replace ``out/checkpoint`` atomically: written beside it, then renamed over it."""
     import torch
 
@@ -171,7 +176,8 @@ def _write_checkpoint(trainer: Pretrainer, out: Path, src: Path, state: RunState
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(tmp, src)
     torch.save(trainer.opt.state_dict(), tmp / "optimizer.pt")
-    atomic_write_text(tmp / "state.json", json.dumps({"state": asdict(state), "config": _config_doc(cfg)}))
+    atomic_write_text(tmp / "state.json", json.dumps({"state": asdict(state), "config": _config_doc(cfg),
+                                                       "sources": sources}))
     old = out / f".{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if (out / CHECKPOINT).exists():
@@ -184,22 +190,51 @@ def _config_doc(cfg: PretrainConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
+def file_digest(path: str | Path) -> dict:
+    """A data file as a resume checks it: its path and the SHA-256 of its bytes."""
+    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def _check_sources(saved: dict, sources: dict) -> None:
+    """Refuse a resume whose data, exclusions or init differ from the checkpoint's, naming what differs."""
+    for key in sorted(set(saved) | set(sources)):
+        was, now = saved.get(key), sources.get(key)
+        if was != now:
+            raise ValueError(f"pretrain --resume: {key} differs from the checkpoint's: it was trained with {was}, "
+                             f"this run gives {now}; resume with the same arguments or start a new --out")
+
+
 def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfig, *,
              exclude: Sequence[str | Path] = (), init: str | Path | None = None, resume: bool = False,
              progress: bool = True, device: str | None = None) -> dict:
     """Train on the tasks of ``data`` (Kaggle ``*_challenges.json``, solutions read from beside them) minus
     ``exclude``, from a new ``cfg.shape`` model, from the model folder ``init``, or from ``out_dir/checkpoint``
-    (``resume``: the same data, config and budget, continued where the checkpoint left off). Writes the model
-    folder ``out_dir`` with ``pretrain.json`` and ``loss.png``; returns the record."""
+    (``resume``: the same data files (by SHA-256), exclusions, init, config and budget, continued where the
+    checkpoint left off; anything else is refused by name). Writes the model folder ``out_dir`` with
+    ``pretrain.json`` and ``loss.png``; returns the record."""
+    exclusion = Exclusion.from_files(exclude)
+    tasks, stats = apply_exclusion(load_task_files(data), exclusion, data)
+    if not tasks:
+        raise ValueError(f"pretrain: no task left to train on ({stats.as_dict()})")
+    sources = {"data": [file_digest(f) for f in data], "exclude": [file_digest(f) for f in exclude],
+               "init": str(init) if init is not None else None}
+    return train_tasks(tasks, out_dir, cfg, sources=sources, init=init, resume=resume, progress=progress,
+                       device=device, excluded_pairs=exclusion.pairs,
+                       record={"data": stats.as_dict(), "exclude": [str(e) for e in exclude]})
+
+
+def train_tasks(tasks: Sequence[Task], out_dir: str | Path, cfg: PretrainConfig, *, sources: dict,
+                init: str | Path | None = None, resume: bool = False, progress: bool = True,
+                device: str | None = None, excluded_pairs: frozenset = frozenset(), record: dict | None = None,
+                stop: Callable[[], bool] | None = None, desc: str = "pretrain") -> dict:
+    """The training loop of ``pretrain`` over tasks already loaded (the joint test-time stage calls it on the test
+    tasks' demonstrations). ``sources``: what the checkpoint must match on resume; ``record``: extra keys of
+    ``pretrain.json``; ``stop()``: checked between steps, True ends the run early (its progress so far kept)."""
     import torch
     from tqdm import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    exclusion = Exclusion.from_files(exclude)
-    tasks, stats = apply_exclusion(load_task_files(data), exclusion, data)
-    if not tasks:
-        raise ValueError(f"pretrain: no task left to train on ({stats.as_dict()})")
     state = RunState()
     if resume:
         ck = out / CHECKPOINT
@@ -208,6 +243,7 @@ def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfi
         saved = json.loads((ck / "state.json").read_text())
         if saved["config"] != _config_doc(cfg):
             raise ValueError(f"pretrain --resume: the checkpoint was made with another config: {saved['config']}")
+        _check_sources(saved.get("sources", {}), sources)
         state = RunState(**saved["state"])
         src = ck
     elif init is not None:
@@ -221,14 +257,15 @@ def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfi
     trainer = Pretrainer(src, cfg, device)
     if resume:
         trainer.opt.load_state_dict(torch.load(src / "optimizer.pt", map_location=trainer.device))
+    views = EpochViews()
     stream = batch_stream(tasks, trainer.fmt, cfg.max_seq_len, trainer.pad_id, cfg.corpus, state.epoch,
-                          state.batch_in_epoch, exclusion.pairs)
+                          state.batch_in_epoch, excluded_pairs, views)
     bar = tqdm(total=cfg.tokens or None, initial=state.tokens, unit="tok", unit_scale=True, disable=not progress,
-               desc="pretrain", dynamic_ncols=True, mininterval=2.0)
+               desc=desc, dynamic_ncols=True, mininterval=2.0)
     last_ck = time.monotonic()
     window: list[float] = []
     t_start = time.monotonic() - state.seconds
-    while cfg.progress(state.tokens, state.seconds) < 1.0:
+    while cfg.progress(state.tokens, state.seconds) < 1.0 and not (stop is not None and stop()):
         epoch, j, batch = next(stream)
         lr = cfg.lr_at(cfg.progress(state.tokens, state.seconds))
         loss = trainer.step(batch, lr)
@@ -246,30 +283,34 @@ def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfi
                         refresh=False)
         if time.monotonic() - last_ck > 60 * cfg.checkpoint_minutes:
             paused = time.monotonic()
-            _write_checkpoint(trainer, out, src, state, cfg)
+            _write_checkpoint(trainer, out, src, state, cfg, sources)
             last_ck = time.monotonic()
             t_start += last_ck - paused  # checkpoint time is not training time
     bar.close()
     if window:
         state.curve.append([state.step, state.tokens, round(state.seconds, 2), sum(window) / len(window),
                             cfg.lr_at(1.0)])
-    _write_checkpoint(trainer, out, src, state, cfg)
+    _write_checkpoint(trainer, out, src, state, cfg, sources)
     trainer.save_model(out, src)
     shutil.rmtree(out / ".init", ignore_errors=True)
     tail = [c[3] for c in state.curve[-5:]]
-    record = {
+    extra = dict(record or {})
+    data_doc = extra.pop("data", {})
+    rec = {
         "config": _config_doc(cfg), "device": trainer.device, "dtype": trainer.dtype,
         "profile": trainer.fmt.profile, "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "init": str(init) if init else ("resume" if resume else f"new {cfg.shape}"),
-        "data": {**stats.as_dict(), "pairs_too_long": pairs_too_long(tasks, trainer.fmt, cfg.max_seq_len)},
-        "exclude": [str(e) for e in exclude],
+        "data": {**data_doc, "pairs_too_long": pairs_too_long(tasks, trainer.fmt, cfg.max_seq_len)},
+        **extra, "sources": sources,
+        # Counted over the epochs this process built (a resumed run: from its resume on).
+        "views": {"views_per_task": cfg.corpus.views_per_task, **views.as_dict()},
         "steps": state.step, "tokens_seen": state.tokens, "epoch": state.epoch,
         "train_seconds": round(state.seconds, 1), "tokens_per_second": round(state.tokens / max(state.seconds, 1e-9), 1),
         "final_loss": sum(tail) / len(tail) if tail else None, "curve": state.curve,
     }
-    atomic_write_text(out / RECORD, json.dumps(record, indent=1))
-    plot_loss(state.curve, out / "loss.png", f"{record['init']}, {record['parameters'] / 1e6:.1f}M params")
-    return record
+    atomic_write_text(out / RECORD, json.dumps(rec, indent=1))
+    plot_loss(state.curve, out / "loss.png", f"{rec['init']}, {rec['parameters'] / 1e6:.1f}M params")
+    return rec
 
 
 def plot_loss(curve: list, path: Path, title: str) -> None:
