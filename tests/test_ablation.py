@@ -17,25 +17,47 @@ import ablation  # noqa: E402
 from arcttt_kaggle.arc.data import load_challenges  # noqa: E402
 
 
-def test_the_default_list_is_the_first_60_evaluation_tasks_that_fit_1024_tokens(shared_data):
-    ev = shared_data / "arc-agi-1"
-    ids = ablation.default_tasks(ev / "arc-agi_evaluation_challenges.json", ev / "arc-agi_evaluation_solutions.json")
-    assert list(ablation.DEFAULT_TASKS) == ids and len(ids) == 60
-
-
-def test_the_starter_model_never_saw_the_ablation_tasks(shared_data):
+def test_the_ablation_reports_on_its_reporting_set_and_checks_it_held_out_from_the_starter(shared_data):
     starter = REPO / "models" / "arc-starter"
     if not (starter / "pretrain.json").exists():
         pytest.skip("models/arc-starter is not in this checkout")
     ev = shared_data / "arc-agi-1"
     tasks = load_challenges(ev / "arc-agi_evaluation_challenges.json",
                             solutions=ev / "arc-agi_evaluation_solutions.json").tasks
-    msg = ablation.check_held_out(starter, [tasks[t] for t in ablation.DEFAULT_TASKS])
-    assert msg.startswith("held out by id and content")
-    # and the check does bite: a task the starter trained on is refused
+    sets = ablation.task_sets(tasks)
+    assert len(sets.reporting) == 60 and all(ablation.fits(tasks[t]) for t in sets.reporting)
+    msg = ablation.check_held_out(starter, [tasks[t] for t in sets.reporting + sets.validation])
+    assert msg.startswith("held out by id and content") and "synthetic tasks" in msg
+    # and the check does bite: a task the starter trained on is refused, and so is a copy of it under
+    # another id, rotated and recoloured (what the augmentations make of it)
+    from arcttt_kaggle.arc.augment import Augmentation
+    from arcttt_kaggle.arc.data import Task
+
     train = load_challenges(shared_data / "arc-agi-1" / "arc-agi_training_challenges.json").tasks
+    seen = next(iter(train.values()))
     with pytest.raises(SystemExit, match="not held out"):
-        ablation.check_held_out(starter, [next(iter(train.values()))])
+        ablation.check_held_out(starter, [seen])
+    view = Augmentation("rot90", (0, 2, 3, 4, 5, 6, 7, 8, 9, 1))
+    disguised = Task("ffffffff", view.apply_task(seen).train, view.apply_task(seen).test)
+    with pytest.raises(SystemExit, match="not held out"):
+        ablation.check_held_out(starter, [disguised])
+
+
+def test_the_synthetic_curriculum_is_rebuilt_and_checked(tmp_path):
+    """A model folder whose pretrain.json names a synthetic curriculum: a task holding one of its pairs is refused."""
+    from arcttt_kaggle.arc.data import package_sample_dir
+    from arcttt_kaggle.engines.ttt_data import stable_seed
+    from arcttt_kaggle.pretrain.synthetic import synthetic_tasks
+
+    sample = package_sample_dir() / "arc-agi_test_challenges.json"
+    record = {"data": {"files": [str(sample)]}, "exclude": [], "epoch": 1,
+              "config": {"corpus": {"synthetic_tasks": 16, "seed": 3}}}
+    (tmp_path / "pretrain.json").write_text(json.dumps(record))
+    drawn = synthetic_tasks(16, stable_seed(3 + 1, "synthetic"))  # epoch 1's curriculum
+    with pytest.raises(SystemExit, match="synthetic curriculum"):
+        ablation.check_held_out(tmp_path, [drawn[5]])
+    other = synthetic_tasks(16, stable_seed(3 + 7, "synthetic"))  # an epoch it never reached
+    assert ablation.check_held_out(tmp_path, [other[5]]).startswith("held out")
 
 
 def test_the_chain_trains_with_the_model_folders_settings_and_the_command_line_wins(tmp_path):
@@ -44,43 +66,43 @@ def test_the_chain_trains_with_the_model_folders_settings_and_the_command_line_w
     if not (starter / "run_settings.json").exists():
         pytest.skip("models/arc-starter is not in this checkout")
     shipped = json.loads((starter / "run_settings.json").read_text())
-    none = argparse.Namespace(ttt_steps=None, ttt_lr=None, rank=None)
-    got = ablation.ttt_settings(starter, none)
+    none = argparse.Namespace(ttt_steps=None, ttt_lr=None, rank=None, joint_epochs=None, joint_lr=None)
+    got = ablation.settings(starter, none)
     assert (got["steps"], got["lr"], got["rank"]) == (shipped["train.steps"], shipped["train.learning_rate"],
                                                       shipped["train.lora_rank"])
     assert "run_settings.json" in got["source"]
-    cli = ablation.ttt_settings(starter, argparse.Namespace(ttt_steps=5, ttt_lr=None, rank=4))
-    assert (cli["steps"], cli["lr"], cli["rank"]) == (5, shipped["train.learning_rate"], 4)
+    cli = ablation.settings(starter, argparse.Namespace(ttt_steps=5, ttt_lr=None, rank=4, joint_epochs=2,
+                                                        joint_lr=None))
+    assert (cli["steps"], cli["lr"], cli["rank"], cli["joint_epochs"]) == (5, shipped["train.learning_rate"], 4, 2)
     assert "command line" in cli["source"]
-    plain = ablation.ttt_settings(tmp_path, none)  # a folder without settings: the ablation's own defaults
+    plain = ablation.settings(tmp_path, none)  # a folder without settings: the ablation's own defaults
     assert (plain["steps"], plain["rank"]) == (48, 16) and "defaults" in plain["source"]
 
 
-def test_partial_credit_counts_shapes_on_attempt_one_and_cells_on_the_better_attempt():
+def test_partial_credit_counts_shapes_on_attempt_one_and_cells_on_the_better_attempt_over_every_output():
     import numpy as np
 
     from arcttt_kaggle.arc.data import Pair, Task
 
     truth = np.array([[1, 2], [3, 4]], dtype=np.uint8)
-    task = Task("t", train=(Pair(truth, truth),), test=(Pair(truth, truth), Pair(truth, truth)))
+    task = Task("t", train=(Pair(truth, truth),), test=(Pair(truth, truth), Pair(truth, truth), Pair(truth, truth)))
     row = ablation.Row("r", {("t", 0): [np.zeros((3, 3), np.uint8), np.array([[1, 2], [0, 0]], np.uint8)],
-                             ("t", 1): [truth, np.zeros((2, 2), np.uint8)]})
+                             ("t", 1): [truth, np.zeros((2, 2), np.uint8)]})  # output 2: no attempt at all
     assert row.solved({"t": task}) == 1
     assert row.shape_right({"t": task}) == 1  # output 0's attempt 1 is 3x3
-    assert row.cells_right({"t": task}) == (0.5 + 1.0) / 2  # output 0: its 2nd attempt has half the cells
+    assert row.single_colour({"t": task}) == 1  # output 0's attempt 1 is all zeros
+    assert row.cells_right({"t": task}) == (0.5 + 1.0 + 0.0) / 3  # over every output, the missing one too
 
 
-def test_the_ttt_sweep_tunes_on_tasks_the_ablation_does_not_report(shared_data):
+def test_the_ttt_sweep_chooses_on_the_validation_set_disjoint_from_the_reporting_set(shared_data):
     import ttt_sweep
 
-    from arcttt_kaggle.pretrain.corpus import Exclusion
+    from arcttt_kaggle.arc.heldout import shared_content
 
     ev = shared_data / "arc-agi-1"
-    ch, so = ev / "arc-agi_evaluation_challenges.json", ev / "arc-agi_evaluation_solutions.json"
-    val = ttt_sweep.validation_ids(ch, so, 16)
-    assert len(val) == 16 and not set(val) & set(ablation.DEFAULT_TASKS)
-    tasks = load_challenges(ch, solutions=so).tasks
-    # disjoint by content too: no validation task shares an (input, output) pair with a reported one
-    reported = Exclusion.from_tasks([tasks[t] for t in ablation.DEFAULT_TASKS])
-    assert not [t for t in val if reported.reason(tasks[t])]
-    assert sorted(val) == val and val[0] > ablation.DEFAULT_TASKS[-1]
+    tasks = load_challenges(ev / "arc-agi_evaluation_challenges.json",
+                            solutions=ev / "arc-agi_evaluation_solutions.json").tasks
+    sets = ablation.task_sets(tasks)
+    assert ttt_sweep.task_sets is ablation.task_sets  # the sweep reads the same sets
+    assert len(sets.validation) == 24 and not set(sets.validation) & set(sets.reporting)
+    assert not shared_content([tasks[t] for t in sets.validation], [tasks[t] for t in sets.reporting])

@@ -39,6 +39,18 @@ def test_dry_run_is_valid_complete_and_in_budget(main_run):
     assert (out / "notebook_executed.ipynb").exists()
 
 
+def test_dry_run_trains_the_joint_stage_first_and_reports_its_phase(main_run):
+    """The starter's run_settings.json turns the joint stage on: its own phase, predicted and measured."""
+    report, out = main_run
+    joint = report["phases"]["joint"]
+    assert report["joint"]["source"] == "joint" and joint["measured_s"] > 0 and joint["predicted_s"] > 0
+    assert list(report["phases"])[0] == "joint"  # before the workers' phases
+    assert report["joint"]["model"] == str(out / "work" / "joint" / "model")
+    spec = json.loads((out / "work" / "worker0-0" / "spec.json").read_text())
+    assert spec["model_path"] == report["joint"]["model"]  # the workers start from its weights
+    assert report["status"] == "ok", report["status_reasons"]
+
+
 def test_dry_run_used_the_real_engines(main_run):
     report, _ = main_run
     assert report["backends"]["train"].startswith("unsloth")

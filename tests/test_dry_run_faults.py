@@ -10,13 +10,15 @@ import pytest
 
 from arcttt_kaggle.kaggle.dryrun import BAD_TASK_ID
 
-from dry_run_common import fault_run, reasons
+from dry_run_common import JOINT_SHORT, fault_run, reasons
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("fault, expect, status", [
-    ("worker-crash", ("exited with code",), "degraded"),
+    # The joint stage killed after its first checkpoint (the run goes on from it), then a worker crash.
+    ("worker-crash,joint-crash", ("exited with code", "joint stage: the joint stage exited with code -9",
+                                  "goes on from its checkpoint"), "degraded"),
     # Independent faults share one run: an exception in the worker's first task, a malformed task at load, and
     # a CUDA error in the first decode call (the worker ends at once and is replaced).
     ("task-exception,bad-task,cuda-error", ("injected fault: task-exception", "rejected at load",
@@ -28,7 +30,8 @@ pytestmark = pytest.mark.slow
 ])
 def test_fault_matrix(fault, expect, status, tmp_path):
     # A hang lasts until the work deadline: a shorter budget tests the same path in half the time.
-    report = fault_run(tmp_path, fault, budget=120.0 if fault == "decode-hang" else 240.0)
+    report = fault_run(tmp_path, fault, budget=120.0 if fault == "decode-hang" else 240.0,
+                       overrides=JOINT_SHORT if "joint" in fault else None)
     for why in expect:
         said = reasons(report) + report["status_reasons"]
         assert any(why in r for r in said), (why, said)
@@ -41,6 +44,8 @@ def test_fault_matrix(fault, expect, status, tmp_path):
     if "cuda-error" in fault:  # the first worker stopped after one failed engine call; its replacement decoded
         assert [(w["attempt"], w["returncode"]) for w in report["workers"]] == [(0, 4), (1, 0)]
         assert all(t["candidates"] > 0 for t in report["per_task"].values() if t.get("attempted"))
+    if "joint-crash" in fault:  # its phase is in the report, and the workers loaded the checkpoint
+        assert report["joint"]["source"] == "checkpoint" and report["phases"]["joint"]["measured_s"] > 0
     if "bad-task" in fault:
         assert report["per_task"][BAD_TASK_ID]["outcome"] == "placeholder"
         assert report["dry_run"]["challenges"].endswith("challenges_with_bad_task.json")

@@ -1,6 +1,8 @@
 """The package's layout as a specification: one folder per part of the run, imports that flow one way.
 
-    arc  <-  engines, selection, programs  <-  run, pretrain  <-  kaggle
+    arc  <-  engines, selection, programs  <-  pretrain  <-  run  <-  kaggle
+
+(``run`` sits above ``pretrain``: the run's joint test-time stage is the pretraining loop on the test tasks.)
 
 Every import counts: module level, inside functions and under ``TYPE_CHECKING``, relative or absolute.
 """
@@ -15,7 +17,7 @@ import arcttt_kaggle
 PKG = Path(arcttt_kaggle.__file__).parent
 # The parts and their level: a part may import its own modules and parts of a lower level, nothing else
 # (so engines, selection and programs, on one level, never import each other).
-LEVEL = {"arc": 0, "engines": 1, "selection": 1, "programs": 1, "run": 2, "pretrain": 2, "kaggle": 3}
+LEVEL = {"arc": 0, "engines": 1, "selection": 1, "programs": 1, "pretrain": 2, "run": 3, "kaggle": 4}
 
 
 def module_name(path: Path) -> str:

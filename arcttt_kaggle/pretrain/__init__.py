@@ -3,7 +3,9 @@
 ``corpus`` reads Kaggle-format task files, drops what must stay held out (by id and by content) and streams
 length-bucketed batches of augmented leave-one-out sequences; ``shapes`` names the model shapes and builds a new
 model folder over a profile's reduced vocabulary; ``loop`` trains it (full parameters, AdamW, warmup + cosine,
-atomic checkpoints, resume) and records the run. ``build_submission.py pretrain`` is its command line.
+atomic checkpoints, resume) and records the run; ``synthetic`` generates the curriculum's tasks from ARC-AGI-1
+training rules. ``build_submission.py pretrain`` is its command line; the run's joint test-time stage
+(``run.joint``) calls ``loop.train_tasks`` on the test tasks' demonstrations.
 
-May import ``arc`` and ``engines``; beside ``run``, imports neither it nor ``kaggle``.
+May import ``arc`` and ``engines``; never ``run`` (which imports it) or ``kaggle``.
 """

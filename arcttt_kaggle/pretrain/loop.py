@@ -12,6 +12,10 @@ engine of the kit loads; ``checkpoint/`` inside it holds what ``resume`` needs (
 data position), replaced atomically every ``checkpoint_minutes``.
 
 Precision: fp32 on CPU; on a GPU, bf16 autocast over fp32 weights and optimizer state (no loss scaling needed).
+
+Under ``torchrun`` the same loop trains data parallel (``distributed``: DDP, or FSDP2 with ``fsdp``), the same run
+at any world size: the global batches, their order and the loss normalisation (by the global count of labelled
+tokens) do not depend on it; rank 0 alone writes, every rank reads a checkpoint on resume.
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from arcttt_kaggle.arc.candidates import atomic_write_text
-from arcttt_kaggle.engines.format import PROFILE_FILE, PROFILES, ArcFormat
+from arcttt_kaggle.engines.format import IGNORE_INDEX, PROFILE_FILE, PROFILES, ArcFormat
 
 from arcttt_kaggle.arc.data import Task
 
 from .corpus import (Batch, CorpusConfig, EpochViews, Exclusion, apply_exclusion, batch_stream, load_task_files,
                      pairs_too_long)
+from .distributed import (Dist, Faults, full_model_state, full_optimizer_state, labelled_tokens,
+                          load_full_optimizer_state, rank_batch, setup, wrap)
 from .shapes import SHAPES, build_arc_model
 
 CHECKPOINT = "checkpoint"
@@ -62,6 +70,9 @@ class PretrainConfig:
     checkpoint_minutes: float = field(default=5.0, metadata={"help": "minutes between atomic checkpoints"})
     log_every: int = field(default=10, metadata={"help": "steps between loss-curve points"})
     seed: int = field(default=0, metadata={"help": "weight and data seed"})
+    lora_rank: int = field(default=0, metadata={"help": "0: full parameters (16 bytes/param with AdamW); > 0: one "
+                           "LoRA of this rank on every linear layer, the base frozen (bf16 on a GPU), merged into the "
+                           "weights whenever the folder is saved (for models too large to train whole)"})
     corpus: CorpusConfig = field(default_factory=CorpusConfig, metadata={"help": "how sequences are drawn"})
 
     def __post_init__(self):
@@ -80,6 +91,8 @@ class PretrainConfig:
             raise ValueError("pretrain: lr > 0, 0 <= min_lr_ratio <= 1, 0 <= warmup < 1, grad_clip > 0")
         if self.checkpoint_minutes <= 0 or self.log_every < 1:
             raise ValueError("pretrain: checkpoint_minutes > 0 and log_every >= 1")
+        if self.lora_rank < 0:
+            raise ValueError(f"pretrain: lora_rank must be >= 0 (0: full parameters), got {self.lora_rank}")
 
     def progress(self, tokens: int, seconds: float) -> float:
         """How far through its budget the run is, 0..1 (the larger of the token and the time share)."""
@@ -100,59 +113,139 @@ class PretrainConfig:
 
 
 class Pretrainer:
-    """The model, its optimizer and one training step; ``pretrain`` drives it over the corpus."""
+    """The model, its optimizer and one training step; ``pretrain`` drives it over the corpus. ``dist``: this
+    process's rank in a torchrun job (the model wrapped in DDP, or sharded with FSDP2 when ``fsdp``); ``device``
+    is then ``dist.device``."""
 
-    def __init__(self, model_dir: Path, cfg: PretrainConfig, device: str | None = None):
+    def __init__(self, model_dir: Path, cfg: PretrainConfig, device: str | None = None, *, dist: Dist | None = None,
+                 fsdp: bool = False, gradient_checkpointing: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dist = dist or Dist(device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = self.dist.device
+        self.on_cuda = torch.device(self.device).type == "cuda"
+        self.fsdp = fsdp and self.dist.active
+        self.gradient_checkpointing = gradient_checkpointing
+        if self.fsdp and cfg.lora_rank:
+            raise ValueError("pretrain: --fsdp shards full-parameter training; a LoRA run (lora_rank > 0) uses DDP")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.fmt = ArcFormat.for_model(self.tokenizer, model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
+        base_dtype = torch.bfloat16 if cfg.lora_rank and self.on_cuda else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=base_dtype)
+        if not self.fsdp:  # FSDP2 moves each shard to the device itself: no rank holds the whole model there
+            self.model = self.model.to(self.device)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora_rank:
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(self.model, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
+                                                               lora_dropout=0.0, target_modules="all-linear"))
         self.model.train()
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        other = [p for n, p in self.model.named_parameters() if p.ndim < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
-                                     fused=self.device == "cuda")
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda"
+        self.engine = wrap(self.model, self.dist, self.fsdp)  # what the step runs: the model, DDP or FSDP2
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [(n, p) for n, p in params if p.ndim >= 2]
+        other = [(n, p) for n, p in params if p.ndim < 2]
+        self.param_names = [n for n, _ in decay + other]  # the optimizer's parameter order (its state's indices)
+        self.opt = torch.optim.AdamW([{"params": [p for _, p in decay], "weight_decay": cfg.weight_decay},
+                                      {"params": [p for _, p in other], "weight_decay": 0.0}], lr=cfg.lr,
+                                     betas=cfg.betas, fused=self.on_cuda and not self.fsdp)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.on_cuda
                          else torch.autocast("cpu", enabled=False))
         self.pad_id = int(self.tokenizer.pad_token_id)
+        self.poison = False  # the fault hook nan-at-step-S: this rank's loss of the next step is NaN
+        self.last_local: Batch | None = None  # this rank's slice of the last step's batch
 
     @property
     def dtype(self) -> str:
-        return "bf16 autocast, fp32 weights" if self.device == "cuda" else "fp32"
+        if self.cfg.lora_rank:
+            return f"LoRA rank {self.cfg.lora_rank} over {'bf16' if self.on_cuda else 'fp32'} weights"
+        return "bf16 autocast, fp32 weights" if self.on_cuda else "fp32"
 
     def step(self, batch: Batch, lr: float) -> float:
-        """One optimizer step on ``batch``; returns the mean loss per labelled token (NaN steps are skipped)."""
+        """One optimizer step on the global ``batch`` (this rank trains on its rows ``rank::world``); returns the
+        mean loss per labelled token of the whole batch, the same on every rank (NaN steps are skipped by all).
+        Each rank's loss is its summed token losses over the GLOBAL labelled-token count, times the world size,
+        which the gradient average divides out: the single-process gradient of the whole batch."""
         import torch
+        import torch.nn.functional as F
 
-        ids = torch.from_numpy(batch.input_ids).to(self.device)
-        labels = torch.from_numpy(batch.labels).to(self.device)
-        mask = torch.from_numpy(batch.attention_mask).to(self.device)
+        n = labelled_tokens(batch)
+        local = self.last_local = rank_batch(batch, self.dist.rank, self.dist.world, self.pad_id)
+        ids = torch.from_numpy(local.input_ids).to(self.device)
+        labels = torch.from_numpy(local.labels).to(self.device)
+        mask = torch.from_numpy(local.attention_mask).to(self.device)
         for g in self.opt.param_groups:
             g["lr"] = lr
         with self.autocast:
-            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if not torch.isfinite(loss):
+            logits = self.engine(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum") / max(n, 1)
+        if self.poison:
+            loss = loss * float("nan")
+        total = self.dist.all_sum(loss.detach().clone())  # the whole batch's mean loss, on every rank
+        if n == 0 or not torch.isfinite(total):
             self.opt.zero_grad(set_to_none=True)
             return float("nan")
-        loss.backward()
+        (loss * self.dist.world).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(total)
 
     def save_model(self, out_dir: Path, src_dir: Path) -> None:
-        """Weights and tokenizer into ``out_dir``, with the folder's profile/shape records copied from ``src_dir``."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out_dir, safe_serialization=True)
+        """Weights and tokenizer into ``out_dir``, with the folder's profile/shape records copied from ``src_dir``.
+        Every rank calls it (FSDP gathers the shards, a LoRA merges on every rank); rank 0 alone writes."""
+        main = self.dist.is_main
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.lora_rank:
+            self._save_merged(out_dir)
+        else:
+            state = full_model_state(self.model) if self.fsdp else None
+            if main:
+                self.model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        if not main:
+            return
         self.tokenizer.save_pretrained(out_dir)
         for name in (PROFILE_FILE, "arc_model.json"):
             if (src_dir / name).exists() and src_dir.resolve() != out_dir.resolve():
                 shutil.copyfile(src_dir / name, out_dir / name)
+
+    def optimizer_state(self) -> dict | None:
+        """The optimizer's state as one process's ``state_dict()`` (FSDP: gathered, a collective); None on the
+        ranks that do not write."""
+        if self.fsdp:
+            return full_optimizer_state(self.model, self.opt, self.param_names) or None
+        return self.opt.state_dict() if self.dist.is_main else None
+
+    def load_optimizer(self, path: Path) -> None:
+        """Every rank loads the checkpoint's optimizer state (written at any world size)."""
+        import torch
+
+        state = torch.load(path, map_location="cpu" if self.fsdp else self.device)
+        if self.fsdp:
+            load_full_optimizer_state(self.model, self.opt, state, self.param_names)
+        else:
+            self.opt.load_state_dict(state)
+
+    def _save_merged(self, out_dir: Path) -> None:
+        """The base model with the LoRA merged into its weights (a plain model folder every engine loads); the
+        adapter is unmerged afterwards, so training goes on. Every rank merges and unmerges (the same rounding
+        everywhere keeps the frozen base identical across ranks); rank 0 writes."""
+        import torch
+
+        self.model.merge_adapter()
+        try:
+            if self.dist.is_main:
+                base = self.model.get_base_model()
+                state = {k.replace(".base_layer.", "."): v.detach().to(v.dtype if self.on_cuda else torch.float32)
+                         for k, v in base.state_dict().items() if ".lora_" not in k}
+                base.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        finally:
+            self.model.unmerge_adapter()
 
 
 @dataclass
@@ -169,13 +262,18 @@ class RunState:
 
 def _write_checkpoint(trainer: Pretrainer, out: Path, src: Path, state: RunState, cfg: PretrainConfig,
                       sources: dict) -> None:
-    """Replace ``out/checkpoint`` atomically: written beside it, then renamed over it."""
+    """Replace ``out/checkpoint`` atomically: written beside it, then renamed over it. Every rank calls it (FSDP
+    gathers); rank 0 alone writes, full weights and a plain optimizer state whatever the world size."""
     import torch
 
     tmp = out / f".{CHECKPOINT}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if trainer.dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(tmp, src)
-    torch.save(trainer.opt.state_dict(), tmp / "optimizer.pt")
+    opt_state = trainer.optimizer_state()
+    if not trainer.dist.is_main:
+        return
+    torch.save(opt_state, tmp / "optimizer.pt")
     atomic_write_text(tmp / "state.json", json.dumps({"state": asdict(state), "config": _config_doc(cfg),
                                                        "sources": sources}))
     old = out / f".{CHECKPOINT}.old"
@@ -184,6 +282,18 @@ def _write_checkpoint(trainer: Pretrainer, out: Path, src: Path, state: RunState
         os.replace(out / CHECKPOINT, old)
     os.replace(tmp, out / CHECKPOINT)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_checkpoint(out: Path) -> None:
+    """A process killed between the two renames of ``_write_checkpoint`` leaves no ``checkpoint/``: the complete
+    new one (``.checkpoint.tmp`` with its state.json, written last) or else the previous one takes its place."""
+    ck, tmp, old = out / CHECKPOINT, out / f".{CHECKPOINT}.tmp", out / f".{CHECKPOINT}.old"
+    if ck.exists():
+        return
+    for cand in (tmp, old):
+        if (cand / "state.json").exists():
+            os.replace(cand, ck)
+            return
 
 
 def _config_doc(cfg: PretrainConfig) -> dict:
@@ -206,12 +316,13 @@ def _check_sources(saved: dict, sources: dict) -> None:
 
 def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfig, *,
              exclude: Sequence[str | Path] = (), init: str | Path | None = None, resume: bool = False,
-             progress: bool = True, device: str | None = None) -> dict:
+             progress: bool = True, device: str | None = None, fsdp: bool = False,
+             gradient_checkpointing: bool = False) -> dict:
     """Train on the tasks of ``data`` (Kaggle ``*_challenges.json``, solutions read from beside them) minus
     ``exclude``, from a new ``cfg.shape`` model, from the model folder ``init``, or from ``out_dir/checkpoint``
     (``resume``: the same data files (by SHA-256), exclusions, init, config and budget, continued where the
     checkpoint left off; anything else is refused by name). Writes the model folder ``out_dir`` with
-    ``pretrain.json`` and ``loss.png``; returns the record."""
+    ``pretrain.json`` and ``loss.png``; returns the record. Under torchrun every rank calls it (see ``train_tasks``)."""
     exclusion = Exclusion.from_files(exclude)
     tasks, stats = apply_exclusion(load_task_files(data), exclusion, data)
     if not tasks:
@@ -219,31 +330,56 @@ def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfi
     sources = {"data": [file_digest(f) for f in data], "exclude": [file_digest(f) for f in exclude],
                "init": str(init) if init is not None else None}
     return train_tasks(tasks, out_dir, cfg, sources=sources, init=init, resume=resume, progress=progress,
-                       device=device, excluded_pairs=exclusion.pairs,
+                       device=device, excluded_pairs=exclusion.pairs, fsdp=fsdp,
+                       gradient_checkpointing=gradient_checkpointing,
                        record={"data": stats.as_dict(), "exclude": [str(e) for e in exclude]})
 
 
 def train_tasks(tasks: Sequence[Task], out_dir: str | Path, cfg: PretrainConfig, *, sources: dict,
                 init: str | Path | None = None, resume: bool = False, progress: bool = True,
                 device: str | None = None, excluded_pairs: frozenset = frozenset(), record: dict | None = None,
-                stop: Callable[[], bool] | None = None, desc: str = "pretrain") -> dict:
+                stop: Callable[[], bool] | None = None, desc: str = "pretrain", fsdp: bool = False,
+                gradient_checkpointing: bool = False) -> dict:
     """The training loop of ``pretrain`` over tasks already loaded (the joint test-time stage calls it on the test
     tasks' demonstrations). ``sources``: what the checkpoint must match on resume; ``record``: extra keys of
-    ``pretrain.json``; ``stop()``: checked between steps, True ends the run early (its progress so far kept)."""
+    ``pretrain.json``; ``stop()``: checked between steps, True ends the run early (its progress so far kept).
+
+    Under torchrun (``WORLD_SIZE`` in the environment) it joins the process group (``distributed.setup``: NCCL
+    on ``cuda:LOCAL_RANK``, Gloo on CPU), trains data parallel (``fsdp``: FSDP2-sharded) and leaves the group
+    on return; rank 0 alone writes; the time budget, ``stop()`` and checkpoint times are rank 0's, broadcast."""
+    d = setup(device)
+    try:
+        return _train(d, tasks, Path(out_dir), cfg, sources=sources, init=init, resume=resume, progress=progress,
+                      excluded_pairs=excluded_pairs, record=record, stop=stop, desc=desc, fsdp=fsdp,
+                      gradient_checkpointing=gradient_checkpointing)
+    finally:
+        d.close()
+
+
+def _train(d: Dist, tasks: Sequence[Task], out: Path, cfg: PretrainConfig, *, sources: dict, init, resume: bool,
+           progress: bool, excluded_pairs: frozenset, record: dict | None, stop, desc: str, fsdp: bool,
+           gradient_checkpointing: bool) -> dict:
     import torch
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    faults = Faults.from_env()
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     state = RunState()
     if resume:
         ck = out / CHECKPOINT
+        if d.is_main:
+            _recover_checkpoint(out)
+        d.barrier()
         if not (ck / "state.json").exists():
             raise FileNotFoundError(f"pretrain --resume: no checkpoint in {ck}")
         saved = json.loads((ck / "state.json").read_text())
         if saved["config"] != _config_doc(cfg):
             raise ValueError(f"pretrain --resume: the checkpoint was made with another config: {saved['config']}")
         _check_sources(saved.get("sources", {}), sources)
+        if cfg.lora_rank:
+            raise ValueError("pretrain --resume: a LoRA run's checkpoint holds merged weights, not its adapter; "
+                             "resume is for full-parameter runs")
         state = RunState(**saved["state"])
         src = ck
     elif init is not None:
@@ -251,24 +387,44 @@ def train_tasks(tasks: Sequence[Task], out_dir: str | Path, cfg: PretrainConfig,
         if not (src / "config.json").exists():
             raise FileNotFoundError(f"pretrain --init: {src} is not a model folder (no config.json)")
     else:
-        torch.manual_seed(cfg.seed)
-        src = build_arc_model(out / ".init", cfg.shape, cfg.profile, cfg.seed)
+        src = out / ".init"
+        if d.is_main:
+            torch.manual_seed(cfg.seed)
+            build_arc_model(src, cfg.shape, cfg.profile, cfg.seed)
+        d.barrier()
     torch.manual_seed(cfg.seed + state.step)
-    trainer = Pretrainer(src, cfg, device)
+    trainer = Pretrainer(src, cfg, d.device, dist=d, fsdp=fsdp, gradient_checkpointing=gradient_checkpointing)
     if resume:
-        trainer.opt.load_state_dict(torch.load(src / "optimizer.pt", map_location=trainer.device))
+        trainer.load_optimizer(src / "optimizer.pt")
+    d.barrier()  # every rank has read its start before rank 0 may replace a checkpoint
     views = EpochViews()
     stream = batch_stream(tasks, trainer.fmt, cfg.max_seq_len, trainer.pad_id, cfg.corpus, state.epoch,
                           state.batch_in_epoch, excluded_pairs, views)
-    bar = tqdm(total=cfg.tokens or None, initial=state.tokens, unit="tok", unit_scale=True, disable=not progress,
-               desc=desc, dynamic_ncols=True, mininterval=2.0)
-    last_ck = time.monotonic()
+    bar = tqdm(total=cfg.tokens or None, initial=state.tokens, unit="tok", unit_scale=True,
+               disable=not (progress and d.is_main), desc=desc, dynamic_ncols=True, mininterval=2.0)
+    last_ck, last_ck_step = time.monotonic(), state.step
     window: list[float] = []
+    sizes = np.zeros(5)  # this process: steps, global rows, global real tokens, this rank's rows, its real tokens
     t_start = time.monotonic() - state.seconds
-    while cfg.progress(state.tokens, state.seconds) < 1.0 and not (stop is not None and stop()):
+    while True:
+        # Rank 0's clock and stop() decide for every rank (one broadcast per step): the same lr, the same end.
+        now = time.monotonic()
+        seconds, ck_due, halt = d.broadcast([now - t_start, now - last_ck > 60 * cfg.checkpoint_minutes,
+                                             bool(stop is not None and stop())])
+        state.seconds = seconds
+        if halt or cfg.progress(state.tokens, state.seconds) >= 1.0:
+            break
+        if ck_due and state.step > last_ck_step:
+            paused = time.monotonic()
+            _write_checkpoint(trainer, out, src, state, cfg, sources)
+            last_ck, last_ck_step = time.monotonic(), state.step
+            t_start += last_ck - paused  # checkpoint time is not training time
         epoch, j, batch = next(stream)
         lr = cfg.lr_at(cfg.progress(state.tokens, state.seconds))
+        trainer.poison = faults.nan_now(d, state.step + 1)
         loss = trainer.step(batch, lr)
+        local = trainer.last_local
+        sizes += (1, len(batch.input_ids), batch.tokens, len(local.input_ids) if local.tokens else 0, local.tokens)
         state.step += 1
         state.tokens += batch.tokens
         state.epoch, state.batch_in_epoch = epoch, j + 1
@@ -281,21 +437,19 @@ def train_tasks(tasks: Sequence[Task], out_dir: str | Path, cfg: PretrainConfig,
         bar.update(batch.tokens)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{state.tokens / max(state.seconds, 1e-9):.0f}", epoch=epoch,
                         refresh=False)
-        if time.monotonic() - last_ck > 60 * cfg.checkpoint_minutes:
-            paused = time.monotonic()
-            _write_checkpoint(trainer, out, src, state, cfg, sources)
-            last_ck = time.monotonic()
-            t_start += last_ck - paused  # checkpoint time is not training time
+        faults.after_step(d, state.step)
     bar.close()
+    per_rank = d.gather([sizes[3], sizes[4]])
     if window:
         state.curve.append([state.step, state.tokens, round(state.seconds, 2), sum(window) / len(window),
                             cfg.lr_at(1.0)])
     _write_checkpoint(trainer, out, src, state, cfg, sources)
     trainer.save_model(out, src)
-    shutil.rmtree(out / ".init", ignore_errors=True)
     tail = [c[3] for c in state.curve[-5:]]
     extra = dict(record or {})
     data_doc = extra.pop("data", {})
+    tok_s = state.tokens / max(state.seconds, 1e-9)
+    n_here = max(1.0, sizes[0])
     rec = {
         "config": _config_doc(cfg), "device": trainer.device, "dtype": trainer.dtype,
         "profile": trainer.fmt.profile, "parameters": sum(p.numel() for p in trainer.model.parameters()),
@@ -305,11 +459,24 @@ def train_tasks(tasks: Sequence[Task], out_dir: str | Path, cfg: PretrainConfig,
         # Counted over the epochs this process built (a resumed run: from its resume on).
         "views": {"views_per_task": cfg.corpus.views_per_task, **views.as_dict()},
         "steps": state.step, "tokens_seen": state.tokens, "epoch": state.epoch,
-        "train_seconds": round(state.seconds, 1), "tokens_per_second": round(state.tokens / max(state.seconds, 1e-9), 1),
+        "train_seconds": round(state.seconds, 1), "tokens_per_second": round(tok_s, 1),
+        "world_size": d.world,
+        "distributed": {
+            **d.as_dict(), "fsdp": trainer.fsdp, "gradient_checkpointing": trainer.gradient_checkpointing,
+            "tokens_per_second": round(tok_s, 1), "tokens_per_second_per_rank": round(tok_s / d.world, 1),
+            # Means over this process's steps (a resumed run: from its resume on); real (unpadded) tokens.
+            "global_batch": {"padded_tokens_at_most": cfg.corpus.tokens_per_batch,
+                             "rows": round(sizes[1] / n_here, 2), "tokens": round(sizes[2] / n_here, 1)},
+            "per_rank_batch": [{"rank": r, "rows": round(rows / n_here, 2), "tokens": round(tok / n_here, 1)}
+                               for r, (rows, tok) in enumerate(per_rank)],
+        },
         "final_loss": sum(tail) / len(tail) if tail else None, "curve": state.curve,
     }
-    atomic_write_text(out / RECORD, json.dumps(rec, indent=1))
-    plot_loss(state.curve, out / "loss.png", f"{rec['init']}, {rec['parameters'] / 1e6:.1f}M params")
+    if d.is_main:
+        shutil.rmtree(out / ".init", ignore_errors=True)
+        atomic_write_text(out / RECORD, json.dumps(rec, indent=1))
+        plot_loss(state.curve, out / "loss.png", f"{rec['init']}, {rec['parameters'] / 1e6:.1f}M params")
+    d.barrier()  # the folder is complete when any rank returns
     return rec
 
 

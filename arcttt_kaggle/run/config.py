@@ -26,13 +26,14 @@ from arcttt_kaggle.selection.select import SelectConfig
 from arcttt_kaggle.engines.tinymodel import TinyModelConfig
 from arcttt_kaggle.engines.train import TrainConfig
 from arcttt_kaggle.engines.ttt_data import TTTDataConfig
+from .joint import JointConfig
 
 PRESETS = ("t4x2", "l4x4", "cpu-tiny")
 DERIVED_PRESET = "gpu-auto"  # built from the detected GPUs by ``gpu_auto_preset``, not by name
 # Injected faults for the fault matrix (comma-separate several to share one run): each is a real failure.
 FAULTS = ("worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task",
           "no-vllm", "no-unsloth", "corrupt-adapter", "step-exception", "nonfinite-loss", "train-hang",
-          "programs-killed", "enospc", "cuda-error")
+          "programs-killed", "enospc", "cuda-error", "joint-crash")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class RunConfig:
                               "its share, cheapest tasks first, and the others decode with the base model"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     format: FormatConfig = field(default_factory=FormatConfig, metadata={"help": "prompt layout (profile) and base model preparation: reduced vocabulary, bnb 4-bit (format.py, model_prep.py)"})
+    joint: JointConfig = field(default_factory=JointConfig, metadata={"help": "the joint test-time stage: every "
+                               "test task's demonstrations, trained together before the per-task adapters"})
     ttt: TTTDataConfig = field(default_factory=TTTDataConfig, metadata={"help": "TTT data"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "LoRA training"})
     decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding"})

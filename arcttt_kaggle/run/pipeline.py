@@ -342,6 +342,10 @@ class Run:
         self.event("prepare_model", "ok", t_prep, **self.prepared.card())
         self.cost = CostModel(cfg.throughput)
         available = max(0.0, self.budget.work_deadline() - time.time())
+        # The joint stage comes first and takes its share; the workers are planned on what it leaves.
+        self.joint_seconds = cfg.joint.seconds(available) if cfg.joint.enabled and self.tasks else 0.0
+        if self.joint_seconds:
+            available = max(0.0, available - self.joint_seconds - cfg.joint.startup_seconds)
         batch = cfg.train.batch_size * cfg.train.grad_accum
         self.tokens = TokenModel.of(cfg, self.prepared.profile)  # the prepared model's layout; DFS or sampling
         self.the_plan = make_plan(lambda s: task_works(self.tasks, cfg.ttt, batch, s, tokens=self.tokens),
@@ -349,6 +353,29 @@ class Run:
                                   cfg.workers, available, scores=cfg.select.method == "poe")
         self.log("plan", f"rung {self.the_plan.settings.rung}: predicted makespan {self.the_plan.makespan:.0f}s "
                          f"of {available:.0f}s available ({'fits' if self.the_plan.fits else 'does not fit'})")
+
+    # -- 2b. the joint test-time stage ------------------------------------------------------------------------
+    def joint(self) -> None:
+        """Train on every task's demonstrations together (``joint.run_joint_stage``, a child process); the workers
+        then start from the folder it chose: the stage's, its last checkpoint, or the base model."""
+        self.joint_outcome = None
+        if not self.joint_seconds:
+            return
+        from .joint import run_joint_stage
+
+        t0, cfg = time.time(), self.cfg
+        env = {**os.environ, **thread_env(self.threads["worker"] * cfg.workers if cfg.device == "cpu" else 1)}
+        if cfg.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = "0"
+        self.log("joint", f"joint stage on {len(self.tasks)} tasks for {self.joint_seconds:.0f} s")
+        outcome = run_joint_stage(list(self.tasks.values()), self.model_path, self.out / "work" / "joint" / "model",
+                                  cfg.joint, self.joint_seconds, env=env, device=cfg.device,
+                                  gpu_memory_gib=cfg.gpu_memory_gib, seed=cfg.seed, fault=cfg.fault,
+                                  log=self.log)
+        self.joint_outcome = outcome
+        self.model_path = Path(outcome.model)
+        self.event("joint", "ok" if outcome.source == "joint" else "error", t0, source=outcome.source,
+                   predicted_s=round(outcome.predicted_s, 2), **({"reason": outcome.reason} if outcome.reason else {}))
 
     # -- 3. launch -------------------------------------------------------------------------------------------
     def start_programs(self) -> None:
@@ -603,6 +630,7 @@ def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
         if r.preflight is not None and r.preflight.fatal:
             raise RuntimeError("preflight: " + "; ".join(r.preflight.fatal))
         r.plan()
+        r.joint()
         for w in r.the_plan.workers:
             if w.task_ids:
                 r.launch(w.worker, w.task_ids, r.the_plan.settings.train_steps, r.the_plan.settings.views_per_test)
@@ -651,6 +679,8 @@ def plan_only(config: RunConfig, profile: str = "kit") -> tuple:
     tasks = dict(list(loaded.tasks.items())[:config.max_tasks] if config.max_tasks else loaded.tasks.items())
     budget = Budget(config.budget)
     available = budget.work_deadline() - budget.start
+    if config.joint.enabled and tasks:  # the joint stage's share comes first, as in ``Run.plan``
+        available = max(0.0, available - config.joint.seconds(available) - config.joint.startup_seconds)
     batch = config.train.batch_size * config.train.grad_accum
     tokens = TokenModel.of(config, profile)
     plan = make_plan(lambda s: task_works(tasks, config.ttt, batch, s, tokens=tokens), full_settings(config),

@@ -20,7 +20,7 @@ from typing import Any
 PHASE_OF = {"startup_train": "startup", "startup_decode": "startup", "startup_score": "startup",
             "train": "train", "decode": "decode", "score": "score"}
 COLORS = {"startup": "#9e9e9e", "train": "#1f77b4", "decode": "#2ca02c", "score": "#ff7f0e",
-          "programs": "#9467bd", "load": "#8c564b", "final_write": "#d62728", "hang": "#e377c2"}
+          "programs": "#9467bd", "load": "#8c564b", "final_write": "#d62728", "hang": "#e377c2", "joint": "#17becf"}
 
 
 def measured_phase_seconds(events: list[dict]) -> dict[str, float]:
@@ -87,7 +87,13 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
     predicted = predicted_phase_seconds(run.the_plan) if hasattr(run, "the_plan") else {}
     phases = {p: {"predicted_s": round(predicted.get(p, 0.0), 2), "measured_s": round(measured.get(p, 0.0), 2),
                   "ratio": round(measured[p] / predicted[p], 3) if predicted.get(p) else None} for p in measured}
-    pred_total, meas_total = sum(predicted.values()), sum(measured.values())
+    joint = getattr(run, "joint_outcome", None)
+    if joint is not None:  # before the workers, in the parent: its own phase
+        phases = {"joint": {"predicted_s": round(joint.predicted_s, 2), "measured_s": round(joint.measured_s, 2),
+                            "ratio": round(joint.measured_s / joint.predicted_s, 3) if joint.predicted_s else None},
+                  **phases}
+    pred_total = sum(v["predicted_s"] for v in phases.values())
+    meas_total = sum(v["measured_s"] for v in phases.values())
     report: dict[str, Any] = {
         "preset": cfg.preset, "challenges": cfg.challenges, "submission": str(cfg.submission_file),
         "fault": cfg.fault or None, "selection_method": cfg.select.method, "backends": backends,
@@ -105,6 +111,7 @@ def build_report(run, events: list[dict]) -> dict[str, Any]:
         "programs": {"tasks_with_verified_program": sum(1 for t in progs.values() if any(any(c.verified for c in x) for x in t)),
                      "tasks_decided": sum(1 for t in per_task.values() if t.get("decided_by_program"))},
         "allocation": allocation,
+        "joint": joint.to_dict() if joint is not None else None,
         "dfs": dfs if dfs["candidates"] or dfs["truncated"] else None,
         "fallback_tasks": sorted(t for t, v in per_task.items() if v.get("outcome") in ("fallback", "placeholder")),
         "per_task": per_task,
@@ -173,7 +180,8 @@ STATUSES = ("ok", "degraded", "fallback-only")
 # Events that make a run degraded, kept in ``report["incidents"]`` so the status can be recomputed from report.json.
 INCIDENT_KINDS = {("engine", "fallback"), ("engine", "replanned"), ("worker", "replaced"), ("worker", "error"),
                   ("score", "skipped"), ("score", "error"), ("train", "error"), ("train", "skipped"), ("decode", "error"),
-                  ("decode", "hang"), ("decode", "isolated"), ("programs", "error"), ("run", "error")}
+                  ("decode", "hang"), ("decode", "isolated"), ("programs", "error"), ("run", "error"),
+                  ("joint", "error")}
 
 
 def _short(text: Any, limit: int = 240) -> str:
@@ -304,6 +312,7 @@ def run_status(report: dict) -> tuple[str, list[str]]:
     reasons += [f"the program expert did not finish: {_short(e.get('reason')) or 'no programs.json written'}"
                 for e in of("programs", "error")]
     reasons += [f"the run failed: {_short(e.get('reason'))}" for e in of("run", "error")]
+    reasons += [f"joint stage: {_short(e.get('reason'), 400)}" for e in of("joint", "error")]
     per_task = report.get("per_task") or {}
     fell = report.get("fallback_tasks")
     fell = sorted(fell) if fell is not None else sorted(t for t, v in per_task.items()
