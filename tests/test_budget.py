@@ -120,6 +120,22 @@ def test_measured_throughput_fits_step_cost_and_decode_rate():
     assert t.train_startup_s == 7 and t.decode_startup_s == prior.decode_startup_s
 
 
+def test_the_throughput_file_holds_what_was_measured_and_names_the_rest_as_priors(tmp_path):
+    import json
+
+    from arcttt_kaggle.run.budget import measured_throughput, throughput_document
+
+    events = [{"worker": 0, "phase": "startup_train", "status": "ok", "start": 0, "end": 7},
+              {"worker": 0, "phase": "train", "status": "ok", "start": 10, "end": 22, "steps": 20, "tokens": 100},
+              {"worker": 0, "phase": "train", "status": "ok", "start": 30, "end": 38, "steps": 10, "tokens": 200}]
+    prior = Throughput(decode_call_overhead_s=2.0)
+    doc = throughput_document(events, prior)
+    assert set(doc) - {"priors"} == {"train_tokens_per_s", "train_step_s", "train_startup_s"}
+    assert doc["priors"]["decode_call_overhead_s"] == 2.0 and "decode_output_tokens_per_s" in doc["priors"]
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    assert Throughput.from_file(tmp_path / "m.json") == measured_throughput(events, prior)  # read back whole
+
+
 def test_measured_throughput_with_equal_steps_splits_the_intercept_keeping_the_prior_overhead():
     from arcttt_kaggle.run.budget import measured_throughput
 

@@ -108,3 +108,14 @@ def test_a_model_folders_run_settings_are_the_dry_runs_overrides_under_the_users
     (tmp_path / "run_settings.json").write_text(json.dumps({"train.stepz": 96}))
     with pytest.raises(ValueError, match=r"run_settings.json: unknown config key 'train.stepz'"):
         model_settings(tmp_path)
+
+
+def test_pretrain_refuses_a_shape_or_profile_with_init_and_warns_without_exclude(tmp_path):
+    r = cli("pretrain", "--data", str(CHALLENGES), "--out", str(tmp_path / "m"), "--init", str(REPO / "models" / "x"),
+            "--shape", "arc-nano", "--tokens", "10")
+    assert r.returncode != 0 and "drop --shape" in r.stderr
+    r = cli("pretrain", "--data", str(CHALLENGES), "--out", str(tmp_path / "m"), "--shape", "arc-nano",
+            "--tokens", "1", "--max-seq-len", "1024", "--tokens-per-batch", "1024")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: no --exclude: nothing is held out" in r.stderr
+    assert "arc-tiny" in cli("pretrain", "--help").stdout  # --shape lists its choices

@@ -166,23 +166,32 @@ def build_ttt_examples(task: Task, config: TTTDataConfig = TTTDataConfig(),
                 else:
                     order = tuple(range(len(rest)))
                 indices = [rest[o] for o in order]
-                demos = [augmented(v, i) for i in indices]
-                query = augmented(v, held[0])
-                kept = trim_demos(demos, indices, query, config.max_tokens, count_tokens)
-                if kept is None:
-                    continue
-                demos, indices = kept
-                key = content_key(demos, query)
-                if key in seen:
-                    continue
-                seen.add(key)
-                aug = Augmentation(view.dihedral, view.colors, order if order else None)
-                out.append(TTTExample(task.id, tuple(demos), query, held[0], aug, held, tuple(indices)))
+                ex = new_example(task.id, [augmented(v, i) for i in indices], indices, augmented(v, held[0]),
+                                 held, view, order, config.max_tokens, count_tokens, seen)
+                if ex is not None:
+                    out.append(ex)
     return out
 
 
+def new_example(task_id: str, demos: list[Pair], indices: list[int], query: Pair, held: tuple[int, ...],
+                view: Augmentation, order: tuple[int, ...], max_tokens: int, count_tokens: TokenCounter,
+                seen: set[tuple[bytes, ...]]) -> TTTExample | None:
+    """The example of these (already augmented) demonstrations and query, trimmed to ``max_tokens``; None when it
+    cannot fit or its content is in ``seen`` (which it joins otherwise)."""
+    kept = trim_demos(demos, indices, query, max_tokens, count_tokens)
+    if kept is None:
+        return None
+    demos, indices = kept
+    key = content_key(demos, query)
+    if key in seen:
+        return None
+    seen.add(key)
+    aug = Augmentation(view.dihedral, view.colors, order if order else None)
+    return TTTExample(task_id, tuple(demos), query, held[0], aug, held, tuple(indices))
+
+
 def trim_demos(demos: list[Pair], indices: list[int], query: Pair, max_tokens: int,
-          count_tokens: TokenCounter) -> tuple[list[Pair], list[int]] | None:
+               count_tokens: TokenCounter) -> tuple[list[Pair], list[int]] | None:
     """Drop demonstrations, largest first, until the example fits; ``None`` when even one is too many.
 
     The largest pair goes first because it buys the most tokens per demonstration lost. An example that

@@ -31,7 +31,7 @@ from arcttt_kaggle.arc.augment import Augmentation, sample_augmentations
 from arcttt_kaggle.arc.data import Task, load_challenges
 from arcttt_kaggle.arc.heldout import CanonicalKey, canonical_pair_keys
 from arcttt_kaggle.engines.format import IGNORE_INDEX, ArcFormat, LossOn
-from arcttt_kaggle.engines.ttt_data import TokenCounter, TTTExample, content_key, stable_seed, trim_demos
+from arcttt_kaggle.engines.ttt_data import TokenCounter, TTTExample, new_example, stable_seed
 
 from .synthetic import synthetic_tasks
 
@@ -188,18 +188,10 @@ def sample_examples(task: Task, n: int, views: Sequence[Augmentation], rng: np.r
         rest = [i for i in range(k) if i != q]
         order = tuple(int(o) for o in rng.permutation(len(rest)))
         indices = [rest[o] for o in order]
-        demos = [view.apply_pair(task.train[i]) for i in indices]
-        query = view.apply_pair(task.train[q])
-        kept = trim_demos(demos, indices, query, max_tokens, count_tokens)
-        if kept is None:
-            continue
-        demos, indices = kept
-        key = content_key(demos, query)
-        if key in seen:
-            continue
-        seen.add(key)
-        aug = Augmentation(view.dihedral, view.colors, order if order else None)
-        out.append(TTTExample(task.id, tuple(demos), query, q, aug, (q,), tuple(indices)))
+        ex = new_example(task.id, [view.apply_pair(task.train[i]) for i in indices], indices,
+                         view.apply_pair(task.train[q]), (q,), view, order, max_tokens, count_tokens, seen)
+        if ex is not None:
+            out.append(ex)
     return out
 
 

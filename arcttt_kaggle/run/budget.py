@@ -50,7 +50,10 @@ class Throughput:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Throughput":
+        """A ``measured_throughput.json``: measured fields at the top, the prior's under ``priors`` (older files:
+        every field at the top)."""
         d = json.loads(Path(path).read_text())
+        d = {**d.pop("priors", {}), **d}
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown throughput keys {sorted(unknown)}")
@@ -216,6 +219,36 @@ def measured_throughput(events: list[dict], prior: Throughput) -> Throughput:
         if xs:
             t = replace(t, **{key: float(sum(xs) / len(xs))})
     return t
+
+
+def measured_fields(events: list[dict]) -> set[str]:
+    """The ``Throughput`` fields ``measured_throughput`` fits from ``events`` (the rest keep the prior)."""
+    ok = lambda phase: [e for e in events if e["phase"] == phase and e["status"] == "ok"]  # noqa: E731
+    out: set[str] = set()
+    if any(e.get("steps") for e in ok("train")):
+        out |= {"train_tokens_per_s", "train_step_s"}
+    dec = [e for e in ok("decode") if e.get("tokens_generated") is not None]
+    if any(e.get("method") != "dfs" for e in dec):
+        out.add("decode_output_fill")
+    if any(e.get("method") == "dfs" for e in dec):
+        out.add("dfs_decode_multiple")
+    if dec:
+        out.add("decode_output_tokens_per_s")
+    if any("planned_prompt_tokens" in e for e in ok("score")):
+        out.add("score_tokens_per_s")
+    for phase, key in (("startup_train", "train_startup_s"), ("startup_decode", "decode_startup_s"),
+                       ("startup_score", "score_startup_s")):
+        if ok(phase):
+            out.add(key)
+    return out
+
+
+def throughput_document(events: list[dict], prior: Throughput) -> dict:
+    """``measured_throughput.json``: the fields this run measured at the top, the others under ``priors`` (they are
+    the prior's values, not measurements); ``Throughput.from_file`` reads both back."""
+    fitted, measured = measured_throughput(events, prior).__dict__, measured_fields(events)
+    return {**{k: v for k, v in fitted.items() if k in measured},
+            "priors": {k: v for k, v in fitted.items() if k not in measured}}
 
 
 def _per_call(events: list[dict], key: str) -> list[float]:

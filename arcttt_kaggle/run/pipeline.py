@@ -365,13 +365,13 @@ class Run:
 
         t0, cfg = time.time(), self.cfg
         env = {**os.environ, **thread_env(self.threads["worker"] * cfg.workers if cfg.device == "cpu" else 1)}
-        if cfg.device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = "0"
+        if cfg.device == "cuda":  # every GPU of the run: one data-parallel rank each (torchrun)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(cfg.workers))
         self.log("joint", f"joint stage on {len(self.tasks)} tasks for {self.joint_seconds:.0f} s")
         outcome = run_joint_stage(list(self.tasks.values()), self.model_path, self.out / "work" / "joint" / "model",
                                   cfg.joint, self.joint_seconds, env=env, device=cfg.device,
                                   gpu_memory_gib=cfg.gpu_memory_gib, seed=cfg.seed, fault=cfg.fault,
-                                  log=self.log)
+                                  log=self.log, nproc=cfg.workers if cfg.device == "cuda" else 1)
         self.joint_outcome = outcome
         self.model_path = Path(outcome.model)
         self.event("joint", "ok" if outcome.source == "joint" else "error", t0, source=outcome.source,
@@ -581,7 +581,10 @@ class Run:
         report["replans"] = [{k: v for k, v in e.items() if k not in ("phase", "status", "end")}
                              for e in events if e["phase"] == "replan"]
         report["cleared_previous_run"] = self.cleared
-        atomic_write_text(self.out / "measured_throughput.json", json.dumps(fitted.__dict__, indent=1))
+        from .budget import throughput_document
+
+        atomic_write_text(self.out / "measured_throughput.json",
+                          json.dumps(throughput_document(events, self.cfg.throughput), indent=1))
         atomic_write_text(self.out / "report.json", json.dumps(report, indent=1, default=str))
         write_timeline(events, self.budget, self.out / "timeline.png")
         try:  # last: it embeds timeline.png and reads report.json
