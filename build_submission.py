@@ -10,6 +10,7 @@
     .venv/bin/python build_submission.py bundle --out out/bundle --python 3.12 --cuda 13 --accelerator l4x4 [--no-wheels]
     .venv/bin/python build_submission.py pretrain --data ../shared/data/arc-agi-1/arc-agi_training_challenges.json \
         --exclude ../shared/data/arc-agi-1/arc-agi_evaluation_challenges.json --out out/arc-model --minutes 10
+    .venv/bin/torchrun --nproc-per-node 2 build_submission.py pretrain ...            # data parallel, any world size
 
 A thin caller: every subcommand is a few lines over functions of ``arcttt_kaggle``.
 """
@@ -156,12 +157,14 @@ def cmd_bundle(a) -> int:
 
 def cmd_pretrain(a) -> int:
     from arcttt_kaggle.pretrain.corpus import CorpusConfig
+    from arcttt_kaggle.pretrain.distributed import env_rank
     from arcttt_kaggle.pretrain.loop import PretrainConfig, pretrain
 
     if a.init and (a.shape or a.profile):
         raise SystemExit(f"pretrain: --init {a.init} is a model folder with its own shape and profile: drop "
                          f"{' and '.join(f for f, v in (('--shape', a.shape), ('--profile', a.profile)) if v)}")
-    if not a.exclude:
+    main_rank = env_rank() == 0  # under torchrun every rank runs this; rank 0 alone speaks
+    if not a.exclude and main_rank:
         print("pretrain: WARNING: no --exclude: nothing is held out, so no ARC task may be used to evaluate this "
               "model (benchmarks/ablation.py refuses tasks it was trained on)", file=sys.stderr)
     corpus = CorpusConfig(views_per_task=a.views_per_task, examples_per_task=a.examples_per_task,
@@ -170,13 +173,21 @@ def cmd_pretrain(a) -> int:
     cfg = PretrainConfig(shape=a.shape or "arc-tiny", profile=a.profile or "kit", max_seq_len=a.max_seq_len,
                          minutes=a.minutes,
                          tokens=a.tokens, lr=a.lr, checkpoint_minutes=a.checkpoint_minutes, seed=a.seed, corpus=corpus)
-    rec = pretrain(a.data, a.out, cfg, exclude=a.exclude or (), init=a.init, resume=a.resume)
+    rec = pretrain(a.data, a.out, cfg, exclude=a.exclude or (), init=a.init, resume=a.resume, fsdp=a.fsdp,
+                   gradient_checkpointing=a.gradient_checkpointing)
+    if not main_rank:
+        return 0
     d = rec["data"]
     print(f"data: {d['tasks_read']} tasks read, {d['excluded_by_id']} excluded by id, {d['excluded_by_content']} "
           f"by content, {d['tasks_kept']} kept ({d['pairs_kept']} pairs)")
     print(f"trained {rec['parameters'] / 1e6:.2f}M params on {rec['device']} ({rec['dtype']}): {rec['steps']} steps, "
           f"{rec['tokens_seen']:,} tokens in {rec['train_seconds']:.0f} s ({rec['tokens_per_second']:.0f} tok/s), "
           f"final loss {rec['final_loss']:.4f}")
+    if rec["world_size"] > 1:
+        dd = rec["distributed"]
+        print(f"data parallel: {rec['world_size']} ranks ({dd['backend']}{', FSDP2' if dd['fsdp'] else ', DDP'}), "
+              f"{dd['tokens_per_second_per_rank']:.0f} tok/s per rank; global batch {dd['global_batch']['rows']:.1f} "
+              f"rows, {dd['global_batch']['tokens']:.0f} tokens")
     print(f"wrote the model folder {a.out} (pretrain.json, loss.png; checkpoint/ for --resume)")
     return 0
 
@@ -273,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warmup, then cosine to 0.1x)")
     pt.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between atomic checkpoints")
     pt.add_argument("--seed", type=int, default=0, help="weight and data seed")
+    pt.add_argument("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and AdamW state "
+                    "across the ranks (FSDP2) instead of replicating them (DDP), for a model one device cannot hold")
+    pt.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward "
+                    "(less memory, ~30%% more compute)")
     pt.set_defaults(fn=cmd_pretrain)
     a = p.parse_args(argv)
     return a.fn(a)

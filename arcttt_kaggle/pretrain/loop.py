@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -349,11 +350,18 @@ def train_tasks(tasks: Sequence[Task], out_dir: str | Path, cfg: PretrainConfig,
     on return; rank 0 alone writes; the time budget, ``stop()`` and checkpoint times are rank 0's, broadcast."""
     d = setup(device)
     try:
-        return _train(d, tasks, Path(out_dir), cfg, sources=sources, init=init, resume=resume, progress=progress,
-                      excluded_pairs=excluded_pairs, record=record, stop=stop, desc=desc, fsdp=fsdp,
-                      gradient_checkpointing=gradient_checkpointing)
-    finally:
-        d.close()
+        rec = _train(d, tasks, Path(out_dir), cfg, sources=sources, init=init, resume=resume, progress=progress,
+                     excluded_pairs=excluded_pairs, record=record, stop=stop, desc=desc, fsdp=fsdp,
+                     gradient_checkpointing=gradient_checkpointing)
+    except Exception as e:
+        # The group is left as it is (destroying it while a peer is gone can hang): this process is ending.
+        if d.active:  # the agent names the rank that died first; this names the survivor and what is left
+            print(f"pretrain: rank {d.rank} of {d.world} stops: {type(e).__name__}: {str(e)[:300]} (the last "
+                  f"checkpoint, {Path(out_dir) / CHECKPOINT}, resumes with --resume at any world size)",
+                  file=sys.stderr, flush=True)
+        raise
+    d.close()
+    return rec
 
 
 def _train(d: Dist, tasks: Sequence[Task], out: Path, cfg: PretrainConfig, *, sources: dict, init, resume: bool,
@@ -404,6 +412,7 @@ def _train(d: Dist, tasks: Sequence[Task], out: Path, cfg: PretrainConfig, *, so
                disable=not (progress and d.is_main), desc=desc, dynamic_ncols=True, mininterval=2.0)
     last_ck, last_ck_step = time.monotonic(), state.step
     window: list[float] = []
+    skipped = 0  # steps whose loss was not finite (skipped by every rank)
     sizes = np.zeros(5)  # this process: steps, global rows, global real tokens, this rank's rows, its real tokens
     t_start = time.monotonic() - state.seconds
     while True:
@@ -431,6 +440,8 @@ def _train(d: Dist, tasks: Sequence[Task], out: Path, cfg: PretrainConfig, *, so
         state.seconds = time.monotonic() - t_start
         if math.isfinite(loss):
             window.append(loss)
+        else:
+            skipped += 1
         if state.step % cfg.log_every == 0 and window:
             state.curve.append([state.step, state.tokens, round(state.seconds, 2), sum(window) / len(window), lr])
             window = []
@@ -460,6 +471,7 @@ def _train(d: Dist, tasks: Sequence[Task], out: Path, cfg: PretrainConfig, *, so
         "views": {"views_per_task": cfg.corpus.views_per_task, **views.as_dict()},
         "steps": state.step, "tokens_seen": state.tokens, "epoch": state.epoch,
         "train_seconds": round(state.seconds, 1), "tokens_per_second": round(tok_s, 1),
+        "skipped_steps": skipped,  # non-finite losses, in this process (a resumed run: from its resume on)
         "world_size": d.world,
         "distributed": {
             **d.as_dict(), "fsdp": trainer.fsdp, "gradient_checkpointing": trainer.gradient_checkpointing,

@@ -13,7 +13,9 @@ crash, a hang or an out-of-memory kill costs the stage, never the run: the paren
 until the stage's deadline, and goes on with, in order, the stage's finished model folder, its last checkpoint
 (``checkpoint/`` is a whole model folder, written every ``checkpoint_minutes``) or the base model, and says
 which in ``JointOutcome`` (the report's ``joint`` phase and, when it is not the finished folder, its status).
-Per-task adapters, every decoder and the scorer then load the folder the stage chose.
+Per-task adapters, every decoder and the scorer then load the folder the stage chose. On several GPUs (``nproc``)
+the child is ``torchrun`` over the same module: every rank runs ``train_joint``, whose loop (``train_tasks``) joins
+the process group from the environment and trains data parallel exactly as ``pretrain`` does; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def train_joint(tasks: Sequence[Task], model: str | Path, out: str | Path, cfg: 
 
     from arcttt_kaggle.engines.format import ArcFormat
     from arcttt_kaggle.pretrain.corpus import CorpusConfig, epoch_sequences
+    from arcttt_kaggle.pretrain.distributed import env_rank
     from arcttt_kaggle.pretrain.loop import PretrainConfig, train_tasks
 
     model, out = Path(model), Path(out)
@@ -138,7 +141,8 @@ def train_joint(tasks: Sequence[Task], model: str | Path, out: str | Path, cfg: 
                       init=model, device=device, progress=progress, stop=stop, desc="joint",
                       record={"data": {"tasks": len(demos), "tokens_per_epoch": per_epoch}, "mode": mode,
                               "model_parameters": params})
-    copy_model_records(model, out)
+    if env_rank() == 0:
+        copy_model_records(model, out)
     return rec
 
 
@@ -167,10 +171,12 @@ def main(spec_path: str) -> int:
     t0 = time.time()
     rec = train_joint(tasks, spec["model"], out, cfg, spec["seconds"], device=spec.get("device"),
                       gpu_memory_gib=spec.get("gpu_memory_gib", 0.0), seed=spec.get("seed", 0), stop=stop)
-    summary = {k: rec[k] for k in ("mode", "steps", "tokens_seen", "train_seconds", "final_loss", "parameters")}
+    summary = {k: rec[k] for k in ("mode", "steps", "tokens_seen", "train_seconds", "final_loss", "parameters",
+                                   "world_size")}
     summary.update(epochs=rec["tokens_seen"] / max(1, rec["data"]["tokens_per_epoch"]), wall_seconds=time.time() - t0,
                    views=rec["views"])
-    atomic_write_text(out / RESULT, json.dumps(summary, indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 alone writes
+        atomic_write_text(out / RESULT, json.dumps(summary, indent=1))
     return 0
 
 
@@ -193,9 +199,11 @@ class JointOutcome:
 
 def run_joint_stage(tasks: Sequence[Task], model: Path, out: Path, cfg: JointConfig, seconds: float, *, env: dict,
                     device: str = "cpu", gpu_memory_gib: float = 0.0, seed: int = 0, fault: str = "",
-                    log=print) -> JointOutcome:
+                    log=print, nproc: int = 1) -> JointOutcome:
     """Run the stage in a child process for ``seconds`` of training (plus its startup), and choose what the run
-    goes on with (see the module docstring). Never raises for the stage's own failures."""
+    goes on with (see the module docstring). Never raises for the stage's own failures. ``nproc`` > 1: the child
+    is ``torchrun --standalone --nproc-per-node nproc`` (one rank per device of ``env``'s CUDA_VISIBLE_DEVICES,
+    or Gloo processes on CPU)."""
     t0 = time.time()
     predicted = seconds + cfg.startup_seconds
     shutil.rmtree(out, ignore_errors=True)
@@ -206,15 +214,25 @@ def run_joint_stage(tasks: Sequence[Task], model: Path, out: Path, cfg: JointCon
             "config": asdict(cfg), "seconds": seconds, "deadline": deadline, "device": device,
             "gpu_memory_gib": gpu_memory_gib, "seed": seed, "fault": fault}
     atomic_write_text(out.parent / "joint_spec.json", json.dumps(spec))
+    child = ["-m", "arcttt_kaggle.run.joint", str(out.parent / "joint_spec.json")]
+    if nproc > 1:
+        child = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *child]
     with open(out.parent / "joint.log", "w") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "arcttt_kaggle.run.joint", str(out.parent / "joint_spec.json")],
-                                env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, *child], env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         grace = max(30.0, 0.25 * predicted)
         try:
             rc = proc.wait(timeout=max(1.0, deadline + grace - time.time()))
             why = f"the joint stage exited with code {rc}" if rc else ""
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if nproc > 1:  # torchrun's ranks have sessions of their own: SIGTERM makes it end them first
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             why = f"the joint stage ran {grace:.0f} s past its deadline and was killed"
     measured = time.time() - t0
@@ -224,7 +242,8 @@ def run_joint_stage(tasks: Sequence[Task], model: Path, out: Path, cfg: JointCon
                      f"{summary['epochs']:.2f} epochs, loss {summary['final_loss']}")
         return JointOutcome(str(out), "joint", predicted, measured, summary=summary)
     why = why or "the joint stage wrote no result"
-    tail = (out.parent / "joint.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+    tail = [ln for ln in (out.parent / "joint.log").read_text(errors="replace").splitlines()
+            if ln.strip("=- ")][-1:] or [""]
     ck = out / "checkpoint"
     if (ck / "state.json").exists() and (ck / "model.safetensors").exists():
         state = json.loads((ck / "state.json").read_text())["state"]
