@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def main_run(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("dry-run")
-    report = dry_run(challenges=CHALLENGES, solutions=SOLUTIONS, budget_seconds=600, out_dir=out)
+    # The joint stage on (as the starter's run_settings.json turns it on), two epochs of the tiny model.
+    report = dry_run(challenges=CHALLENGES, solutions=SOLUTIONS, budget_seconds=600, out_dir=out,
+                     overrides={"joint.enabled": True, "joint.epochs": 2})
     return report, out
 
 
@@ -40,7 +42,7 @@ def test_dry_run_is_valid_complete_and_in_budget(main_run):
 
 
 def test_dry_run_trains_the_joint_stage_first_and_reports_its_phase(main_run):
-    """The starter's run_settings.json turns the joint stage on: its own phase, predicted and measured."""
+    """The joint stage, on: its own phase, predicted and measured, and the workers start from its weights."""
     report, out = main_run
     joint = report["phases"]["joint"]
     assert report["joint"]["source"] == "joint" and joint["measured_s"] > 0 and joint["predicted_s"] > 0

@@ -46,11 +46,15 @@ class JointConfig:
     enabled: bool = field(default=False, metadata={"help": "train on every test task's demonstrations together "
                           "before the per-task adapters (presets and a model's run_settings.json decide)"})
     epochs: int = field(default=8, metadata={"help": "passes over the tasks; one pass is examples_per_task "
-                        "sequences of each task, each under its own view"})
+                        "sequences of each task, each under its own view (2, 4, 8 measured on the validation set: "
+                        "more is better there, 8 the most this machine's session afforded)"})
     budget_share: float = field(default=0.25, metadata={"help": "at most this share of the run's work time (the "
                                 "stage ends at its deadline, its learning rate decayed by then)"})
     max_minutes: float = field(default=0.0, metadata={"help": "a cap in minutes beside budget_share (0: none)"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate (warmup, then cosine)"})
+    learning_rate: float = field(default=1.5e-3, metadata={"help": "peak learning rate (warmup, then cosine); 1.5e-3 "
+                                 "and 8 epochs were chosen on the validation set for the starter model (lower NLL "
+                                 "than 5e-4 at 4 epochs: benchmarks/ttt_sweep.py, docs/results.md); a large "
+                                 "model's LoRA may want less"})
     warmup: float = field(default=0.05, metadata={"help": "share of the stage spent warming up"})
     mode: Literal["auto", "full", "lora"] = field(default="auto", metadata={"help": "full parameters, one LoRA "
                                                   "merged into the weights, or auto: full up to full_max_params "
