@@ -239,6 +239,7 @@ class Run:
         self.programs_proc = None
         self.preflight = None
         self.downgrades: list[dict] = []  # decided before the workers start (``planned_downgrades``)
+        self.joint_seconds, self.joint_outcome = 0.0, None  # the joint stage's share (``plan``) and result (``joint``)
         self.threads = thread_budget(len(os.sched_getaffinity(0)), cfg.workers,
                                      cfg.programs.workers if cfg.run_programs else 0, cfg.device)
 
@@ -358,7 +359,6 @@ class Run:
     def joint(self) -> None:
         """Train on every task's demonstrations together (``joint.run_joint_stage``, a child process); the workers
         then start from the folder it chose: the stage's, its last checkpoint, or the base model."""
-        self.joint_outcome = None
         if not self.joint_seconds:
             return
         from .joint import run_joint_stage
