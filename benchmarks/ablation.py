@@ -159,8 +159,6 @@ def settings(model: Path, a: argparse.Namespace) -> dict:
     return out
 
 
-ttt_settings = settings  # the TTT sweep's name for it
-
 
 def train_joint_model(model: Path, tasks: dict[str, Task], st: dict, out: Path) -> tuple[Path, dict]:
     """The run's joint stage on ``tasks`` (their demonstrations only), to the end of its epochs: (folder, record)."""
@@ -347,10 +345,10 @@ def main() -> int:
         finally:
             d.close()
 
-    base_req, joint_req, ttt_req = greedy(lambda _: None), greedy(lambda _: None), greedy(lambda t: adapters[t])
+    base_req, ttt_req = greedy(lambda _: None), greedy(lambda t: adapters[t])  # the joint row decodes base_req
     plain_req = greedy(lambda t: plain.get(t))
     got = decode(model, {"base": base_req})
-    got.update(decode(joint, {"joint": joint_req, "ttt": ttt_req, "views": view_req}))
+    got.update(decode(joint, {"joint": base_req, "ttt": ttt_req, "views": view_req}))
     if plain:
         got.update(decode(model, {"plain": plain_req}))
     got.update(decode(joint, {"dfs": view_req}, replace(dcfg, method="dfs", dfs_threshold=a.tau, kv_block_size=32,
@@ -362,7 +360,7 @@ def main() -> int:
             by.setdefault((q.task.id, q.test_index), []).extend(cs)
         return by
 
-    by = {k: per_test(r, got[k]) for k, r in (("base", base_req), ("joint", joint_req), ("ttt", ttt_req),
+    by = {k: per_test(r, got[k]) for k, r in (("base", base_req), ("joint", base_req), ("ttt", ttt_req),
                                                ("views", view_req), ("dfs", view_req))}
     if plain:
         by["plain"] = per_test(plain_req, got["plain"])
@@ -428,7 +426,7 @@ def main() -> int:
     print(f"\nby rule family: {len(split['in the curriculum'])} tasks ({n_in} outputs) whose rule is a curriculum "
           f"family ({', '.join(sorted(f'{t}: {f[0]}' for t, f in families.items() if f)) or 'none'}), "
           f"{len(split['not'])} ({n_not}) not")
-    print(f"\n| row | in the curriculum: solved, cells right | not: solved, cells right |")
+    print("\n| row | in the curriculum: solved, cells right | not: solved, cells right |")
     print("|---|---|---|")
     for r in all_rows:
         parts = [f"{r.solved(g)}/{sum(len(t.test) for t in g.values())}, {r.cells_right(g):.3f}" if g else "-"

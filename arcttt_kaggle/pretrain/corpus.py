@@ -71,7 +71,7 @@ class Exclusion:
     @classmethod
     def from_tasks(cls, tasks: Iterable[Task], sources: Sequence[str] = ()) -> "Exclusion":
         ids: set[str] = set()
-        pairs: set[PairKey] = set()
+        pairs: set[CanonicalKey] = set()
         for task in tasks:
             ids.add(task.id)
             pairs |= canonical_pair_keys(task)

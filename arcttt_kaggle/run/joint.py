@@ -20,6 +20,7 @@ the process group from the environment and trains data parallel exactly as ``pre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -95,6 +96,10 @@ class JointConfig:
         s = self.budget_share * max(0.0, available)
         return min(s, 60.0 * self.max_minutes) if self.max_minutes else s
 
+    def left_after(self, available: float) -> float:
+        """The work time the stage leaves to the workers: ``available`` less its training time and start-up."""
+        return max(0.0, available - self.seconds(available) - self.startup_seconds)
+
 
 def demonstrations_only(tasks: Sequence[Task]) -> list[Task]:
     """The tasks with every test output removed: what the stage may learn from."""
@@ -139,8 +144,6 @@ def train_joint(tasks: Sequence[Task], model: str | Path, out: str | Path, cfg: 
                           checkpoint_minutes=cfg.checkpoint_minutes, log_every=5, seed=seed,
                           lora_rank=cfg.lora_rank if mode == "lora" else 0, corpus=corpus)
     tasks_doc = json.dumps({t.id: t.to_dict() for t in demos}, sort_keys=True)
-    import hashlib
-
     rec = train_tasks(demos, out, pcfg, sources={"tasks": hashlib.sha256(tasks_doc.encode()).hexdigest()},
                       init=model, device=device, progress=progress, stop=stop, desc="joint",
                       record={"data": {"tasks": len(demos), "tokens_per_epoch": per_epoch}, "mode": mode,
@@ -179,7 +182,9 @@ def main(spec_path: str) -> int:
                                    "world_size")}
     summary.update(epochs=rec["tokens_seen"] / max(1, rec["data"]["tokens_per_epoch"]), wall_seconds=time.time() - t0,
                    views=rec["views"])
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 alone writes
+    from arcttt_kaggle.pretrain.distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun: rank 0 alone writes
         atomic_write_text(out / RESULT, json.dumps(summary, indent=1))
     return 0
 

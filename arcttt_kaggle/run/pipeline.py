@@ -346,7 +346,7 @@ class Run:
         # The joint stage comes first and takes its share; the workers are planned on what it leaves.
         self.joint_seconds = cfg.joint.seconds(available) if cfg.joint.enabled and self.tasks else 0.0
         if self.joint_seconds:
-            available = max(0.0, available - self.joint_seconds - cfg.joint.startup_seconds)
+            available = cfg.joint.left_after(available)
         batch = cfg.train.batch_size * cfg.train.grad_accum
         self.tokens = TokenModel.of(cfg, self.prepared.profile)  # the prepared model's layout; DFS or sampling
         self.the_plan = make_plan(lambda s: task_works(self.tasks, cfg.ttt, batch, s, tokens=self.tokens),
@@ -683,7 +683,7 @@ def plan_only(config: RunConfig, profile: str = "kit") -> tuple:
     budget = Budget(config.budget)
     available = budget.work_deadline() - budget.start
     if config.joint.enabled and tasks:  # the joint stage's share comes first, as in ``Run.plan``
-        available = max(0.0, available - config.joint.seconds(available) - config.joint.startup_seconds)
+        available = config.joint.left_after(available)
     batch = config.train.batch_size * config.train.grad_accum
     tokens = TokenModel.of(config, profile)
     plan = make_plan(lambda s: task_works(tasks, config.ttt, batch, s, tokens=tokens), full_settings(config),
