@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--solutions")
     d.add_argument("--budget-seconds", type=float, default=600.0)
     d.add_argument("--out", default="out/dry-run")
-    d.add_argument("--inject-fault", help="comma-separated faults to inject (see config.FAULTS), e.g. worker-crash")
+    d.add_argument("--inject-fault", help="comma-separated faults to inject, NAME or NAME@MOMENT (see run/faults.py), e.g. worker-crash or worker-crash@3")
     d.add_argument("--overrides", help="JSON object of dotted config keys, e.g. '{\"train.steps\": 8}'")
     d.add_argument("--throughput-file", help="measured_throughput.json of an earlier run on this machine: the plan's priors")
     d.set_defaults(fn=cmd_dry_run)

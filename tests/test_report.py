@@ -82,6 +82,11 @@ def test_a_clean_report_is_ok_with_no_reasons():
     (lambda r: r["incidents"].append(ev("run", "error", worker=-1, reason="OSError: disk full")),
      "the run failed: OSError: disk full"),
     (lambda r: r.update(fallback_tasks=["t1"]), "1 of 2 tasks fell back: t1"),
+    (lambda r: r["incidents"].append(ev("decode", "unparsable", reason="all 8 outputs of decoding pass 2 were "
+                                        "unparsable")),
+     "decoding on worker 0: all 8 outputs of decoding pass 2 were unparsable"),
+    (lambda r: r.update(rejected=[{"task_id": "bad0", "reason": "train[0].input: ragged rows"}]),
+     "task bad0 rejected at load: train[0].input: ragged rows"),
     (lambda r: r["per_task"]["t0"]["selection"].append({"attempts": [None, None]}),
      "1 task(s) answer some test inputs with the fallback: t0"),
     (lambda r: r["budget"].update(finished_before_deadline=False), "the run finished after its deadline"),

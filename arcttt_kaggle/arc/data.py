@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,6 +35,10 @@ def to_grid(value: Any, where: str = "grid") -> Grid:
 
     Raises ``ValueError`` whose message names ``where`` and the problem (row index, bad value, size).
     """
+    fast = _to_grid_fast(value)
+    if fast is not None:
+        return fast
+    # The per-cell checks below decide every input the fast path declines, and word every error.
     if isinstance(value, np.ndarray):
         rows = value.tolist() if value.ndim == 2 else None
         if rows is None:
@@ -60,6 +65,38 @@ def to_grid(value: Any, where: str = "grid") -> Grid:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < NUM_COLORS:
                 raise ValueError(f"{where}: value {v!r} at row {r} column {c} is not an int 0..9")
     return np.array(rows, dtype=np.uint8)
+
+
+def _to_grid_fast(value: Any) -> Grid | None:
+    """``to_grid``'s result for the common valid input (a plain 2-D integer array, or a plain list of plain lists
+    of plain ``int``, rectangular, 1..30 per side, values 0..9) without a Python loop per cell; ``None`` for
+    anything else (invalid or unusual), which ``to_grid``'s per-cell checks then decide and word exactly."""
+    if type(value) is np.ndarray:
+        if (value.ndim == 2 and value.dtype.kind in "iu" and 1 <= value.shape[0] <= MAX_SIDE
+                and 1 <= value.shape[1] <= MAX_SIDE and value.min() >= 0 and value.max() < NUM_COLORS):
+            return np.array(value, dtype=np.uint8, order="C")
+        return None
+    if type(value) is not list or not 1 <= len(value) <= MAX_SIDE:
+        return None
+    first = value[0]
+    if type(first) is not list:
+        return None
+    width = len(first)
+    if not 1 <= width <= MAX_SIDE:
+        return None
+    for row in value:
+        if type(row) is not list or len(row) != width:
+            return None
+    # Exactly ``int`` (not bool, not a float, not a numpy scalar, not a nested list): a set of the cells' types.
+    if not {int}.issuperset(map(type, chain.from_iterable(value))):
+        return None
+    try:
+        cells = bytes(chain.from_iterable(value))  # refuses any int outside 0..255
+    except (ValueError, OverflowError):
+        return None
+    if max(cells) >= NUM_COLORS:
+        return None
+    return np.frombuffer(cells, dtype=np.uint8).reshape(len(value), width).copy()
 
 
 def grid_to_list(grid: Grid) -> list[list[int]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from arcttt_kaggle.arc.candidates import atomic_write_text
 from arcttt_kaggle.kaggle.notebook import DRY_RUN_ENV, INPUT_ENV
+from arcttt_kaggle.run.faults import FaultPlan
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "arc_ttt_submission.ipynb"
@@ -111,7 +112,7 @@ def dry_run(*, preset: str = "cpu-tiny", challenges: Path, solutions: Path | Non
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)
-    faults = set(fault.split(",")) - {""}
+    faults = set(FaultPlan.parse(fault).moments)  # a bad spec fails here, before the kernel starts
     if "bad-task" in faults:
         challenges = inject_bad_task(challenges, out_dir)
     env = dry_run_env(preset=preset, challenges=challenges, solutions=solutions, budget_seconds=budget_seconds,

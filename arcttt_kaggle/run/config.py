@@ -26,14 +26,11 @@ from arcttt_kaggle.selection.select import SelectConfig
 from arcttt_kaggle.engines.tinymodel import TinyModelConfig
 from arcttt_kaggle.engines.train import TrainConfig
 from arcttt_kaggle.engines.ttt_data import TTTDataConfig
+from .faults import FAULTS, FaultPlan
 from .joint import JointConfig
 
 PRESETS = ("t4x2", "l4x4", "cpu-tiny")
 DERIVED_PRESET = "gpu-auto"  # built from the detected GPUs by ``gpu_auto_preset``, not by name
-# Injected faults for the fault matrix (comma-separate several to share one run): each is a real failure.
-FAULTS = ("worker-crash", "task-exception", "decode-hang", "unparsable", "deadline", "bad-task",
-          "no-vllm", "no-unsloth", "corrupt-adapter", "step-exception", "nonfinite-loss", "train-hang",
-          "programs-killed", "enospc", "cuda-error", "joint-crash")
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,8 @@ class RunConfig:
                                    "every byte of GPU memory (CUDA context, allocator cache, Unsloth's buffers) is "
                                    "returned before vLLM sizes its KV cache; costs one more engine import (~15 s)"})
     run_programs: bool = field(default=True, metadata={"help": "run the CPU program expert beside the workers"})
-    fault: str = field(default="", metadata={"help": f"inject faults for testing, comma-separated: of {FAULTS}"})
+    fault: str = field(default="", metadata={"help": "inject faults for testing, comma-separated NAME or NAME@MOMENT "
+                       f"(faults.MOMENTS says each moment's unit): of {FAULTS}"})
     probe_engines: bool = field(default=False, metadata={"help": "preflight: import and start vLLM and Unsloth on "
                                 "the model in child processes before the workers start (GPU presets: ~1-3 min of "
                                 "an engine start each, so a broken engine is known before 12 hours are planned); "
@@ -90,9 +88,7 @@ class RunConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {PRESETS}")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
-        unknown = [f for f in self.fault.split(",") if f and f not in FAULTS]
-        if unknown:
-            raise ValueError(f"unknown fault(s) {unknown}; choose from {FAULTS}")
+        FaultPlan.parse(self.fault)  # raises naming an unknown fault or a bad moment
         if self.second_pass_ratio < 0:
             raise ValueError("second_pass_ratio must be >= 0")
         if self.max_tasks < 0:

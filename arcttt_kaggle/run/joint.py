@@ -34,8 +34,10 @@ from typing import Literal, Sequence
 
 from arcttt_kaggle.arc.candidates import atomic_write_text
 from arcttt_kaggle.arc.data import Pair, Task
+from .faults import FaultPlan
 
 RESULT = "joint.json"
+FAULT_RECORD = "fault.json"  # written by the child just before an injected fault kills it
 
 
 @dataclass(frozen=True)
@@ -163,16 +165,25 @@ def copy_model_records(src: Path, dst: Path) -> None:
 # -- the child process ------------------------------------------------------------------------------------------
 def main(spec_path: str) -> int:
     """The stage's process: trains, then writes ``joint.json`` (atomically) into the output folder. The injected
-    fault ``joint-crash`` kills it with SIGKILL once its first checkpoint is on disk."""
+    fault ``joint-crash@C`` kills it with SIGKILL once it has written C checkpoints (default 1), after recording
+    that it struck in ``fault.json`` beside the model folder."""
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
     tasks = [Task.from_dict(tid, d) for tid, d in spec["tasks"].items()]
     cfg = JointConfig(**spec["config"])
-    crash = "joint-crash" in spec.get("fault", "").split(",")
+    faults = FaultPlan.parse(spec.get("fault", ""))
+    seen: list[float] = []  # the checkpoint's state.json mtimes: one per checkpoint written
 
     def stop() -> bool:
-        if crash and (out / "checkpoint" / "state.json").exists():
-            os.kill(os.getpid(), signal.SIGKILL)
+        state = out / "checkpoint" / "state.json"
+        if "joint-crash" in faults and state.exists():
+            mtime = state.stat().st_mtime
+            if not seen or seen[-1] != mtime:
+                seen.append(mtime)
+            if len(seen) >= faults.at("joint-crash"):
+                atomic_write_text(out.parent / FAULT_RECORD, json.dumps(
+                    [{"fault": "joint-crash", "moment": faults.at("joint-crash"), "time": time.time()}]))
+                os.kill(os.getpid(), signal.SIGKILL)
         return time.time() >= spec["deadline"]
 
     t0 = time.time()
@@ -201,6 +212,7 @@ class JointOutcome:
     measured_s: float = 0.0
     reason: str = ""
     summary: dict = field(default_factory=dict)
+    injected: list = field(default_factory=list)  # injected faults that struck the child (``fault.json``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,11 +257,14 @@ def run_joint_stage(tasks: Sequence[Task], model: Path, out: Path, cfg: JointCon
             proc.wait()
             why = f"the joint stage ran {grace:.0f} s past its deadline and was killed"
     measured = time.time() - t0
+    record = out.parent / FAULT_RECORD
+    injected = json.loads(record.read_text()) if record.exists() else []
+    record.unlink(missing_ok=True)
     if not why and (out / RESULT).exists():
         summary = json.loads((out / RESULT).read_text())
         log("joint", f"trained {summary['mode']} on {len(tasks)} tasks: {summary['steps']} steps, "
                      f"{summary['epochs']:.2f} epochs, loss {summary['final_loss']}")
-        return JointOutcome(str(out), "joint", predicted, measured, summary=summary)
+        return JointOutcome(str(out), "joint", predicted, measured, summary=summary, injected=injected)
     why = why or "the joint stage wrote no result"
     tail = [ln for ln in (out.parent / "joint.log").read_text(errors="replace").splitlines()
             if ln.strip("=- ")][-1:] or [""]
@@ -259,10 +274,10 @@ def run_joint_stage(tasks: Sequence[Task], model: Path, out: Path, cfg: JointCon
         copy_model_records(model, ck)
         reason = f"{why} ({tail[0][:200]}): the run goes on from its checkpoint at step {state['step']}"
         log("joint", reason)
-        return JointOutcome(str(ck), "checkpoint", predicted, measured, reason, {"steps": state["step"]})
+        return JointOutcome(str(ck), "checkpoint", predicted, measured, reason, {"steps": state["step"]}, injected)
     reason = f"{why} ({tail[0][:200]}) before its first checkpoint: the run goes on from the base model"
     log("joint", reason)
-    return JointOutcome(str(model), "base", predicted, measured, reason)
+    return JointOutcome(str(model), "base", predicted, measured, reason, injected=injected)
 
 
 if __name__ == "__main__":

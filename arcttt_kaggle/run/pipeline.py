@@ -35,6 +35,7 @@ from typing import Mapping
 from .budget import Budget, CostModel, make_plan
 from arcttt_kaggle.arc.candidates import CandidateSet, atomic_write_text, merge_candidate_sets, read_candidate_file
 from .config import RunConfig
+from .faults import FaultPlan
 from arcttt_kaggle.arc.data import Task, load_challenges
 from .planning import TokenModel, adapter_quotas, full_settings, task_works
 from .report import ENGINE_NAMES
@@ -223,6 +224,26 @@ def _programs_main(task_dicts: dict, programs_cfg, deadline: float, out_path: st
     run_expert(tasks, programs_cfg, deadline=deadline, out_path=Path(out_path))
 
 
+def _gc_paused():
+    """A context manager: Python's cyclic garbage collector off inside it, back on after it (an exception too)
+    only if it was on before. ``Run.finish`` builds a few hundred thousand objects (every candidate, twice) and
+    frees almost none, so collections there are pure cost."""
+    import gc
+    from contextlib import contextmanager
+
+    @contextmanager
+    def paused():
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            if enabled:
+                gc.enable()
+
+    return paused()
+
+
 class Run:
     """State of one run; ``execute`` drives it. Split out of ``run`` so each step reads on its own."""
 
@@ -374,6 +395,8 @@ class Run:
                                   log=self.log, nproc=cfg.workers if cfg.device == "cuda" else 1)
         self.joint_outcome = outcome
         self.model_path = Path(outcome.model)
+        for f in outcome.injected:  # the child recorded the fault before it struck
+            self.event("fault", "injected", float(f.pop("time", t0)), **f)
         self.event("joint", "ok" if outcome.source == "joint" else "error", t0, source=outcome.source,
                    predicted_s=round(outcome.predicted_s, 2), **({"reason": outcome.reason} if outcome.reason else {}))
 
@@ -402,7 +425,9 @@ class Run:
                     os.environ[k] = v
         self.log("programs", f"program expert started (pid {self.programs_proc.pid})")
 
-    def launch(self, worker: int, task_ids: list[str], train_steps: int, views: int, attempt: int = 0) -> None:
+    def launch(self, worker: int, task_ids: list[str], train_steps: int, views: int, attempt: int = 0,
+               fault: str | None = None) -> None:
+        """Start a worker process on ``task_ids``; ``fault``: the injected faults it carries (default: the run's)."""
         cfg, now = self.cfg, time.time()
         work_deadline = self.budget.work_deadline()
         w = self.the_plan.workers[worker] if worker < len(self.the_plan.workers) else None
@@ -419,7 +444,8 @@ class Run:
         spec = WorkerSpec(worker=worker, task_ids=task_ids, config=cfg.to_dict(), model_path=str(self.model_path),
                           work_dir=str(wdir), train_steps=train_steps, views_per_test=views,
                           train_deadline=now + span * train_share, decode_deadline=now + span * decode_share,
-                          deadline=work_deadline, fault=cfg.fault, attempt=attempt, profile=self.prepared.profile,
+                          deadline=work_deadline, fault=cfg.fault if fault is None else fault, attempt=attempt,
+                          profile=self.prepared.profile,
                           extra_view_units=cfg.second_pass_ratio * views * sum(len(self.tasks[t].test) for t in task_ids),
                           max_adapters=adapter_quotas(cfg.max_adapters, [len(x.task_ids) for x in self.the_plan.workers]
                                                       )[worker] if cfg.max_adapters and w else 0)
@@ -463,14 +489,17 @@ class Run:
         self._stop_stragglers()
 
     def _inject_programs_kill(self, wait: bool = False) -> None:
-        """Injected fault 'programs-killed': SIGKILL the program expert a second after it started (``wait``: sleep
-        until then, so the kill lands before the expert could finish its tasks)."""
-        p = self.programs_proc
-        if "programs-killed" not in self.cfg.fault.split(",") or p is None or not p.is_alive():
+        """Injected fault 'programs-killed@S': SIGKILL the program expert S seconds (default 1) after it started
+        (``wait``: sleep until then when S is at most a second, so the kill lands before the expert could finish
+        the fault matrix's few tasks; a later moment is met by the watch loop)."""
+        p, faults = self.programs_proc, FaultPlan.parse(self.cfg.fault)
+        if "programs-killed" not in faults or p is None or not p.is_alive():
             return
-        if wait:
-            time.sleep(max(0.0, self.programs_start + 1.0 - time.time()))
-        if time.time() >= self.programs_start + 1.0:
+        at = self.programs_start + float(faults.at("programs-killed"))
+        if wait and at - time.time() <= 1.0:
+            time.sleep(max(0.0, at - time.time()))
+        if time.time() >= at:
+            self.event("fault", "injected", time.time(), fault="programs-killed", moment=faults.at("programs-killed"))
             p.kill()
             self.log("fault", "injected fault: program expert killed (SIGKILL)")
 
@@ -498,7 +527,9 @@ class Run:
             for t in lost:
                 self.reason(t, f"{w['reason']}; reassigned to a replacement worker without TTT")
             self.event("worker", "replaced", time.time(), reason=w["reason"], replaced_worker=w["worker"], tasks=len(lost))
-            self.launch(w["worker"], lost, 0, self.the_plan.settings.views_per_test, attempt=1)
+            # A fault that has not struck yet may still strike the replacement (one that struck does not repeat).
+            self.launch(w["worker"], lost, 0, self.the_plan.settings.views_per_test, attempt=1,
+                        fault=_not_struck(self.cfg.fault, _events(w["dir"])))
         else:
             for t in lost:
                 self.reason(t, f"{w['reason']}; no time to reassign ({left:.0f}s left, {need:.0f}s needed): fallback")
@@ -562,37 +593,44 @@ class Run:
                 for tid, sel in sels.items()}
 
     def finish(self) -> dict:
-        from .report import build_report, write_timeline
-        from .report_html import write_report_html
+        with _gc_paused():  # it frees almost nothing, and the collector took a third of its time
+            from .report import build_report, write_timeline
+            from .report_html import write_report_html
 
-        t0 = time.time()
-        self.write_submission(self.answers(final=True))
-        self.event("final_write", "ok", t0)
-        self.log("final", f"submission written to {self.cfg.submission_file}")
-        events = self.parent_events + [e for w in self.workers for e in _events(w["dir"])]
-        atomic_write_text(self.out / "events.jsonl", "".join(json.dumps(e, default=str) + "\n" for e in events))
-        report = build_report(self, events)
-        from .budget import measured_throughput
+            t0 = time.time()
+            self.write_submission(self.answers(final=True))
+            self.event("final_write", "ok", t0)
+            self.log("final", f"submission written to {self.cfg.submission_file}")
+            events = self.parent_events + [e for w in self.workers for e in _events(w["dir"])]
+            atomic_write_text(self.out / "events.jsonl", "".join(json.dumps(e, default=str) + "\n" for e in events))
+            report = build_report(self, events)
+            from .budget import measured_throughput
 
-        fitted = measured_throughput(events, self.cfg.throughput)
-        report["measured_throughput"] = fitted.__dict__
-        report["threads"] = self.threads
-        report["budget_start"] = self.budget.start
-        report["replans"] = [{k: v for k, v in e.items() if k not in ("phase", "status", "end")}
-                             for e in events if e["phase"] == "replan"]
-        report["cleared_previous_run"] = self.cleared
-        from .budget import throughput_document
+            fitted = measured_throughput(events, self.cfg.throughput)
+            report["measured_throughput"] = fitted.__dict__
+            report["threads"] = self.threads
+            report["budget_start"] = self.budget.start
+            report["replans"] = [{k: v for k, v in e.items() if k not in ("phase", "status", "end")}
+                                 for e in events if e["phase"] == "replan"]
+            report["cleared_previous_run"] = self.cleared
+            from .budget import throughput_document
 
-        atomic_write_text(self.out / "measured_throughput.json",
-                          json.dumps(throughput_document(events, self.cfg.throughput), indent=1))
-        atomic_write_text(self.out / "report.json", json.dumps(report, indent=1, default=str))
-        write_timeline(events, self.budget, self.out / "timeline.png")
-        try:  # last: it embeds timeline.png and reads report.json
-            write_report_html(self.out)
-        except Exception as e:  # noqa: BLE001 - the page a person reads must never sink a run whose files are written
-            self.log("report", f"report.html NOT written: {type(e).__name__}: {e}")
-        self.log("report", f"report.json and timeline.png written; wall {time.time() - self.budget.start:.1f}s")
-        return report
+            atomic_write_text(self.out / "measured_throughput.json",
+                              json.dumps(throughput_document(events, self.cfg.throughput), indent=1))
+            atomic_write_text(self.out / "report.json", json.dumps(report, indent=1, default=str))
+            write_timeline(events, self.budget, self.out / "timeline.png")
+            try:  # last: it embeds timeline.png and reads report.json
+                write_report_html(self.out)
+            except Exception as e:  # noqa: BLE001 - the page a person reads must never sink a run whose files are written
+                self.log("report", f"report.html NOT written: {type(e).__name__}: {e}")
+            self.log("report", f"report.json and timeline.png written; wall {time.time() - self.budget.start:.1f}s")
+            return report
+
+
+def _not_struck(spec: str, events: list[dict]) -> str:
+    """The faults of ``spec`` that no ``("fault", "injected")`` event in ``events`` records as struck."""
+    struck = {e.get("fault") for e in events if e["phase"] == "fault" and e["status"] == "injected"}
+    return ",".join(x for x in spec.split(",") if x and x.split("@")[0] not in struck)
 
 
 def _events(wdir: Path) -> list[dict]:
@@ -637,11 +675,14 @@ def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
         for w in r.the_plan.workers:
             if w.task_ids:
                 r.launch(w.worker, w.task_ids, r.the_plan.settings.train_steps, r.the_plan.settings.views_per_test)
-        if config.fault == "deadline":
-            # The budget runs out mid-training, after the workers were launched believing they had the full time.
-            w = r.the_plan.workers[0].seconds
-            r.budget.deadline = min(r.budget.deadline, time.time() + config.budget.final_write_seconds
-                                    + w["startup"] * 0.6 + w["train"] * 0.3)
+        faults = FaultPlan.parse(config.fault)
+        if "deadline" in faults:
+            # The budget runs out early, after the workers were launched believing they had the full time: by
+            # default mid-training; deadline@F at F of the plan's predicted work time.
+            w, share = r.the_plan.workers[0].seconds, faults.at("deadline")
+            work = sum(w.values()) * share if share else w["startup"] * 0.6 + w["train"] * 0.3
+            r.budget.deadline = min(r.budget.deadline, time.time() + config.budget.final_write_seconds + work)
+            r.event("fault", "injected", time.time(), fault="deadline", moment=share)
             r.log("fault", f"injected fault: deadline moved to {r.budget.remaining():.0f}s from now")
         r.watch()
     except Exception as e:  # noqa: BLE001 - the run edge: keep the fallback submission and report why

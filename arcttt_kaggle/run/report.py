@@ -180,7 +180,8 @@ STATUSES = ("ok", "degraded", "fallback-only")
 # Events that make a run degraded, kept in ``report["incidents"]`` so the status can be recomputed from report.json.
 INCIDENT_KINDS = {("engine", "fallback"), ("engine", "replanned"), ("worker", "replaced"), ("worker", "error"),
                   ("score", "skipped"), ("score", "error"), ("train", "error"), ("train", "skipped"), ("decode", "error"),
-                  ("decode", "hang"), ("decode", "isolated"), ("programs", "error"), ("run", "error"),
+                  ("decode", "hang"), ("decode", "isolated"), ("decode", "unparsable"), ("programs", "error"),
+                  ("run", "error"),
                   ("joint", "error")}
 
 
@@ -302,6 +303,7 @@ def run_status(report: dict) -> tuple[str, list[str]]:
                        f"{len(skipped)} task(s) ({_ids([f'{t}: {n}' for t, n in skipped])})")
     reasons += [f"decoding on worker {e.get('worker')} {'hung' if e['status'] == 'hang' else 'failed'}: {_short(e.get('reason'))}"
                 for e in of("decode", "error", "hang")]
+    reasons += [f"decoding on worker {e.get('worker')}: {_short(e.get('reason'))}" for e in of("decode", "unparsable")]
     reasons += _grouped([(e.get("task") or "?", _short(e.get("reason"))) for e in of("decode", "isolated")],
                         "decoding isolated a failure for {n} task(s) ({ids}): {reason}")
     score = of("score", "skipped", "error")
@@ -313,6 +315,8 @@ def run_status(report: dict) -> tuple[str, list[str]]:
                 for e in of("programs", "error")]
     reasons += [f"the run failed: {_short(e.get('reason'))}" for e in of("run", "error")]
     reasons += [f"joint stage: {_short(e.get('reason'), 400)}" for e in of("joint", "error")]
+    reasons += [f"task {r.get('task_id')} rejected at load: {_short(r.get('reason'))}"
+                for r in report.get("rejected") or []]
     per_task = report.get("per_task") or {}
     fell = report.get("fallback_tasks")
     fell = sorted(fell) if fell is not None else sorted(t for t, v in per_task.items()

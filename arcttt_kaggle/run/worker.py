@@ -34,6 +34,7 @@ import numpy as np
 
 from arcttt_kaggle.arc.candidates import atomic_write_text
 from arcttt_kaggle.engines.engine_base import EngineBroken, cuda_context_error  # engine_base loads no engine at import
+from .faults import FaultPlan
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class WorkerSpec:
     deadline: float  # hard end of this worker's work
     extra_view_units: float = 0.0  # planned second-pass budget: extra (view x test input) decodes
     fault: str = ""
-    attempt: int = 0  # 0 = first launch; a replacement worker has attempt 1 (faults fire on attempt 0 only)
+    attempt: int = 0  # 0 = first launch; a replacement worker has attempt 1 (with the faults not yet struck)
     profile: str = "kit"  # the prepared model's format profile: the re-plan counts tokens in its layout
     max_adapters: int = 0  # at most this many adapters (the disk's share of this worker; 0 = one per task)
 
@@ -93,7 +94,7 @@ def run_worker(spec: WorkerSpec) -> int:
     _limit_threads()
     work = Path(spec.work_dir)
     events = Events(work / "events.jsonl", spec.worker)
-    faults = set(spec.fault.split(",")) - {""} if spec.attempt == 0 else set()
+    faults = FaultPlan.parse(spec.fault)  # a replacement carries only the faults that had not struck yet
     events.emit("worker", "start", pid=os.getpid(), tasks=len(spec.task_ids), attempt=spec.attempt,
                 cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     loaded = load_challenges(cfg.challenges, strict=False).tasks
@@ -106,13 +107,15 @@ def run_worker(spec: WorkerSpec) -> int:
         return EXIT_ENGINE_BROKEN
 
 
-def _run_phases(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> int:
+def _run_phases(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: FaultPlan) -> int:
     adapters: dict[str, str] = {}
     if spec.train_steps > 0 and cfg.run_ttt:
         adapters = (_train_isolated if cfg.isolate_training else _train_phase)(spec, cfg, tasks, events, faults)
         spec, cfg = _apply_replan(spec, cfg, tasks, read_events(events.path))
     if "corrupt-adapter" in faults and adapters:
-        _corrupt(Path(sorted(adapters.values())[-1]))
+        tid, path = sorted(adapters.items())[int(faults.at("corrupt-adapter")) % len(adapters)]
+        _injected(events, "corrupt-adapter", faults, task=tid)
+        _corrupt(Path(path))
     candidates = _decode_phase(spec, cfg, tasks, adapters, events, faults)
     if candidates is None:
         events.emit("worker", "error", reason="no decoding engine started (every rung of the ladder failed)")
@@ -194,7 +197,7 @@ def _ladder(stage: str, rungs: list[str], start, events: Events, last: str):
     return None
 
 
-def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> dict[str, str]:
+def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: FaultPlan) -> dict[str, str]:
     from .budget import Settings, Throughput
     from .planning import TokenModel, replan
     from arcttt_kaggle.engines.ttt_data import build_ttt_examples
@@ -231,14 +234,17 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
                 why = "re-plan: no TTT for the remaining tasks" if steps == 0 else "training phase deadline reached"
                 events.emit("train", "skipped", task=task.id, reason=why)
                 continue
-            if "worker-crash" in faults and n == 1:
+            if faults.strikes("worker-crash", n):
+                _injected(events, "worker-crash", faults, task=task.id)
                 os.kill(os.getpid(), signal.SIGKILL)  # a worker killed mid-training
-            if "train-hang" in faults and n == 1:
+            if faults.strikes("train-hang", n):
+                _injected(events, "train-hang", faults, task=task.id)
                 events.emit("train", "hang", task=task.id, reason="injected fault: train-hang")
                 time.sleep(10 ** 6)  # the training child never returns; the worker kills it at its deadline
             ts = time.time()
             try:
-                if "task-exception" in faults and n == 0:
+                if faults.strikes("task-exception", n):
+                    _injected(events, "task-exception", faults, task=task.id)
                     raise RuntimeError("injected fault: task-exception")
                 examples = build_ttt_examples(task, cfg.ttt, count_tokens=trainer.fmt.token_count)
                 if not examples:
@@ -247,7 +253,7 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
                 cap = ts + 2.0 * max(0.0, train_deadline - ts) / (len(order) - n)
                 res = trainer.train_task(task.id, examples, Path(spec.work_dir) / "adapters" / task.id,
                                          steps=steps, seed=cfg.seed, deadline=min(train_deadline, cap),
-                                         **_train_faults(faults, n))
+                                         **_train_faults(faults, n, events, task.id))
                 trained += 1
                 info = dict(steps=res.steps_done, tokens=res.tokens_seen, stopped_early=res.stopped_early,
                             loss_first=res.losses[0] if res.losses else None,
@@ -271,25 +277,34 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set
     return adapters
 
 
-def _train_faults(faults: set[str], n: int) -> dict:
-    """Keyword arguments of ``Trainer.train_task`` that inject a training fault, each into its own task ``n`` so
-    several share one run: an exception in a step of task 0, ENOSPC saving task 1, a non-finite loss in task 2."""
+def _train_faults(faults: FaultPlan, n: int, events: Events, task_id: str) -> dict:
+    """Keyword arguments of ``Trainer.train_task`` that inject a training fault into task ``n`` when its moment
+    is ``n`` (by default each its own task, so several share one run: an exception in a step of task 0, ENOSPC
+    saving task 1, a non-finite loss in task 2). Two step faults drawn for one task: the exception wins."""
     import errno
 
     kw: dict[str, Any] = {}
-    if "step-exception" in faults and n == 0:
+    if faults.strikes("nonfinite-loss", n):
+        kw["step_hook"] = lambda step, loss: loss * float("nan")
+    if faults.strikes("step-exception", n):
         def raise_in_step(step, loss):
             if step == 1:
                 raise RuntimeError("injected fault: CUDA out of memory in training step 1 (step-exception)")
             return loss
         kw["step_hook"] = raise_in_step
-    if "nonfinite-loss" in faults and n == 2:
-        kw["step_hook"] = lambda step, loss: loss * float("nan")
-    if "enospc" in faults and n == 1:
+    if faults.strikes("enospc", n):
         def no_space(path):
             raise OSError(errno.ENOSPC, "injected fault: No space left on device", str(path))
         kw["save_hook"] = no_space
+    for name in ("step-exception" if faults.strikes("step-exception", n) else "nonfinite-loss", "enospc"):
+        if faults.strikes(name, n):
+            _injected(events, name, faults, task=task_id)
     return kw
+
+
+def _injected(events: Events, name: str, faults: FaultPlan, **info: Any) -> None:
+    """The record that an injected fault struck, written before it acts (a SIGKILL leaves no later chance)."""
+    events.emit("fault", "injected", fault=name, moment=faults.at(name), **info)
 
 
 def _extra_ratio(spec: WorkerSpec, tasks: dict) -> float:
@@ -319,7 +334,7 @@ def _corrupt(adapter_dir: Path) -> None:
         f.write_bytes(b"\x00garbage, not safetensors" * 4)
 
 
-def _train_child(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str], out: str) -> None:
+def _train_child(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: FaultPlan, out: str) -> None:
     _die_with_parent()
     _limit_threads()
     adapters = _train_phase(spec, cfg, tasks, events, faults)
@@ -336,7 +351,7 @@ def _die_with_parent() -> None:
         pass  # not Linux: the parent's process-group kill still covers it
 
 
-def _train_isolated(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: set[str]) -> dict[str, str]:
+def _train_isolated(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: FaultPlan) -> dict[str, str]:
     """``_train_phase`` in a spawned child: when it exits the GPU is empty for vLLM. If the child dies or hangs,
     the adapters it saved before are still used (each is written whole before its event)."""
     import multiprocessing as mp
@@ -385,7 +400,7 @@ def _start_decoder(spec: WorkerSpec, cfg, adapters: dict[str, str], events: Even
         events, "none (every task keeps its fallback and program answers)")
 
 
-def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, faults: set[str]):
+def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], events: Events, faults: FaultPlan):
     """Two decoding passes; returns the candidates, or None when no decoding engine started."""
     from arcttt_kaggle.selection.allocate import allocate, allocation_report, estimate_difficulty
     from arcttt_kaggle.arc.candidates import merge_candidate_sets, write_candidate_file
@@ -396,20 +411,18 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
         return None
     cands_path = Path(spec.work_dir) / "candidates.json"
     try:
-        if "decode-hang" in faults:
-            events.emit("decode", "hang", reason="injected fault: decode-hang")
-            time.sleep(10 ** 6)  # decoding never returns; the parent terminates this worker at its deadline
+        _decode_faults(decoder, events, faults, 1)
         m = spec.views_per_test
         reqs = [r for tid, task in tasks.items()
                 for r in plan_requests(task, _path(adapters.get(tid)), m, cfg.seed, cfg.decode.keep_background)]
         ts = time.time()
-        if "cuda-error" in faults:
-            _inject_cuda_error(decoder)
         outs = decoder.generate(reqs, progress=True, deadline=spec.decode_deadline)
-        if "unparsable" in faults:
+        if faults.strikes_in_pass("unparsable", 1):
+            _injected(events, "unparsable", faults, pass_=1)
             outs = _garbage(decoder, outs, cfg.seed)
         _failure_events(decoder, events, 1, adapters)
         first = _collect(tasks, reqs, outs)
+        _unparsable_pass(events, first, 1)
         pass1_s = time.time() - ts
         write_candidate_file(cands_path, first, "ttt", {"worker": spec.worker, "pass": 1, "adapters": adapters})
         events.emit("decode", "ok", start=ts, pass_=1, requests=len(reqs), adapters=len(adapters),
@@ -428,12 +441,16 @@ def _decode_phase(spec: WorkerSpec, cfg, tasks: dict, adapters: dict[str, str], 
                  for r in plan_requests(tasks[tid], _path(adapters.get(tid)), n, cfg.seed, cfg.decode.keep_background,
                                         skip=m)]
         if reqs2 and time.time() < spec.decode_deadline:
+            _decode_faults(decoder, events, faults, 2)
             ts = time.time()
             outs2 = decoder.generate(reqs2, progress=True, deadline=spec.decode_deadline)
-            if "unparsable" in faults:
+            if faults.strikes_in_pass("unparsable", 2):
+                _injected(events, "unparsable", faults, pass_=2)
                 outs2 = _garbage(decoder, outs2, cfg.seed + 1)
             _failure_events(decoder, events, 2, adapters)
-            merged = merge_candidate_sets(first, _collect(tasks, reqs2, outs2))
+            second = _collect(tasks, reqs2, outs2)
+            _unparsable_pass(events, second, 2)
+            merged = merge_candidate_sets(first, second)
             write_candidate_file(cands_path, merged, "ttt", {"worker": spec.worker, "pass": 2, "adapters": adapters})
             events.emit("decode", "ok", start=ts, pass_=2, requests=len(reqs2), method=cfg.decode.method,
                         **_stats(decoder))
@@ -539,6 +556,26 @@ def _garbage(decoder, outs, seed: int):
                                  extra={"parse_error": parsed.error, "fault": "unparsable"}))
         res.append(new)
     return res
+
+
+def _unparsable_pass(events: Events, candidates: dict, decoding_pass: int) -> None:
+    """A pass whose every output failed to parse (a broken engine, a tokenizer that does not match the model)
+    is an incident; a few unparsable outputs are a weak model's ordinary noise and are only counted per task."""
+    grids = [c.grid for per_test in candidates.values() for cs in per_test for c in cs]
+    if grids and all(g is None for g in grids):
+        events.emit("decode", "unparsable", pass_=decoding_pass,
+                    reason=f"all {len(grids)} outputs of decoding pass {decoding_pass} were unparsable")
+
+
+def _decode_faults(decoder, events: Events, faults: FaultPlan, decoding_pass: int) -> None:
+    """Faults that strike before a decoding pass's generate call: a hang, or a broken CUDA context."""
+    if faults.strikes_in_pass("decode-hang", decoding_pass):
+        _injected(events, "decode-hang", faults, pass_=decoding_pass)
+        events.emit("decode", "hang", reason=f"injected fault: decode-hang (pass {decoding_pass})")
+        time.sleep(10 ** 6)  # decoding never returns; the parent terminates this worker at its deadline
+    if faults.strikes_in_pass("cuda-error", decoding_pass):
+        _injected(events, "cuda-error", faults, pass_=decoding_pass)
+        _inject_cuda_error(decoder)
 
 
 def _inject_cuda_error(decoder) -> None:

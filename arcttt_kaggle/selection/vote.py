@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 from arcttt_kaggle.arc.augment import Augmentation
@@ -72,10 +73,22 @@ def family_of(view: str) -> str:
     """
     if not view:
         return IDENTITY_FAMILY
+    if type(view) is str:  # the same few view strings recur for every candidate: parse each once
+        return _family_of_view(view)
+    return _parse_family(view)
+
+
+def _parse_family(view) -> str:
     try:
         return Augmentation.from_string(view).family
     except ValueError:
         return view
+
+
+@lru_cache(maxsize=4096)
+def _family_of_view(view: str) -> str:
+    """``family_of`` of a non-empty view string, cached (parsing is pure)."""
+    return _parse_family(view)
 
 
 def count_unparsable(candidates: Iterable[Candidate]) -> int:
