@@ -11,10 +11,12 @@ time-scaled: ``--budget`` seconds (default 480) stand for Kaggle's 12 hours, so 
 there and a minute stands for an hour and a half. The joint stage is on, checkpointing every 10 s.
 
 Each seed draws ``--faults`` to ``--faults + 2`` faults from the dry run's list (``run/faults.py``) without
-repeats, each with a random moment in its own unit: the n-th task a worker starts training, a decoding pass, the
+repeats, each with a random moment in its own unit: the n-th task a worker starts training (distinct tasks among
+the first 40; a SIGKILL or a hang, which end the worker's training, take the latest of them), a decoding pass, the
 n-th adapter, seconds after the program expert started, a share of the predicted work time, the n-th joint
 checkpoint; training runs in a child process or in the worker (a coin per seed). Several strike in one run, some
-at overlapping moments.
+at overlapping moments; a fault whose moment never comes (the worker died first, the pass was not needed) is
+listed as not struck. A replacement worker carries the faults that had not struck yet.
 
 Invariants, checked all along, not only at the end:
 
@@ -58,7 +60,7 @@ from arcttt_kaggle.run.faults import FAULTS, MOMENTS
 # What the kit's own reaction says of each fault, in the status reasons and report.html (a regular expression).
 NAMED = {
     "worker-crash": r"exited with code -9",  # the worker, or its training child
-    "train-hang": r"terminated at the (work )?deadline|training process .*killed|killed .*training",
+    "train-hang": r"still training .* after its training deadline|training process .*killed",
     "task-exception": r"TTT failed for .*task-exception",
     "step-exception": r"TTT failed for .*CUDA out of memory in training step",
     "enospc": r"TTT failed for .*No space left on device",
@@ -75,6 +77,7 @@ NAMED = {
     "no-unsloth": r"train engine fell back \(rung unsloth\)",
 }
 ENVIRONMENT = tuple(f for f in FAULTS if MOMENTS[f][0] == "-")  # strike whenever drawn
+ENDS_TRAINING = ("worker-crash", "train-hang")
 STANDS_FOR = 12 * 3600  # the budget stands for Kaggle's 12 hours
 
 
@@ -107,11 +110,16 @@ def draw_faults(rng: np.random.Generator, count: int, tasks: int) -> list[str]:
     """``count`` distinct faults, each ``name@moment`` with a random moment in its unit (``faults.MOMENTS``);
     the task faults strike at distinct tasks among the first ``tasks``."""
     names = [FAULTS[i] for i in rng.choice(len(FAULTS), size=min(count, len(FAULTS)), replace=False)]
-    task_slots = iter(rng.permutation(max(tasks, len(names))).tolist())
+    # Distinct tasks for the task faults; the ones that end a worker's training (a SIGKILL, a hang) take the
+    # latest of the drawn tasks, so the faults drawn with them still get their chance to strike.
+    in_tasks = [n for n in names if MOMENTS[n][0] == "task"]
+    slots = sorted(rng.choice(max(tasks, len(in_tasks)), size=len(in_tasks), replace=False).tolist())
+    order = sorted(in_tasks, key=lambda n: (n in ENDS_TRAINING, in_tasks.index(n)))
+    task_slot = dict(zip(order, slots))
     drawn = []
     for name in names:
         unit = MOMENTS[name][0]
-        moment = {"task": lambda: next(task_slots), "adapter": lambda: int(rng.integers(0, 8)),
+        moment = {"task": lambda: task_slot[name], "adapter": lambda: int(rng.integers(0, 8)),
                   "pass": lambda: int(rng.integers(1, 3)), "seconds": lambda: round(float(rng.uniform(1, 60)), 1),
                   "share": lambda: round(float(rng.uniform(0.3, 0.9)), 2),
                   "checkpoint": lambda: int(rng.integers(1, 3)), "-": lambda: None}[unit]()
@@ -299,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=2, help="runs, each with its own faults (seeds 0..S-1)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--tasks", type=int, default=240, help="tasks per run (the hidden set has 240)")
-    ap.add_argument("--faults", type=int, default=4, help="at least this many faults drawn per seed (up to +2)")
+    ap.add_argument("--faults", type=int, default=5, help="at least this many faults drawn per seed (up to +2)")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds per run; they stand for 12 hours")
     ap.add_argument("--out", type=Path, default=Path("out/soak"))
     args = ap.parse_args(argv)

@@ -71,6 +71,13 @@ def test_training_faults_attach_to_their_task_and_record_that_they_struck(tmp_pa
     with pytest.raises(OSError, match="No space left on device"):
         at3["save_hook"](tmp_path)
     at5 = _train_faults(plan, 5, events, "c")
-    assert at5["step_hook"](1, 1.0) != at5["step_hook"](1, 1.0)  # NaN: the loss is not finite
+    assert at5["step_hook"](0, 1.0) != at5["step_hook"](1, 1.0)  # NaN: the loss is not finite
     struck = [(e["fault"], e["task"], e["moment"]) for e in map(json.loads, (tmp_path / "events.jsonl").open())]
     assert struck == [("step-exception", "b", 3), ("enospc", "b", 3), ("nonfinite-loss", "c", 5)]
+
+
+def test_a_step_fault_that_never_reaches_its_step_is_not_recorded_as_struck(tmp_path):
+    events = Events(tmp_path / "events.jsonl", 0)
+    hook = _train_faults(FaultPlan.parse("step-exception@0"), 0, events, "a")["step_hook"]
+    assert hook(0, 0.5) == 0.5  # a task trained for one step: step 1 never comes
+    assert not (tmp_path / "events.jsonl").exists()

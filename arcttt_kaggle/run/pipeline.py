@@ -41,7 +41,7 @@ from .planning import TokenModel, adapter_quotas, full_settings, task_works
 from .report import ENGINE_NAMES
 from arcttt_kaggle.arc.submission import build_submission, count_test_inputs, fallback_attempts, write_submission
 from .preflight import memory_overrides
-from .worker import WorkerSpec, read_events
+from .worker import WorkerSpec, read_events, training_grace
 
 # What a run writes into its output folder. A new run removes these first (never reads them): a second run into
 # the same folder must not merge the first one's candidates, adapters or events into its submission.
@@ -459,7 +459,8 @@ class Run:
                                 start_new_session=True)
         self.workers.append({"worker": worker, "attempt": attempt, "proc": proc, "dir": wdir, "tasks": task_ids,
                              "log": logf, "train_steps": train_steps, "views": views, "seen_mtime": 0.0,
-                             "returncode": None, "reason": ""})
+                             "returncode": None, "reason": "", "train_deadline": spec.train_deadline,
+                             "decode_deadline": spec.decode_deadline, "training": train_steps > 0})
         self.log("launch", f"worker {worker} attempt {attempt}: {len(task_ids)} tasks, steps {train_steps}, "
                            f"views {views}, pid {proc.pid}")
 
@@ -475,6 +476,7 @@ class Run:
                 rc = w["proc"].poll()
                 self._merge_if_new(w)
                 if rc is None:
+                    self._training_watchdog(w)
                     running = True
                     continue
                 w["returncode"] = rc
@@ -487,6 +489,28 @@ class Run:
                 break
             time.sleep(0.5)
         self._stop_stragglers()
+
+    def _training_watchdog(self, w: dict) -> None:
+        """Kill a worker still training long after its training deadline (a step that never returns, in the
+        worker's own process, as the CPU preset trains): ``watch`` then sees it dead and ``_on_death`` gives its
+        unfinished tasks to a replacement without TTT. The deadline is the latest the worker's own re-plans set;
+        the grace is 30 s longer than the worker's own on an isolated training child (``worker.training_grace``),
+        which ends a hang there first."""
+        if not w["training"] or time.time() < w["train_deadline"]:
+            return
+        events = _events(w["dir"])
+        if any(e["phase"] == "worker" and e["status"] == "decoding" for e in events):
+            w["training"] = False
+            return
+        replans = [e for e in events if e["phase"] == "replan" and e["status"] == "ok"]
+        train_deadline = max([w["train_deadline"]] + [float(e["train_deadline"]) for e in replans])
+        decode_deadline = max([w["decode_deadline"]] + [float(e["decode_deadline"]) for e in replans])
+        grace = training_grace(train_deadline, decode_deadline) + 30.0
+        if time.time() >= train_deadline + grace:
+            w["training"] = False
+            w["killed_because"] = f"worker {w['worker']} still training {grace:.0f}s after its training deadline: killed"
+            self.log("worker", w["killed_because"])
+            _kill_group(w["proc"])
 
     def _inject_programs_kill(self, wait: bool = False) -> None:
         """Injected fault 'programs-killed@S': SIGKILL the program expert S seconds (default 1) after it started
@@ -513,7 +537,7 @@ class Run:
     def _on_death(self, w: dict, rc: int) -> None:
         have = set(_read_candidates(w["dir"] / "candidates.json"))
         lost = [t for t in w["tasks"] if t not in have]
-        w["reason"] = f"worker {w['worker']} exited with code {rc} before finishing"
+        w["reason"] = w.get("killed_because") or f"worker {w['worker']} exited with code {rc} before finishing"
         self.log("worker", f"{w['reason']}; {len(lost)} tasks unfinished")
         if not lost:
             return

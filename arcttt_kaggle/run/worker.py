@@ -116,6 +116,7 @@ def _run_phases(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: Faul
         tid, path = sorted(adapters.items())[int(faults.at("corrupt-adapter")) % len(adapters)]
         _injected(events, "corrupt-adapter", faults, task=tid)
         _corrupt(Path(path))
+    events.emit("worker", "decoding")  # training is over: the parent's training watchdog stands down
     candidates = _decode_phase(spec, cfg, tasks, adapters, events, faults)
     if candidates is None:
         events.emit("worker", "error", reason="no decoding engine started (every rung of the ladder failed)")
@@ -280,25 +281,32 @@ def _train_phase(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: Fau
 def _train_faults(faults: FaultPlan, n: int, events: Events, task_id: str) -> dict:
     """Keyword arguments of ``Trainer.train_task`` that inject a training fault into task ``n`` when its moment
     is ``n`` (by default each its own task, so several share one run: an exception in a step of task 0, ENOSPC
-    saving task 1, a non-finite loss in task 2). Two step faults drawn for one task: the exception wins."""
+    saving task 1, a non-finite loss in task 2). Each hook records that its fault struck when it acts (a task
+    trained for one step never reaches step 1). Two step faults drawn for one task: the exception wins."""
     import errno
+
+    def struck(name: str) -> None:
+        _injected(events, name, faults, task=task_id)
 
     kw: dict[str, Any] = {}
     if faults.strikes("nonfinite-loss", n):
-        kw["step_hook"] = lambda step, loss: loss * float("nan")
+        def nan_loss(step, loss):
+            if step == 0:
+                struck("nonfinite-loss")
+            return loss * float("nan")
+        kw["step_hook"] = nan_loss
     if faults.strikes("step-exception", n):
         def raise_in_step(step, loss):
             if step == 1:
+                struck("step-exception")
                 raise RuntimeError("injected fault: CUDA out of memory in training step 1 (step-exception)")
             return loss
         kw["step_hook"] = raise_in_step
     if faults.strikes("enospc", n):
         def no_space(path):
+            struck("enospc")
             raise OSError(errno.ENOSPC, "injected fault: No space left on device", str(path))
         kw["save_hook"] = no_space
-    for name in ("step-exception" if faults.strikes("step-exception", n) else "nonfinite-loss", "enospc"):
-        if faults.strikes(name, n):
-            _injected(events, name, faults, task=task_id)
     return kw
 
 
@@ -359,8 +367,7 @@ def _train_isolated(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: 
     out = Path(spec.work_dir) / "adapters.json"
     child = mp.get_context("spawn").Process(target=_train_child, args=(spec, cfg, tasks, events, faults, str(out)))
     child.start()
-    # Grace after the training deadline for the task in flight and the save; never past the decode deadline.
-    grace = min(60.0, max(5.0, 0.25 * (spec.decode_deadline - spec.train_deadline)))
+    grace = training_grace(spec.train_deadline, spec.decode_deadline)
     child.join(max(1.0, min(spec.train_deadline + grace, spec.decode_deadline) - time.time()))
     hung = child.is_alive()
     if hung:
@@ -373,6 +380,13 @@ def _train_isolated(spec: WorkerSpec, cfg, tasks: dict, events: Events, faults: 
            if hung else f"training process exited with code {child.exitcode}")
     events.emit("train", "error", reason=f"{why}; keeping the {len(done)} adapters it saved")
     return {t: str(Path(spec.work_dir) / "adapters" / t) for t in done}
+
+
+def training_grace(train_deadline: float, decode_deadline: float) -> float:
+    """Seconds past the training deadline left to the task in flight and its save: a quarter of the decoding
+    span, within [5, 60] s. The worker kills its isolated training child then; the parent's watchdog
+    (``pipeline.Run._training_watchdog``) waits 30 s longer before it kills the whole worker."""
+    return min(60.0, max(5.0, 0.25 * (decode_deadline - train_deadline)))
 
 
 def read_events(path: Path) -> list[dict]:
