@@ -31,7 +31,7 @@ Invariants, checked all along, not only at the end:
 - **late** (D): the run's last event and the submission's last write are before the deadline (the moved one,
   when the deadline fault struck).
 - **unnamed** (U): every fault that struck (its ``("fault", "injected")`` event, or, for faults of the inputs
-  and environment, being drawn) is named by the kit's own reaction in the status reasons and in ``report.html``
+  and environment, being drawn; a corrupt adapter file once a decoding pass read it) is named by the kit's own reaction in the status reasons and in ``report.html``
   (``NAMED``: what the kit says of it, never the injection's own marker).
 
 The last line is ``soak: S seeds, T tasks, F faults, L lost, I invalid reads, D late, U unnamed`` (T tasks per
@@ -60,7 +60,8 @@ from arcttt_kaggle.run.faults import FAULTS, MOMENTS
 # What the kit's own reaction says of each fault, in the status reasons and report.html (a regular expression).
 NAMED = {
     "worker-crash": r"exited with code -9",  # the worker, or its training child
-    "train-hang": r"still training .* after its training deadline|training process .*killed",
+    "train-hang": r"silent for .* while training \(hung\)|still training .* after its training deadline|"
+                  r"training process .*killed",
     "task-exception": r"TTT failed for .*task-exception",
     "step-exception": r"TTT failed for .*CUDA out of memory in training step",
     "enospc": r"TTT failed for .*No space left on device",
@@ -219,6 +220,16 @@ def reported_answers(out: Path) -> dict[tuple[str, int], list]:
     return found
 
 
+def _took_effect(injected: dict, events: list[dict]) -> bool:
+    """A corrupt adapter file strikes when a decoder reads it: a decoding pass of that worker began after the
+    corruption (a hang or a broken engine before any pass leaves the file unread). Every other fault strikes
+    when it is injected."""
+    if injected["fault"] != "corrupt-adapter":
+        return True
+    return any(e["worker"] == injected["worker"] and e["phase"] == "decode" and e["status"] in ("ok", "isolated")
+               and e["end"] >= injected["start"] for e in events)
+
+
 def check_run(seed: int, drawn: list[str], isolate: bool, out: Path, report: dict, watcher: dict,
               deadline_s: float) -> SeedResult:
     res = SeedResult(seed, drawn, isolate, status=report.get("status", "?"), watcher=watcher,
@@ -226,7 +237,7 @@ def check_run(seed: int, drawn: list[str], isolate: bool, out: Path, report: dic
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     start = report.get("budget_start") or min(e["start"] for e in events)
     for e in events:
-        if e["phase"] == "fault" and e["status"] == "injected":
+        if e["phase"] == "fault" and e["status"] == "injected" and _took_effect(e, events):
             res.struck.setdefault(e["fault"], round(e["start"] - start, 1))
     for d in drawn:
         if d in ENVIRONMENT:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
                                             "a CUDA error ended the decode engine", "worker 0 was replaced"),
      "degraded"),
     # Garbage from the first decoding pass, then the second pass hangs: nothing parsable is left to any task.
-    ("unparsable@1,decode-hang@2", ("terminated at the deadline", "all candidates unparsable",
+    ("unparsable@1,decode-hang@2", ("terminated at the work deadline", "all candidates unparsable",
                                     "outputs of decoding pass 1 were unparsable",
                                     "decoding on worker 0 hung: injected fault: decode-hang (pass 2)"), None),
     # Found by the soak: garbage from the second pass alone left no trace in the status. The first pass's

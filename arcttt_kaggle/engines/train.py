@@ -390,8 +390,9 @@ class Trainer:
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, Exception):
-                raise AdapterSaveError(f"task {task_id or out_dir.name}: writing its adapter to {out_dir} failed "
-                                       f"(partial folder removed): {type(e).__name__}: {e}") from e
+                # The cause first: a status line cut at its length limit still says what went wrong.
+                raise AdapterSaveError(f"task {task_id or out_dir.name}: writing its adapter failed: "
+                                       f"{type(e).__name__}: {e} (partial folder removed: {out_dir})") from e
             raise
         return out_dir
 

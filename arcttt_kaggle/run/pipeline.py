@@ -460,7 +460,8 @@ class Run:
         self.workers.append({"worker": worker, "attempt": attempt, "proc": proc, "dir": wdir, "tasks": task_ids,
                              "log": logf, "train_steps": train_steps, "views": views, "seen_mtime": 0.0,
                              "returncode": None, "reason": "", "train_deadline": spec.train_deadline,
-                             "decode_deadline": spec.decode_deadline, "training": train_steps > 0})
+                             "decode_deadline": spec.decode_deadline, "training": train_steps > 0, "last_check": 0.0,
+                             "train_s_per_task": secs["train"] / max(1, len(task_ids))})
         self.log("launch", f"worker {worker} attempt {attempt}: {len(task_ids)} tasks, steps {train_steps}, "
                            f"views {views}, pid {proc.pid}")
 
@@ -491,13 +492,16 @@ class Run:
         self._stop_stragglers()
 
     def _training_watchdog(self, w: dict) -> None:
-        """Kill a worker still training long after its training deadline (a step that never returns, in the
-        worker's own process, as the CPU preset trains): ``watch`` then sees it dead and ``_on_death`` gives its
-        unfinished tasks to a replacement without TTT. The deadline is the latest the worker's own re-plans set;
-        the grace is 30 s longer than the worker's own on an isolated training child (``worker.training_grace``),
-        which ends a hang there first."""
-        if not w["training"] or time.time() < w["train_deadline"]:
+        """Kill a worker whose training hangs (a step that never returns, in the worker's own process, as the CPU
+        preset trains): ``watch`` then sees it dead and ``_on_death`` gives its unfinished tasks to a replacement
+        without TTT. Hung: no event for ten times the plan's training seconds per task (at least 60 s) once the
+        trainer started, when training runs in the worker; or, either way, still training 30 s past the grace the
+        worker gives an isolated training child (``worker.training_grace``) after the training deadline, the
+        latest the worker's own re-plans set."""
+        now = time.time()
+        if not w["training"] or now < w["last_check"] + 5.0:
             return
+        w["last_check"] = now
         events = _events(w["dir"])
         if any(e["phase"] == "worker" and e["status"] == "decoding" for e in events):
             w["training"] = False
@@ -506,10 +510,16 @@ class Run:
         train_deadline = max([w["train_deadline"]] + [float(e["train_deadline"]) for e in replans])
         decode_deadline = max([w["decode_deadline"]] + [float(e["decode_deadline"]) for e in replans])
         grace = training_grace(train_deadline, decode_deadline) + 30.0
-        if time.time() >= train_deadline + grace:
-            w["training"] = False
-            w["killed_because"] = f"worker {w['worker']} still training {grace:.0f}s after its training deadline: killed"
-            self.log("worker", w["killed_because"])
+        silent = now - max((e["end"] for e in events), default=now)
+        stall = max(60.0, 10.0 * w["train_s_per_task"])
+        why = ""
+        if not self.cfg.isolate_training and any(e["phase"] == "startup_train" for e in events) and silent > stall:
+            why = f"worker {w['worker']} silent for {silent:.0f}s while training (hung): killed"
+        elif now >= train_deadline + grace:
+            why = f"worker {w['worker']} still training {grace:.0f}s after its training deadline: killed"
+        if why:
+            w["training"], w["killed_because"] = False, why
+            self.log("worker", why)
             _kill_group(w["proc"])
 
     def _inject_programs_kill(self, wait: bool = False) -> None:
