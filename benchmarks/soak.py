@@ -1,18 +1,18 @@
 """A Kaggle day, rehearsed: the whole notebook on 240 tasks under random faults, its submission watched all along.
 
     .venv/bin/python benchmarks/soak.py --seeds 2
-    .venv/bin/python benchmarks/soak.py --seeds 1 --tasks 24 --faults 4 --budget 200   # the short form CI runs
+    .venv/bin/python benchmarks/soak.py --seeds 1 --tasks 12 --faults 4 --budget 150   # the short form CI runs
 
 Per seed, the dry run (``kaggle.dryrun.dry_run``: the real notebook, the real CPU engines, the tiny model the kit
 builds) solves a challenges file of ``--tasks`` tasks drawn from ``../shared/data`` (ARC-AGI-1 training and
 evaluation and ARC-AGI-2 training, the smallest tasks first, so the tiny model's 2,048-token context holds most;
 the point is scale, not accuracy; the packaged 10-task sample when the shared data is absent). The run is
-time-scaled: ``--budget`` seconds (default 480) stand for Kaggle's 12 hours, so one second here is 90 seconds
-there and a minute stands for an hour and a half. The joint stage is on, checkpointing every 10 s.
+time-scaled: ``--budget`` seconds (default 600) stand for Kaggle's 12 hours, so one second here is 72 seconds
+there and a minute stands for 72 minutes. The joint stage is on, checkpointing every 10 s.
 
 Each seed draws ``--faults`` to ``--faults + 2`` faults from the dry run's list (``run/faults.py``) without
 repeats, each with a random moment in its own unit: the n-th task a worker starts training (distinct tasks among
-the first 40; a SIGKILL or a hang, which end the worker's training, take the latest of them), a decoding pass, the
+the first 24; a SIGKILL or a hang, which end the worker's training, take the latest of them), a decoding pass, the
 n-th adapter, seconds after the program expert started, a share of the predicted work time, the n-th joint
 checkpoint; training runs in a child process or in the worker (a coin per seed). Several strike in one run, some
 at overlapping moments; a fault whose moment never comes (the worker died first, the pass was not needed) is
@@ -271,7 +271,7 @@ def check_run(seed: int, drawn: list[str], isolate: bool, out: Path, report: dic
 # -- one seed ------------------------------------------------------------------------------------------------------
 def soak_seed(seed: int, challenges: Path, out: Path, budget: float, faults: int, tasks: int) -> SeedResult:
     rng = np.random.default_rng(seed)
-    drawn = draw_faults(rng, int(rng.integers(faults, faults + 3)), min(tasks, 40))  # among the first 40 tasks
+    drawn = draw_faults(rng, int(rng.integers(faults, faults + 3)), min(tasks, 24))  # among the first 24 tasks
     isolate = bool(rng.integers(0, 2))
     out.mkdir(parents=True, exist_ok=True)
     read = inject_bad_task(challenges, out) if "bad-task" in drawn else challenges  # what the run will read
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--tasks", type=int, default=240, help="tasks per run (the hidden set has 240)")
     ap.add_argument("--faults", type=int, default=5, help="at least this many faults drawn per seed (up to +2)")
-    ap.add_argument("--budget", type=float, default=480.0, help="seconds per run; they stand for 12 hours")
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds per run; they stand for 12 hours")
     ap.add_argument("--out", type=Path, default=Path("out/soak"))
     args = ap.parse_args(argv)
     challenges = soak_challenges(args.tasks, args.out)

@@ -206,3 +206,13 @@ def test_the_vllm_probe_starts_the_engine_with_the_runs_decode_settings():
     small = next(n for n in ast.walk(ast.parse(probe_code("vllm", "m", True))) if isinstance(n, ast.Call)
                  and getattr(n.func, "id", "") == "LLM")
     assert {k.arg: ast.literal_eval(k.value) for k in small.keywords}["max_model_len"] == 256  # no run config: small
+
+
+def test_without_nvidia_smi_or_an_nvidia_device_node_no_gpu_is_probed(tmp_path):
+    from arcttt_kaggle.run.preflight import detect_gpus
+
+    gpus, how = detect_gpus(dev=tmp_path)  # no nvidia-smi on this machine, no /dev/nvidia* here
+    assert gpus == [] and f"no NVIDIA device under {tmp_path}" in how
+    (tmp_path / "nvidia0").touch()  # a device node: torch.cuda is asked (it finds none on a CPU machine)
+    gpus, how = detect_gpus(dev=tmp_path)
+    assert gpus == [] and "torch.cuda" in how and "no NVIDIA device" not in how

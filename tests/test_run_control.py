@@ -174,6 +174,21 @@ def test_replan_cuts_effort_when_the_machine_is_three_times_slower_than_the_prio
     assert sum(slow.predicted.values()) <= 30.0 or not slow.fits
 
 
+def test_a_slow_first_task_alone_does_not_slow_the_forecast():
+    """The first trained task pays the trainer's warm-up: 10x slow, then a second task at the priors' speed. The
+    forecast for what is not measured yet (decoding) stays at the priors'."""
+    cfg = preset("cpu-tiny")
+    ids = sorted(TASKS)
+    warm = _train_events(CPU_TINY_THROUGHPUT, [TASKS[ids[0]]], 24, 10.0)
+    rest = _train_events(CPU_TINY_THROUGHPUT, [TASKS[ids[1]]], 24, 1.0, t0=warm[-1]["end"])[1:]
+    events = warm + rest
+    now = events[-1]["end"]
+    rp = replan(events, CPU_TINY_THROUGHPUT, TASKS, ids[2:], cfg.ttt, 1, Settings(24, 4, 2, 4, 1.0), now, now + 120.0,
+                0.6)
+    assert rp.throughput.decode_output_tokens_per_s == pytest.approx(CPU_TINY_THROUGHPUT.decode_output_tokens_per_s)
+    assert rp.settings.rung == "full"
+
+
 def test_a_replan_event_applies_to_views_the_second_pass_scoring_and_the_decode_deadline():
     cfg = preset("cpu-tiny")
     ids = sorted(TASKS)[:3]

@@ -146,9 +146,10 @@ print(json.dumps(out))
 """
 
 
-def detect_gpus(timeout: float = 60.0) -> tuple[list[GpuInfo], str]:
+def detect_gpus(timeout: float = 60.0, dev: str | Path = "/dev") -> tuple[list[GpuInfo], str]:
     """(GPUs, how they were found). nvidia-smi first; else torch.cuda in a child process (so this process
-    never initializes CUDA); else none, with the reason."""
+    never initializes CUDA), unless Linux shows no NVIDIA device node under ``dev`` (then CUDA cannot see a GPU:
+    the probe's torch import, seconds, is skipped); else none, with the reason."""
     why = []
     try:
         r = subprocess.run(NVIDIA_SMI, capture_output=True, text=True, timeout=timeout)
@@ -157,6 +158,8 @@ def detect_gpus(timeout: float = 60.0) -> tuple[list[GpuInfo], str]:
         why.append(f"nvidia-smi exited {r.returncode}: {r.stderr.strip()[-200:]}")
     except (OSError, subprocess.TimeoutExpired) as e:
         why.append(f"nvidia-smi: {type(e).__name__}: {e}")
+    if sys.platform.startswith("linux") and Path(dev).is_dir() and not any(Path(dev).glob("nvidia[0-9]*")):
+        return [], "none (" + "; ".join(why + [f"no NVIDIA device under {dev}"]) + ")"
     try:
         r = subprocess.run([sys.executable, "-c", _TORCH_GPUS], capture_output=True, text=True, timeout=timeout)
         if r.returncode == 0:
