@@ -1,5 +1,6 @@
-"""``to_grid``'s fast path (no Python loop per cell) decides every input exactly as the per-cell loop did: the same
-array (dtype, shape, cells, a fresh writable C-contiguous copy) or the same exception type and message."""
+"""``to_grid``'s fast path (no Python loop per cell) decides every input exactly as the per-cell checks
+(``_to_grid_checked``, the whole of ``to_grid`` before the fast path) do: the same array (dtype, shape, cells, a
+fresh writable C-contiguous copy) or the same exception type and message."""
 
 from __future__ import annotations
 
@@ -9,36 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from arcttt_kaggle.arc.data import MAX_SIDE, NUM_COLORS, to_grid
-
-
-def old_to_grid(value: Any, where: str = "grid") -> np.ndarray:
-    """``to_grid`` as it was before the fast path (the reference)."""
-    if isinstance(value, np.ndarray):
-        rows = value.tolist() if value.ndim == 2 else None
-        if rows is None:
-            raise ValueError(f"{where}: expected a 2-D grid, got an array of shape {value.shape}")
-    else:
-        rows = value
-    if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{where}: expected a non-empty list of rows, got {type(rows).__name__}"
-                         + (" (empty)" if isinstance(rows, list) else ""))
-    if len(rows) > MAX_SIDE:
-        raise ValueError(f"{where}: {len(rows)} rows, at most {MAX_SIDE} allowed")
-    width = None
-    for r, row in enumerate(rows):
-        if not isinstance(row, list):
-            raise ValueError(f"{where}: row {r} is {type(row).__name__}, expected a list")
-        if width is None:
-            width = len(row)
-            if not 1 <= width <= MAX_SIDE:
-                raise ValueError(f"{where}: row {r} has {width} cells, expected 1..{MAX_SIDE}")
-        elif len(row) != width:
-            raise ValueError(f"{where}: non-rectangular, row {r} has {len(row)} cells, row 0 has {width}")
-        for c, v in enumerate(row):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < NUM_COLORS:
-                raise ValueError(f"{where}: value {v!r} at row {r} column {c} is not an int 0..9")
-    return np.array(rows, dtype=np.uint8)
+from arcttt_kaggle.arc.data import MAX_SIDE, NUM_COLORS, _to_grid_checked as old_to_grid, _to_grid_fast, to_grid
 
 
 def outcome(fn, value):
@@ -114,6 +86,7 @@ def invalid_like(draw) -> Any:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_grids)
 def test_valid_lists_agree(grid):
+    assert _to_grid_fast(grid) is not None  # a plain valid grid takes the fast path
     assert_same(grid)
 
 

@@ -36,9 +36,11 @@ def to_grid(value: Any, where: str = "grid") -> Grid:
     Raises ``ValueError`` whose message names ``where`` and the problem (row index, bad value, size).
     """
     fast = _to_grid_fast(value)
-    if fast is not None:
-        return fast
-    # The per-cell checks below decide every input the fast path declines, and word every error.
+    return fast if fast is not None else _to_grid_checked(value, where)
+
+
+def _to_grid_checked(value: Any, where: str = "grid") -> Grid:
+    """``to_grid`` cell by cell: decides every input the fast path declines, and words every error."""
     if isinstance(value, np.ndarray):
         rows = value.tolist() if value.ndim == 2 else None
         if rows is None:
