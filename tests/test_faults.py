@@ -33,6 +33,12 @@ def test_a_moment_moves_the_fault():
     assert plan.at("deadline") == 0.4 and plan.at("programs-killed") == 30.0
 
 
+def test_a_plan_less_some_faults_keeps_the_others_with_their_moments():
+    plan = FaultPlan.parse("worker-crash@7,bad-task,unparsable@2,programs-killed@2.5")
+    assert plan.spec_without({"worker-crash"}) == "bad-task,unparsable@2,programs-killed@2.5"
+    assert FaultPlan.parse(plan.spec_without(set())) == plan
+
+
 @pytest.mark.parametrize("spec, match", [
     ("worker-crush", "unknown fault 'worker-crush'"),
     ("worker-crash@soon", "not a number"),

@@ -87,6 +87,10 @@ class FaultPlan:
     def strikes_in_pass(self, name: str, decoding_pass: int) -> bool:
         return name in self and self.at(name) in (0, decoding_pass)
 
+    def spec_without(self, names) -> str:
+        """The spec of this plan less the faults ``names`` (moments kept as given)."""
+        return ",".join(n if m is None else f"{n}@{m:g}" for n, m in self.moments.items() if n not in set(names))
+
 
 def _valid(unit: str, value: float) -> bool:
     if unit in ("task", "checkpoint"):

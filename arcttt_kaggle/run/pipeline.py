@@ -249,6 +249,7 @@ class Run:
 
     def __init__(self, cfg: RunConfig, start: float | None = None):
         self.cfg = cfg
+        self.faults = FaultPlan.parse(cfg.fault)  # injected faults (tests, the soak); parsed once
         self.out = Path(cfg.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.budget = Budget(cfg.budget, start=start)
@@ -526,7 +527,7 @@ class Run:
         """Injected fault 'programs-killed@S': SIGKILL the program expert S seconds (default 1) after it started
         (``wait``: sleep until then when S is at most a second, so the kill lands before the expert could finish
         the fault matrix's few tasks; a later moment is met by the watch loop)."""
-        p, faults = self.programs_proc, FaultPlan.parse(self.cfg.fault)
+        p, faults = self.programs_proc, self.faults
         if "programs-killed" not in faults or p is None or not p.is_alive():
             return
         at = self.programs_start + float(faults.at("programs-killed"))
@@ -563,7 +564,7 @@ class Run:
             self.event("worker", "replaced", time.time(), reason=w["reason"], replaced_worker=w["worker"], tasks=len(lost))
             # A fault that has not struck yet may still strike the replacement (one that struck does not repeat).
             self.launch(w["worker"], lost, 0, self.the_plan.settings.views_per_test, attempt=1,
-                        fault=_not_struck(self.cfg.fault, _events(w["dir"])))
+                        fault=self.faults.spec_without(_struck(_events(w["dir"]))))
         else:
             for t in lost:
                 self.reason(t, f"{w['reason']}; no time to reassign ({left:.0f}s left, {need:.0f}s needed): fallback")
@@ -661,10 +662,9 @@ class Run:
             return report
 
 
-def _not_struck(spec: str, events: list[dict]) -> str:
-    """The faults of ``spec`` that no ``("fault", "injected")`` event in ``events`` records as struck."""
-    struck = {e.get("fault") for e in events if e["phase"] == "fault" and e["status"] == "injected"}
-    return ",".join(x for x in spec.split(",") if x and x.split("@")[0] not in struck)
+def _struck(events: list[dict]) -> set[str]:
+    """The injected faults that ``("fault", "injected")`` events in ``events`` record as struck."""
+    return {e.get("fault") for e in events if e["phase"] == "fault" and e["status"] == "injected"}
 
 
 def _events(wdir: Path) -> list[dict]:
@@ -709,7 +709,7 @@ def run(config: RunConfig, start: float | None = None, preflight=None) -> dict:
         for w in r.the_plan.workers:
             if w.task_ids:
                 r.launch(w.worker, w.task_ids, r.the_plan.settings.train_steps, r.the_plan.settings.views_per_test)
-        faults = FaultPlan.parse(config.fault)
+        faults = r.faults
         if "deadline" in faults:
             # The budget runs out early, after the workers were launched believing they had the full time: by
             # default mid-training; deadline@F at F of the plan's predicted work time.
