@@ -92,27 +92,33 @@ def task_sets(evaluation: dict[str, Task]):
 
 @functools.lru_cache(maxsize=4)
 def trained_on(model: Path) -> tuple[list[Task], int, list[Task]]:
-    """What the model folder's ``pretrain.json`` says it trained on: (real tasks, synthetic count, synthetic tasks).
-    The synthetic epochs are rebuilt from the record's seed, count and epochs, as the run drew them."""
+    """What the model folder's ``pretrain.json`` says it trained on: (real tasks, synthetic count, synthetic tasks),
+    its ``init_record`` chain included (a model continued from another with ``--init``). The synthetic epochs are
+    rebuilt from each record's seed, count and epochs, as the run drew them."""
     from arcttt_kaggle.engines.ttt_data import stable_seed
     from arcttt_kaggle.pretrain.corpus import Exclusion, apply_exclusion, load_task_files
     from arcttt_kaggle.pretrain.synthetic import synthetic_tasks
 
-    rec = json.loads((model / "pretrain.json").read_text())
     repo = Path(__file__).resolve().parents[1]
     find = lambda f: next((p for p in (Path(f), repo / f) if p.exists()), None)  # noqa: E731
-    files, missing = [find(f) for f in rec["data"]["files"]], [f for f in rec["data"]["files"] if not find(f)]
-    excluded = [find(f) for f in rec.get("exclude", [])]
-    if missing or None in excluded:
-        raise SystemExit(f"cannot check held-out: the model's training files {missing or rec['exclude']} are not here")
-    exclusion = Exclusion.from_files(excluded)
-    trained, _ = apply_exclusion(load_task_files([f for f in files if f]), exclusion)
-    corpus = rec["config"]["corpus"]
+    trained: list[Task] = []
     synthetic: list[Task] = []
-    if corpus.get("synthetic_tasks"):
-        for epoch in range(int(rec.get("epoch", 0)) + 1):
-            synthetic += synthetic_tasks(corpus["synthetic_tasks"], stable_seed(corpus["seed"] + epoch, "synthetic"),
-                                         exclusion.pairs)
+    rec = json.loads((model / "pretrain.json").read_text())
+    while rec is not None:
+        files, missing = [find(f) for f in rec["data"]["files"]], [f for f in rec["data"]["files"] if not find(f)]
+        excluded = [find(f) for f in rec.get("exclude", [])]
+        if missing or None in excluded:
+            raise SystemExit(f"cannot check held-out: the model's training files {missing or rec['exclude']} are "
+                             "not here")
+        exclusion = Exclusion.from_files(excluded)
+        trained += apply_exclusion(load_task_files([f for f in files if f]), exclusion)[0]
+        corpus = rec["config"]["corpus"]
+        if corpus.get("synthetic_tasks"):
+            for epoch in range(int(rec.get("epoch", 0)) + 1):
+                synthetic += synthetic_tasks(corpus["synthetic_tasks"],
+                                             stable_seed(corpus["seed"] + epoch, "synthetic"), exclusion.pairs)
+        rec = rec.get("init_record")
+    trained = list({t.id: t for t in trained}.values())  # a chain may train on the same file twice
     return trained, len(synthetic), synthetic
 
 
@@ -151,7 +157,8 @@ def settings(model: Path, a: argparse.Namespace) -> dict:
             "max_examples": ("ttt.max_examples_per_task", None, 64),
             "joint_epochs": ("joint.epochs", a.joint_epochs, j.epochs),
             "joint_lr": ("joint.learning_rate", a.joint_lr, j.learning_rate),
-            "joint_examples": ("joint.examples_per_task", None, j.examples_per_task)}
+            "joint_examples": ("joint.examples_per_task", None, j.examples_per_task),
+            "joint_batch": ("joint.tokens_per_batch", a.joint_batch, j.tokens_per_batch)}
     out = {name: cli if cli is not None else ms.get(key, default) for name, (key, cli, default) in keys.items()}
     out["source"] = "the model's run_settings.json" if ms else "the ablation's defaults"
     if any(cli is not None for _, cli, _ in keys.values()):
@@ -167,7 +174,7 @@ def train_joint_model(model: Path, tasks: dict[str, Task], st: dict, out: Path) 
     from arcttt_kaggle.run.joint import JointConfig, train_joint
 
     cfg = dc_replace(JointConfig(enabled=True), epochs=st["joint_epochs"], learning_rate=st["joint_lr"],
-                     examples_per_task=st["joint_examples"], max_seq_len=2048)
+                     examples_per_task=st["joint_examples"], tokens_per_batch=st["joint_batch"], max_seq_len=2048)
     rec = train_joint(list(tasks.values()), model, out, cfg, seconds=24 * 3600.0, device="cpu", progress=True)
     return out, rec
 
@@ -277,6 +284,8 @@ def main() -> int:
                     help="the joint stage's epochs (default: the model's run_settings.json, else JointConfig's)")
     ap.add_argument("--joint-lr", type=float, default=None,
                     help="the joint stage's peak learning rate (default: run_settings.json, else JointConfig's)")
+    ap.add_argument("--joint-batch", type=int, default=None, help="the joint stage's padded tokens per batch, at "
+                    "least 2048 (default: run_settings.json, else JointConfig's)")
     ap.add_argument("--no-joint-variant", action="store_true",
                     help="leave out the variant row 'per-task TTT without the joint stage' (saves a TTT pass)")
     ap.add_argument("--views", type=int, default=8, help="augmented views decoded per test input")
@@ -314,7 +323,8 @@ def main() -> int:
     print(f"ablation: {len(tasks)} tasks of {where}, {n_out} test outputs, model {model} ({held})", flush=True)
     print(f"settings: TTT {st['steps']} steps, lr {st['lr']}, rank {st['rank']}, {st['augmentations']} "
           f"augmentations, <= {st['max_examples']} examples; joint stage {st['joint_epochs']} epochs of "
-          f"{st['joint_examples']} examples a task, lr {st['joint_lr']} ({st['source']})", flush=True)
+          f"{st['joint_examples']} examples a task, lr {st['joint_lr']}, {st['joint_batch']} tokens a batch "
+          f"({st['source']})", flush=True)
 
     # -- test-time training: the joint stage, then one adapter per task from its weights (and from the base) ------
     (joint, joint_rec), joint_s = timed(train_joint_model, model, tasks, st, out / "joint")

@@ -43,6 +43,8 @@ def main() -> int:
     ap.add_argument("--joint-epochs", default="0", help="comma-separated joint-stage epochs (0: no joint stage)")
     ap.add_argument("--joint-lr", type=float, default=None, help="the joint stage's learning rate (default: the "
                     "model's run_settings.json, else JointConfig's)")
+    ap.add_argument("--joint-batch", type=int, default=None, help="the joint stage's padded tokens per batch, at "
+                    "least 2048 (default: the model's run_settings.json, else JointConfig's)")
     ap.add_argument("--steps", default="24,48,96", help="comma-separated TTT step counts (0: no adapter)")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2", help="comma-separated TTT learning rates")
     ap.add_argument("--out", default="out/ttt_sweep", help="adapters, joint models and ttt_sweep.json")
@@ -64,13 +66,14 @@ def main() -> int:
     model = Path(a.model).resolve()
     held = check_held_out(model, list(tasks.values()))
     base = settings(model, argparse.Namespace(ttt_steps=None, ttt_lr=None, rank=None, joint_epochs=None,
-                                              joint_lr=a.joint_lr))
+                                              joint_lr=a.joint_lr, joint_batch=a.joint_batch))
     grid = [(int(s), float(lr)) for s in a.steps.split(",") for lr in (a.lrs.split(",") if int(s) else ["0"])]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"ttt sweep: {len(tasks)} validation tasks, model {model} ({held}); rank {base['rank']}, "
           f"{base['augmentations']} augmentations, <= {base['max_examples']} examples ({base['source']}); the "
-          f"model's own setting: {base['steps']} steps at lr {base['lr']}, joint {base['joint_epochs']} epochs",
+          f"model's own setting: {base['steps']} steps at lr {base['lr']}, joint {base['joint_epochs']} epochs; "
+          f"joint lr {base['joint_lr']}, {base['joint_batch']} tokens a batch",
           flush=True)
 
     results = []

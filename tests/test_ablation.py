@@ -60,19 +60,41 @@ def test_the_synthetic_curriculum_is_rebuilt_and_checked(tmp_path):
     assert ablation.check_held_out(tmp_path, [other[5]]).startswith("held out")
 
 
+def test_a_continued_model_is_checked_against_what_its_init_trained_on(tmp_path):
+    """A model continued with --init names its init's record (``init_record``): the held-out check walks the
+    chain, so a pair of the init's curriculum is refused though the continued run never drew it."""
+    from arcttt_kaggle.arc.data import package_sample_dir
+    from arcttt_kaggle.engines.ttt_data import stable_seed
+    from arcttt_kaggle.pretrain.synthetic import synthetic_tasks
+
+    sample = str(package_sample_dir() / "arc-agi_test_challenges.json")
+    first = {"data": {"files": [sample]}, "exclude": [], "epoch": 0,
+             "config": {"corpus": {"synthetic_tasks": 16, "seed": 5}}}
+    record = {"data": {"files": [sample]}, "exclude": [], "epoch": 0, "init_record": first,
+              "config": {"corpus": {"synthetic_tasks": 16, "seed": 9}}}
+    (tmp_path / "pretrain.json").write_text(json.dumps(record))
+    from_init = synthetic_tasks(16, stable_seed(5, "synthetic"))
+    with pytest.raises(SystemExit, match="synthetic curriculum"):
+        ablation.check_held_out(tmp_path, [from_init[3]])
+    msg = ablation.check_held_out(tmp_path, [synthetic_tasks(16, stable_seed(40, "synthetic"))[3]])
+    both = len(from_init) + len(synthetic_tasks(16, stable_seed(9, "synthetic")))
+    assert f"{both} synthetic tasks" in msg and "from the 10 tasks" in msg  # both links, the real tasks once
+
+
 def test_the_chain_trains_with_the_model_folders_settings_and_the_command_line_wins(tmp_path):
     """The starter's TTT settings (its run_settings.json) are the ones its ablation rows are measured with."""
     starter = REPO / "models" / "arc-starter"
     if not (starter / "run_settings.json").exists():
         pytest.skip("models/arc-starter is not in this checkout")
     shipped = json.loads((starter / "run_settings.json").read_text())
-    none = argparse.Namespace(ttt_steps=None, ttt_lr=None, rank=None, joint_epochs=None, joint_lr=None)
+    none = argparse.Namespace(ttt_steps=None, ttt_lr=None, rank=None, joint_epochs=None, joint_lr=None,
+                              joint_batch=None)
     got = ablation.settings(starter, none)
     assert (got["steps"], got["lr"], got["rank"]) == (shipped["train.steps"], shipped["train.learning_rate"],
                                                       shipped["train.lora_rank"])
     assert "run_settings.json" in got["source"]
     cli = ablation.settings(starter, argparse.Namespace(ttt_steps=5, ttt_lr=None, rank=4, joint_epochs=2,
-                                                        joint_lr=None))
+                                                        joint_lr=None, joint_batch=None))
     assert (cli["steps"], cli["lr"], cli["rank"], cli["joint_epochs"]) == (5, shipped["train.learning_rate"], 4, 2)
     assert "command line" in cli["source"]
     plain = ablation.settings(tmp_path, none)  # a folder without settings: the ablation's own defaults

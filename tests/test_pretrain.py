@@ -185,6 +185,16 @@ def test_a_short_run_learns_and_records_itself(short_run):
     assert all(not np.allclose(a[k], b[k]) for k in a if k.endswith("proj.weight"))  # every matrix moved
 
 
+def test_a_continued_run_records_what_its_init_trained_on(short_run, tmp_path):
+    out, rec = short_run
+    cont = pretrain([SAMPLE], tmp_path / "cont", PretrainConfig(**{**TINY_RUN, "tokens": 2_000}), init=out,
+                    progress=False)
+    lineage = json.loads((tmp_path / "cont" / "pretrain.json").read_text())["init_record"]
+    assert cont["init"] == str(out) and lineage["init"] == "new arc-nano" and "init_record" not in lineage
+    assert lineage["data"] == rec["data"] and lineage["config"]["corpus"] == rec["config"]["corpus"]
+    assert lineage["epoch"] == rec["epoch"] and lineage["tokens_seen"] == rec["tokens_seen"]
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from safetensors.numpy import load_file
 

@@ -330,10 +330,30 @@ def pretrain(data: Sequence[str | Path], out_dir: str | Path, cfg: PretrainConfi
         raise ValueError(f"pretrain: no task left to train on ({stats.as_dict()})")
     sources = {"data": [file_digest(f) for f in data], "exclude": [file_digest(f) for f in exclude],
                "init": str(init) if init is not None else None}
+    record = {"data": stats.as_dict(), "exclude": [str(e) for e in exclude]}
+    lineage = init_lineage(init)
+    if lineage is not None:
+        record["init_record"] = lineage
     return train_tasks(tasks, out_dir, cfg, sources=sources, init=init, resume=resume, progress=progress,
                        device=device, excluded_pairs=exclusion.pairs, fsdp=fsdp,
-                       gradient_checkpointing=gradient_checkpointing,
-                       record={"data": stats.as_dict(), "exclude": [str(e) for e in exclude]})
+                       gradient_checkpointing=gradient_checkpointing, record=record)
+
+
+LINEAGE_KEYS = ("init", "data", "exclude", "sources", "epoch", "tokens_seen", "init_record")
+
+
+def init_lineage(init: str | Path | None) -> dict | None:
+    """What the ``init`` model folder was trained on (its ``pretrain.json``: data files, exclusions, corpus config,
+    epochs, and its own ``init_record``), so a continued model's record names everything it has seen, even after
+    the init folder is gone: ``benchmarks/ablation.py``'s held-out check walks the chain. None for a new model or
+    an init without a record."""
+    path = Path(init) / RECORD if init is not None else None
+    if path is None or not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    doc = {k: rec[k] for k in LINEAGE_KEYS if k in rec}
+    doc["config"] = {"corpus": rec.get("config", {}).get("corpus", {})}
+    return doc
 
 
 def train_tasks(tasks: Sequence[Task], out_dir: str | Path, cfg: PretrainConfig, *, sources: dict,
