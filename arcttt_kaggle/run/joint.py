@@ -54,10 +54,10 @@ class JointConfig:
     budget_share: float = field(default=0.25, metadata={"help": "at most this share of the run's work time (the "
                                 "stage ends at its deadline, its learning rate decayed by then)"})
     max_minutes: float = field(default=0.0, metadata={"help": "a cap in minutes beside budget_share (0: none)"})
-    learning_rate: float = field(default=1.5e-3, metadata={"help": "peak learning rate (warmup, then cosine); 1.5e-3 "
-                                 "and 8 epochs were chosen on the validation set for the starter model (lower NLL "
-                                 "than 5e-4 at 4 epochs: benchmarks/ttt_sweep.py, docs/results.md); a large "
-                                 "model's LoRA may want less"})
+    learning_rate: float = field(default=2.5e-4, metadata={"help": "peak learning rate (warmup, then cosine); "
+                                 "near the rate the model's pretraining ended at: 2.5e-4 was chosen on the "
+                                 "validation set for the starter model, whose pretraining ended at 1e-4 (1.5e-3 "
+                                 "helped it least; benchmarks/ttt_sweep.py, docs/results.md)"})
     warmup: float = field(default=0.05, metadata={"help": "share of the stage spent warming up"})
     mode: Literal["auto", "full", "lora"] = field(default="auto", metadata={"help": "full parameters, one LoRA "
                                                   "merged into the weights, or auto: full up to full_max_params "
