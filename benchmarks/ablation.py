@@ -103,6 +103,7 @@ def trained_on(model: Path) -> tuple[list[Task], int, list[Task]]:
     find = lambda f: next((p for p in (Path(f), repo / f) if p.exists()), None)  # noqa: E731
     trained: list[Task] = []
     synthetic: list[Task] = []
+    read: dict[tuple, Exclusion] = {}  # (data files, exclusions) -> exclusion: links naming the same files read once
     rec = json.loads((model / "pretrain.json").read_text())
     while rec is not None:
         files, missing = [find(f) for f in rec["data"]["files"]], [f for f in rec["data"]["files"] if not find(f)]
@@ -110,8 +111,11 @@ def trained_on(model: Path) -> tuple[list[Task], int, list[Task]]:
         if missing or None in excluded:
             raise SystemExit(f"cannot check held-out: the model's training files {missing or rec['exclude']} are "
                              "not here")
-        exclusion = Exclusion.from_files(excluded)
-        trained += apply_exclusion(load_task_files([f for f in files if f]), exclusion)[0]
+        key = (tuple(files), tuple(excluded))
+        if key not in read:
+            read[key] = Exclusion.from_files(excluded)
+            trained += apply_exclusion(load_task_files(files), read[key])[0]
+        exclusion = read[key]
         corpus = rec["config"]["corpus"]
         if corpus.get("synthetic_tasks"):
             for epoch in range(int(rec.get("epoch", 0)) + 1):
